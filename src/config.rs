@@ -1,0 +1,368 @@
+//! Configuration: one TOML or YAML file plus `VITALS_`-prefixed environment
+//! overrides, deserialized with unknown keys rejected and validated once
+//! before anything starts.
+//!
+//! Environment overrides use `__` between nested keys:
+//! `VITALS_WEB__LISTEN_ADDRESS=0.0.0.0:9797`,
+//! `VITALS_SYSTEM__INTERVAL=5s`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The port vitals listens on when nothing else is configured. It is not
+/// used by any exporter on Prometheus' default port allocation list.
+pub const DEFAULT_PORT: u16 = 9797;
+
+/// Why a configuration was rejected. Every variant names the file (or the
+/// built-in defaults) and, where there is one, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the file: {reason}")]
+    Read { file: String, reason: String },
+    #[error("{file}: {reason}")]
+    Parse { file: String, reason: String },
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The whole configuration of `vitals run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub web: WebConfig,
+    pub system: SystemConfig,
+    /// Named groups of processes, each exported with an `up` gauge.
+    pub process_groups: Vec<ProcessGroupConfig>,
+    pub store: StoreConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            web: WebConfig::default(),
+            system: SystemConfig::default(),
+            process_groups: default_process_groups(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Address the HTTP server binds (`/metrics`, `/healthz`, `/readyz`, `/`).
+    pub listen_address: SocketAddr,
+    /// At most this many `/metrics` requests are served at once; more wait.
+    pub max_requests: usize,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen_address: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            max_requests: 40,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Batches that may wait between the sources and the store; a source
+    /// whose batch does not fit waits (system) or counts a drop (push sources).
+    pub ingest_queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { ingest_queue: 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemConfig {
+    pub enabled: bool,
+    /// Collection interval of CPU, memory, disks, network, sensors and
+    /// process groups.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub cpu: CpuConfig,
+    pub filesystems: FilesystemConfig,
+    pub network: NetworkConfig,
+    pub temperatures: bool,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            cpu: CpuConfig::default(),
+            filesystems: FilesystemConfig::default(),
+            network: NetworkConfig::default(),
+            temperatures: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// Export one usage series per core as well as the total.
+    pub per_core: bool,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig { per_core: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemConfig {
+    /// Only mount points matching this (anchored) regex are exported.
+    pub mount_points_include: Pattern,
+    /// Mount points matching this regex are left out.
+    pub mount_points_exclude: Pattern,
+    /// Filesystem types matching this regex (pseudo filesystems) are left out.
+    pub fs_types_exclude: Pattern,
+}
+
+impl Default for FilesystemConfig {
+    fn default() -> Self {
+        FilesystemConfig {
+            mount_points_include: Pattern::new(".*").expect("valid default"),
+            mount_points_exclude: Pattern::new("/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/.*)")
+                .expect("valid default"),
+            fs_types_exclude: Pattern::new(
+                "autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs|tmpfs|ramfs|nfsd|fuse\\.lxcfs|fuse\\.portal|fuse\\.gvfsd-fuse",
+            )
+            .expect("valid default"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Only interfaces matching this (anchored) regex are exported.
+    pub interfaces_include: Pattern,
+    /// Interfaces matching this regex are left out.
+    pub interfaces_exclude: Pattern,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            interfaces_include: Pattern::new(".*").expect("valid default"),
+            interfaces_exclude: Pattern::new("").expect("valid default"),
+        }
+    }
+}
+
+/// A named group of processes.
+///
+/// A process belongs to the first group whose matchers it satisfies; any one
+/// matcher matching is enough.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessGroupConfig {
+    /// Value of the `group` label.
+    pub name: String,
+    /// Exact process names (`/proc/PID/comm`, at most 15 characters).
+    #[serde(default)]
+    pub comm: Vec<String>,
+    /// Exact executable base names (`/proc/PID/exe`).
+    #[serde(default)]
+    pub exe: Vec<String>,
+    /// Regexes matched against the command line joined by spaces.
+    #[serde(default)]
+    pub cmdline: Vec<Pattern>,
+    /// Process ids (e.g. `[1]` for the init process).
+    #[serde(default)]
+    pub pids: Vec<u32>,
+}
+
+fn default_process_groups() -> Vec<ProcessGroupConfig> {
+    vec![
+        ProcessGroupConfig {
+            name: "init".into(),
+            comm: vec![],
+            exe: vec![],
+            cmdline: vec![],
+            pids: vec![1],
+        },
+        ProcessGroupConfig {
+            name: "vitals".into(),
+            comm: vec!["vitals".into()],
+            exe: vec![],
+            cmdline: vec![],
+            pids: vec![],
+        },
+    ]
+}
+
+/// A regex, compiled when the configuration is read so a bad one is
+/// reported with its key. Include/exclude patterns match whole names.
+#[derive(Clone)]
+pub struct Pattern {
+    source: String,
+    regex: regex::Regex,
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Self, regex::Error> {
+        let regex = regex::Regex::new(&format!("^(?:{source})$"))?;
+        Ok(Pattern {
+            source: source.to_string(),
+            regex,
+        })
+    }
+
+    pub fn is_match(&self, s: &str) -> bool {
+        self.regex.is_match(s)
+    }
+
+    /// True for the empty pattern, which as an exclude list means "exclude nothing".
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Pattern::new(&s).map_err(|e| {
+            // The regex crate's message spans several lines; keep the first
+            // sentence-like line so the error stays on one line.
+            let msg = e.to_string();
+            let last = msg
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            serde::de::Error::custom(format!("invalid regex {s:?}: {last}"))
+        })
+    }
+}
+
+/// Where a configuration comes from, for error messages.
+fn origin(path: Option<&Path>) -> String {
+    match path {
+        Some(p) => p.display().to_string(),
+        None => "built-in defaults".to_string(),
+    }
+}
+
+/// Read a configuration file (TOML, or YAML by extension `.yml`/`.yaml`),
+/// apply `VITALS_` environment overrides and validate it.
+/// Without a path, the built-in defaults plus environment overrides are used.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let file = origin(path);
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("yml" | "yaml") => config::FileFormat::Yaml,
+            _ => config::FileFormat::Toml,
+        };
+        builder = builder.add_source(config::File::from_str(&text, format));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("VITALS")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true),
+    );
+    let raw = builder.build().map_err(|e| ConfigError::Parse {
+        file: file.clone(),
+        reason: one_line(&e.to_string()),
+    })?;
+    let cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Invalid {
+            file: file.clone(),
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            reason: one_line(&e.into_inner().to_string()),
+        }
+    })?;
+    cfg.validate(&file)?;
+    Ok(cfg)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Config {
+    /// Checks that need more than one key or a range.
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
+        if self.system.interval < Duration::from_millis(100) {
+            return Err(invalid("system.interval", "must be at least 100ms"));
+        }
+        if self.web.max_requests == 0 {
+            return Err(invalid("web.max_requests", "must be at least 1"));
+        }
+        if self.store.ingest_queue == 0 {
+            return Err(invalid("store.ingest_queue", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, g) in self.process_groups.iter().enumerate() {
+            let key = format!("process_groups[{i}]");
+            if g.name.is_empty() {
+                return Err(invalid(&format!("{key}.name"), "must not be empty"));
+            }
+            if !names.insert(g.name.as_str()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &format!("group {:?} is defined twice", g.name),
+                ));
+            }
+            if g.comm.is_empty() && g.exe.is_empty() && g.cmdline.is_empty() && g.pids.is_empty() {
+                return Err(invalid(
+                    &key,
+                    "needs at least one matcher: comm, exe, cmdline or pids",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,26 @@
+//! vitals: a real-time process, sensor and business monitoring exporter.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! sources ──Batch──▶ pipeline (validate → filter → detect) ──▶ store ──▶ /metrics
+//! ```
+//!
+//! Module map:
+//! - [`config`]: the configuration file, environment overrides, validation.
+//! - [`model`]: samples, label sets, batches — what flows between the parts.
+//! - [`sources`]: one module per source; each owns its loop.
+//! - [`pipeline`]: synchronous per-sample stages and the ingest task.
+//! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
+//! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
+//! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
+//! - [`run`]: wiring and the single shutdown path of `vitals run`.
+
+pub mod config;
+pub mod model;
+pub mod pipeline;
+pub mod run;
+pub mod server;
+pub mod sources;
+pub mod store;
+pub mod telemetry;

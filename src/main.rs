@@ -1,0 +1,119 @@
+//! The `vitals` binary: parse the command line, set up logging, dispatch.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vitals", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VITALS_BUILD_COMMIT"), ")"))]
+#[command(
+    about = "Real-time system, sensor and business metrics with anomaly detection, for Prometheus."
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// With no subcommand, vitals runs the exporter (`vitals run`).
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the exporter (the default).
+    Run(RunArgs),
+    /// Validate configuration files and exit (0 when all are valid, 2 otherwise).
+    Check {
+        /// Configuration file(s) to check.
+        #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct RunArgs {
+    /// Configuration file (TOML, or YAML with a .yml/.yaml extension).
+    /// Without one, built-in defaults are used.
+    #[arg(long = "config", short = 'c')]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding `web.listen_address`.
+    #[arg(long = "web.listen-address")]
+    listen_address: Option<SocketAddr>,
+    /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG filter).
+    #[arg(long = "log.level", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for path in paths {
+        match vitals::config::load(Some(path)) {
+            Ok(_) => println!("{}: OK", path.display()),
+            Err(e) => {
+                eprintln!("vitals: {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let mut cfg = match vitals::config::load(args.config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("vitals: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(address) = args.listen_address {
+        cfg.web.listen_address = address;
+    }
+    init_logging(&args.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vitals: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(vitals::run::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vitals: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The data that flows from sources through the pipeline into the store.
+//!
+//! A [`Sample`] is one value of one series at one instant. Sources group the
+//! samples of one read (one tick, one MQTT message, one HTTP poll) into a
+//! [`Batch`] and send it on the bounded ingest channel.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Prometheus metric type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    Gauge,
+    Counter,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+        }
+    }
+}
+
+/// Name, type and help text of a metric family. Shared by every series of
+/// the family, so it is reference counted rather than copied per sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyMeta {
+    pub name: Arc<str>,
+    pub kind: MetricKind,
+    pub help: Arc<str>,
+}
+
+impl FamilyMeta {
+    pub fn new(name: &str, kind: MetricKind, help: &str) -> Arc<Self> {
+        Arc::new(FamilyMeta {
+            name: name.into(),
+            kind,
+            help: help.into(),
+        })
+    }
+}
+
+/// A label set in canonical form: sorted by name, rendered once in the
+/// Prometheus text format (`{a="x",b="y"}`, or empty for no labels).
+///
+/// The rendered form is both the store key and what a scrape writes, so a
+/// scrape never re-escapes label values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Labels(Box<str>);
+
+impl Labels {
+    /// No labels.
+    pub fn empty() -> Self {
+        Labels(Box::from(""))
+    }
+
+    /// Build from pairs in any order; pairs with an empty value are left out
+    /// (Prometheus treats an empty label value as an absent label).
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Self {
+        let mut sorted: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        if sorted.is_empty() {
+            return Labels::empty();
+        }
+        let mut out = String::with_capacity(
+            2 + sorted
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>(),
+        );
+        out.push('{');
+        for (i, (k, v)) in sorted.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_label_value(v, &mut out);
+            out.push('"');
+        }
+        out.push('}');
+        Labels(out.into_boxed_str())
+    }
+
+    /// The rendered form, `{a="x"}` or the empty string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The label pairs, unescaped, in name order.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let s = self.0.as_ref();
+        if s.len() < 2 {
+            return out;
+        }
+        let body = &s[1..s.len() - 1];
+        let mut chars = body.chars().peekable();
+        loop {
+            let mut name = String::new();
+            for c in chars.by_ref() {
+                if c == '=' {
+                    break;
+                }
+                name.push(c);
+            }
+            if name.is_empty() {
+                break;
+            }
+            // opening quote
+            chars.next();
+            let mut value = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some('n') => value.push('\n'),
+                        Some(other) => value.push(other),
+                        None => break,
+                    },
+                    '"' => break,
+                    other => value.push(other),
+                }
+            }
+            out.push((name, value));
+            // separating comma
+            if chars.next().is_none() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The value of one label, if present.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.pairs()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// A copy with one more label (replacing a label of the same name).
+    pub fn with(&self, name: &str, value: &str) -> Labels {
+        let mut pairs = self.pairs();
+        pairs.retain(|(k, _)| k != name);
+        pairs.push((name.to_string(), value.to_string()));
+        Labels::from_pairs(&pairs)
+    }
+}
+
+/// Escape a label value for the text exposition format.
+pub fn escape_label_value(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Escape HELP text for the text exposition format.
+pub fn escape_help(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Write a float the way Prometheus parses it.
+pub fn write_value(v: f64, out: &mut String) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        let _ = write!(out, "{}", v as i64);
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// One value of one series.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub family: Arc<FamilyMeta>,
+    pub labels: Labels,
+    pub value: f64,
+    /// Milliseconds since the Unix epoch when the value was observed.
+    pub timestamp_ms: i64,
+}
+
+/// How the store treats the series a batch does not mention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchMode {
+    /// The batch is the source's complete current view: any series of this
+    /// source missing from it (an unmounted disk, a vanished sensor) is
+    /// removed from the store.
+    Snapshot,
+    /// The batch only adds or updates series; others stay until they expire.
+    Update,
+}
+
+/// The samples of one read of one source.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Name of the source instance that produced the batch.
+    pub source: Arc<str>,
+    pub mode: BatchMode,
+    pub samples: Vec<Sample>,
+}
+
+/// Current wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_sorted_escaped_and_round_trip() {
+        let l = Labels::from_pairs(&[("b", "x\"y"), ("a", "1\\2\n3")]);
+        assert_eq!(l.as_str(), r#"{a="1\\2\n3",b="x\"y"}"#);
+        assert_eq!(
+            l.pairs(),
+            vec![
+                ("a".to_string(), "1\\2\n3".to_string()),
+                ("b".to_string(), "x\"y".to_string())
+            ]
+        );
+        assert_eq!(l.get("b").as_deref(), Some("x\"y"));
+    }
+
+    #[test]
+    fn empty_values_are_dropped_and_empty_set_renders_nothing() {
+        let l = Labels::from_pairs(&[("a", "")]);
+        assert!(l.is_empty());
+        assert_eq!(l.as_str(), "");
+        assert!(l.pairs().is_empty());
+    }
+
+    #[test]
+    fn with_replaces_existing_label() {
+        let l = Labels::from_pairs(&[("a", "1")])
+            .with("a", "2")
+            .with("c", "3");
+        assert_eq!(l.as_str(), r#"{a="2",c="3"}"#);
+    }
+
+    #[test]
+    fn values_render_like_prometheus() {
+        let mut s = String::new();
+        for v in [1.0, 0.25, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e20] {
+            write_value(v, &mut s);
+            s.push(' ');
+        }
+        assert_eq!(s, "1 0.25 NaN +Inf -Inf 100000000000000000000 ");
+    }
+}

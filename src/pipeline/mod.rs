@@ -1,0 +1,109 @@
+//! The pipeline between sources and the store: a chain of synchronous
+//! [`Stage`]s applied to every sample, then the store update.
+//!
+//! One task ([`run_ingest`]) owns the receiving end of the bounded ingest
+//! channel, so stages never need locks of their own and never block on I/O.
+
+pub mod validate;
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Batch, BatchMode, Sample};
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+/// What a stage decided about one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the (possibly modified) sample on.
+    Keep,
+    /// Drop the sample; the reason is a bounded label value.
+    Drop(&'static str),
+}
+
+/// One synchronous step applied to every sample.
+pub trait Stage: Send {
+    fn process(&mut self, sample: &mut Sample) -> Verdict;
+}
+
+/// The ordered stages of the pipeline.
+pub struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+}
+
+impl Pipeline {
+    pub fn new(stages: Vec<Box<dyn Stage>>) -> Self {
+        Pipeline { stages }
+    }
+
+    /// The default pipeline: validation only.
+    pub fn standard() -> Self {
+        Pipeline::new(vec![Box::new(validate::Validate)])
+    }
+
+    /// Run every sample of `batch` through the stages and into `store`.
+    pub fn apply(&mut self, mut batch: Batch, store: &mut Store, telemetry: &Telemetry) {
+        let generation = store.begin_batch();
+        let mut ingested = 0u64;
+        'samples: for sample in batch.samples.iter_mut() {
+            for stage in self.stages.iter_mut() {
+                if let Verdict::Drop(reason) = stage.process(sample) {
+                    telemetry.sample_dropped(&batch.source, reason, &sample.family.name);
+                    continue 'samples;
+                }
+            }
+            match store.upsert(&batch.source, sample, generation) {
+                Ok(_) => ingested += 1,
+                Err(refused) => {
+                    telemetry.sample_dropped(&batch.source, refused.reason(), &sample.family.name)
+                }
+            }
+        }
+        if batch.mode == BatchMode::Snapshot {
+            store.retain_generation(&batch.source, generation);
+        }
+        if ingested > 0 {
+            telemetry
+                .samples_ingested
+                .with_label_values(&[&batch.source])
+                .inc_by(ingested);
+        }
+        telemetry.store_series.set(store.len() as i64);
+    }
+}
+
+/// Receive batches until the channel closes or `shutdown` fires, applying
+/// each to the store. Expiry runs once a second.
+pub async fn run_ingest(
+    mut rx: mpsc::Receiver<Batch>,
+    mut pipeline: Pipeline,
+    store: Arc<RwLock<Store>>,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+) {
+    let mut expiry = tokio::time::interval(std::time::Duration::from_secs(1));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => pipeline.apply(batch, &mut store.write(), &telemetry),
+                None => break,
+            },
+            _ = expiry.tick() => {
+                let mut store = store.write();
+                store.expire(crate::model::now_ms());
+                telemetry.store_series.set(store.len() as i64);
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // Whatever is already queued is applied before exit, so nothing
+    // accepted by a source is lost on shutdown.
+    while let Ok(batch) = rx.try_recv() {
+        pipeline.apply(batch, &mut store.write(), &telemetry);
+    }
+}

@@ -1,0 +1,140 @@
+//! The exporter's HTTP server: `/metrics`, `/healthz`, `/readyz` and a
+//! landing page at `/`. Built by [`app`] so tests can drive it without a
+//! socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use parking_lot::RwLock;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::store::Store;
+use crate::telemetry::{COMMIT, Telemetry, VERSION};
+
+/// Content type of the Prometheus text exposition format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<RwLock<Store>>,
+    pub telemetry: Arc<Telemetry>,
+    /// Set once every source has been started.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router; `max_requests` bounds concurrent `/metrics` renders.
+pub fn app(state: AppState, max_requests: usize) -> Router {
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .layer(GlobalConcurrencyLimitLayer::new(max_requests));
+    Router::new()
+        .route("/", get(landing))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(metrics)
+        .with_state(state)
+}
+
+/// Render the store and the self-metrics.
+pub fn render(state: &AppState) -> String {
+    let started = Instant::now();
+    let mut out = String::with_capacity(64 * 1024);
+    state.store.read().render(&mut out);
+    let mut own = Vec::with_capacity(16 * 1024);
+    state.telemetry.render(&mut own);
+    out.push_str(&String::from_utf8_lossy(&own));
+    state
+        .telemetry
+        .scrape_duration
+        .observe(started.elapsed().as_secs_f64());
+    out
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    // Rendering is CPU work bounded by the store size; it holds the store's
+    // read lock only while the store part is written.
+    let body = render(&state);
+    ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn landing() -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>vitals</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:2em auto\">\
+         <h1>vitals</h1><p>Version {VERSION} (commit {COMMIT}).</p><ul>\
+         <li><a href=\"metrics\">/metrics</a> &mdash; Prometheus metrics</li>\
+         <li><a href=\"healthz\">/healthz</a> &mdash; liveness</li>\
+         <li><a href=\"readyz\">/readyz</a> &mdash; readiness</li></ul></body></html>"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn state() -> AppState {
+        AppState {
+            store: Arc::new(RwLock::new(Store::new())),
+            telemetry: Arc::new(Telemetry::new()),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    async fn get(app: Router, path: &str) -> (StatusCode, String, Option<String>) {
+        let resp = app
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap(), ct)
+    }
+
+    #[tokio::test]
+    async fn metrics_has_text_format_and_self_metrics() {
+        let (status, body, ct) = get(app(state(), 4), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ct.as_deref(), Some(TEXT_FORMAT));
+        assert!(body.contains("# TYPE vitals_build_info gauge"));
+    }
+
+    #[tokio::test]
+    async fn readyz_reflects_start_up() {
+        let s = state();
+        let (status, _, _) = get(app(s.clone(), 4), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        s.ready.store(true, Ordering::Release);
+        let (status, _, _) = get(app(s, 4), "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn landing_links_to_metrics() {
+        let (status, body, _) = get(app(state(), 4), "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("href=\"metrics\""));
+    }
+}

@@ -1,0 +1,558 @@
+//! The system source: CPU, memory, swap, filesystems, network interfaces,
+//! uptime, temperatures and process groups, read with `sysinfo`.
+//!
+//! The `sysinfo` handles live across ticks (CPU usage needs two refreshes;
+//! process CPU time is accumulated per pid). Every tick sends one snapshot
+//! batch, so a mount, interface or sensor that disappears loses its series.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sysinfo::{
+    Components, CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks,
+    ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System, UpdateKind,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::process::{GroupStats, ProcessGroups};
+use crate::config::ProcessGroupConfig;
+use crate::config::SystemConfig;
+use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
+use crate::telemetry::Telemetry;
+
+/// Families of the system source, created once.
+struct Families {
+    cpu_usage: Arc<FamilyMeta>,
+    cpu_core_usage: Arc<FamilyMeta>,
+    cpu_count: Arc<FamilyMeta>,
+    load1: Arc<FamilyMeta>,
+    load5: Arc<FamilyMeta>,
+    load15: Arc<FamilyMeta>,
+    mem_total: Arc<FamilyMeta>,
+    mem_used: Arc<FamilyMeta>,
+    mem_available: Arc<FamilyMeta>,
+    swap_total: Arc<FamilyMeta>,
+    swap_used: Arc<FamilyMeta>,
+    swap_free: Arc<FamilyMeta>,
+    fs_size: Arc<FamilyMeta>,
+    fs_avail: Arc<FamilyMeta>,
+    fs_usage: Arc<FamilyMeta>,
+    fs_readonly: Arc<FamilyMeta>,
+    disk_read: Arc<FamilyMeta>,
+    disk_written: Arc<FamilyMeta>,
+    net_rx_bytes: Arc<FamilyMeta>,
+    net_tx_bytes: Arc<FamilyMeta>,
+    net_rx_packets: Arc<FamilyMeta>,
+    net_tx_packets: Arc<FamilyMeta>,
+    net_rx_errors: Arc<FamilyMeta>,
+    net_tx_errors: Arc<FamilyMeta>,
+    boot_time: Arc<FamilyMeta>,
+    uptime: Arc<FamilyMeta>,
+    temperature: Arc<FamilyMeta>,
+    temperature_critical: Arc<FamilyMeta>,
+    pg_up: Arc<FamilyMeta>,
+    pg_procs: Arc<FamilyMeta>,
+    pg_cpu: Arc<FamilyMeta>,
+    pg_rss: Arc<FamilyMeta>,
+    pg_open_files: Arc<FamilyMeta>,
+    pg_oldest: Arc<FamilyMeta>,
+    pg_exits: Arc<FamilyMeta>,
+}
+
+impl Families {
+    fn new() -> Self {
+        use MetricKind::{Counter as C, Gauge as G};
+        let f = FamilyMeta::new;
+        Families {
+            cpu_usage: f(
+                "vitals_cpu_usage_ratio",
+                G,
+                "Share of CPU time spent busy over the last interval, all cores (0-1).",
+            ),
+            cpu_core_usage: f(
+                "vitals_cpu_core_usage_ratio",
+                G,
+                "Share of CPU time spent busy over the last interval, per core (0-1).",
+            ),
+            cpu_count: f("vitals_cpus", G, "Number of logical CPUs."),
+            load1: f("vitals_load1", G, "1-minute load average."),
+            load5: f("vitals_load5", G, "5-minute load average."),
+            load15: f("vitals_load15", G, "15-minute load average."),
+            mem_total: f("vitals_memory_total_bytes", G, "Total physical memory."),
+            mem_used: f("vitals_memory_used_bytes", G, "Physical memory in use."),
+            mem_available: f(
+                "vitals_memory_available_bytes",
+                G,
+                "Physical memory available for new allocations without swapping.",
+            ),
+            swap_total: f("vitals_swap_total_bytes", G, "Total swap space."),
+            swap_used: f("vitals_swap_used_bytes", G, "Swap space in use."),
+            swap_free: f("vitals_swap_free_bytes", G, "Swap space free."),
+            fs_size: f(
+                "vitals_filesystem_size_bytes",
+                G,
+                "Size of a mounted filesystem.",
+            ),
+            fs_avail: f(
+                "vitals_filesystem_available_bytes",
+                G,
+                "Space available to unprivileged users on a mounted filesystem.",
+            ),
+            fs_usage: f(
+                "vitals_filesystem_usage_ratio",
+                G,
+                "Share of a mounted filesystem that is not available (0-1).",
+            ),
+            fs_readonly: f(
+                "vitals_filesystem_readonly",
+                G,
+                "Whether a filesystem is mounted read-only (1) or not (0).",
+            ),
+            disk_read: f(
+                "vitals_disk_read_bytes_total",
+                C,
+                "Bytes read from the device behind a mounted filesystem.",
+            ),
+            disk_written: f(
+                "vitals_disk_written_bytes_total",
+                C,
+                "Bytes written to the device behind a mounted filesystem.",
+            ),
+            net_rx_bytes: f(
+                "vitals_network_receive_bytes_total",
+                C,
+                "Bytes received on a network interface.",
+            ),
+            net_tx_bytes: f(
+                "vitals_network_transmit_bytes_total",
+                C,
+                "Bytes transmitted on a network interface.",
+            ),
+            net_rx_packets: f(
+                "vitals_network_receive_packets_total",
+                C,
+                "Packets received on a network interface.",
+            ),
+            net_tx_packets: f(
+                "vitals_network_transmit_packets_total",
+                C,
+                "Packets transmitted on a network interface.",
+            ),
+            net_rx_errors: f(
+                "vitals_network_receive_errors_total",
+                C,
+                "Receive errors on a network interface.",
+            ),
+            net_tx_errors: f(
+                "vitals_network_transmit_errors_total",
+                C,
+                "Transmit errors on a network interface.",
+            ),
+            boot_time: f(
+                "vitals_boot_time_seconds",
+                G,
+                "Unix time the machine booted.",
+            ),
+            uptime: f(
+                "vitals_uptime_seconds",
+                G,
+                "Seconds since the machine booted.",
+            ),
+            temperature: f(
+                "vitals_hwmon_temperature_celsius",
+                G,
+                "Temperature of a hardware sensor.",
+            ),
+            temperature_critical: f(
+                "vitals_hwmon_temperature_critical_celsius",
+                G,
+                "Critical temperature threshold of a hardware sensor.",
+            ),
+            pg_up: f(
+                "vitals_process_group_up",
+                G,
+                "Whether a configured process group has at least one process (1) or none (0).",
+            ),
+            pg_procs: f(
+                "vitals_process_group_processes",
+                G,
+                "Number of processes in a process group.",
+            ),
+            pg_cpu: f(
+                "vitals_process_group_cpu_seconds_total",
+                C,
+                "CPU time used by the processes of a group, including ones that have exited.",
+            ),
+            pg_rss: f(
+                "vitals_process_group_resident_memory_bytes",
+                G,
+                "Resident memory of the processes of a group.",
+            ),
+            pg_open_files: f(
+                "vitals_process_group_open_files",
+                G,
+                "Open file descriptors of the processes of a group.",
+            ),
+            pg_oldest: f(
+                "vitals_process_group_oldest_start_time_seconds",
+                G,
+                "Unix start time of the oldest process of a group.",
+            ),
+            pg_exits: f(
+                "vitals_process_group_exits_total",
+                C,
+                "Processes of a group that have exited since vitals started.",
+            ),
+        }
+    }
+}
+
+/// State kept between ticks.
+pub struct SystemCollector {
+    cfg: SystemConfig,
+    system: System,
+    disks: Disks,
+    networks: Networks,
+    components: Option<Components>,
+    groups: ProcessGroups,
+    families: Families,
+}
+
+/// Why a collection failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    #[error("sysinfo cannot read this system: {0}")]
+    Unsupported(String),
+}
+
+impl SystemCollector {
+    pub fn new(cfg: SystemConfig, groups: &[ProcessGroupConfig]) -> Result<Self, SystemError> {
+        let unsupported = |e: sysinfo::Error| SystemError::Unsupported(e.to_string());
+        let mut system = System::new_with_specifics(
+            RefreshKind::nothing()
+                .with_cpu(CpuRefreshKind::nothing().with_usage())
+                .with_memory(MemoryRefreshKind::everything()),
+        )
+        .map_err(unsupported)?;
+        system.refresh_cpu_usage();
+        let disks =
+            Disks::new_with_refreshed_list_specifics(disk_refresh()).map_err(unsupported)?;
+        let networks = Networks::new_with_refreshed_list().map_err(unsupported)?;
+        let components = if cfg.temperatures {
+            Components::new_with_refreshed_list().ok()
+        } else {
+            None
+        };
+        Ok(SystemCollector {
+            cfg,
+            system,
+            disks,
+            networks,
+            components,
+            groups: ProcessGroups::new(groups.to_vec()),
+            families: Families::new(),
+        })
+    }
+
+    /// Refresh everything and return one snapshot.
+    pub fn collect(&mut self) -> Vec<Sample> {
+        let ts = now_ms();
+        let mut out = Vec::with_capacity(128);
+        let fam = &self.families;
+        let mut push = |family: &Arc<FamilyMeta>, labels: Labels, value: f64| {
+            out.push(Sample {
+                family: family.clone(),
+                labels,
+                value,
+                timestamp_ms: ts,
+            });
+        };
+
+        // CPU
+        self.system.refresh_cpu_usage();
+        push(
+            &fam.cpu_usage,
+            Labels::empty(),
+            f64::from(self.system.global_cpu_usage()) / 100.0,
+        );
+        push(
+            &fam.cpu_count,
+            Labels::empty(),
+            self.system.cpus().len() as f64,
+        );
+        if self.cfg.cpu.per_core {
+            for (i, cpu) in self.system.cpus().iter().enumerate() {
+                push(
+                    &fam.cpu_core_usage,
+                    Labels::from_pairs(&[("cpu", i.to_string())]),
+                    f64::from(cpu.usage()) / 100.0,
+                );
+            }
+        }
+        if let Ok(load) = System::load_average() {
+            push(&fam.load1, Labels::empty(), load.one);
+            push(&fam.load5, Labels::empty(), load.five);
+            push(&fam.load15, Labels::empty(), load.fifteen);
+        }
+
+        // Memory and swap
+        self.system.refresh_memory();
+        push(
+            &fam.mem_total,
+            Labels::empty(),
+            self.system.total_memory() as f64,
+        );
+        push(
+            &fam.mem_used,
+            Labels::empty(),
+            self.system.used_memory() as f64,
+        );
+        push(
+            &fam.mem_available,
+            Labels::empty(),
+            self.system.available_memory() as f64,
+        );
+        push(
+            &fam.swap_total,
+            Labels::empty(),
+            self.system.total_swap() as f64,
+        );
+        push(
+            &fam.swap_used,
+            Labels::empty(),
+            self.system.used_swap() as f64,
+        );
+        push(
+            &fam.swap_free,
+            Labels::empty(),
+            self.system.free_swap() as f64,
+        );
+
+        // Filesystems: the list is re-read so mounts that come and go are seen.
+        self.disks.refresh_specifics(true, disk_refresh());
+        let fs = &self.cfg.filesystems;
+        let mut seen_mounts = std::collections::HashSet::new();
+        for disk in &self.disks {
+            let mount = disk.mount_point().to_string_lossy();
+            let fstype = disk.file_system().to_string_lossy();
+            if !fs.mount_points_include.is_match(&mount)
+                || (!fs.mount_points_exclude.is_empty() && fs.mount_points_exclude.is_match(&mount))
+                || (!fs.fs_types_exclude.is_empty() && fs.fs_types_exclude.is_match(&fstype))
+                || !seen_mounts.insert(mount.to_string())
+            {
+                continue;
+            }
+            let device = disk.name().to_string_lossy();
+            let labels = Labels::from_pairs(&[
+                ("device", &*device),
+                ("fstype", &*fstype),
+                ("mountpoint", &*mount),
+            ]);
+            let total = disk.total_space() as f64;
+            let avail = disk.available_space() as f64;
+            push(&fam.fs_size, labels.clone(), total);
+            push(&fam.fs_avail, labels.clone(), avail);
+            if total > 0.0 {
+                push(
+                    &fam.fs_usage,
+                    labels.clone(),
+                    ((total - avail) / total).clamp(0.0, 1.0),
+                );
+            }
+            push(
+                &fam.fs_readonly,
+                labels.clone(),
+                if disk.is_read_only() { 1.0 } else { 0.0 },
+            );
+            let usage = disk.usage();
+            push(
+                &fam.disk_read,
+                labels.clone(),
+                usage.total_read_bytes as f64,
+            );
+            push(&fam.disk_written, labels, usage.total_written_bytes as f64);
+        }
+
+        // Network interfaces
+        self.networks.refresh(true);
+        let net = &self.cfg.network;
+        for (name, data) in &self.networks {
+            let name = name.to_string_lossy();
+            let name = name.as_ref();
+            if !net.interfaces_include.is_match(name)
+                || (!net.interfaces_exclude.is_empty() && net.interfaces_exclude.is_match(name))
+            {
+                continue;
+            }
+            let labels = Labels::from_pairs(&[("interface", name)]);
+            push(
+                &fam.net_rx_bytes,
+                labels.clone(),
+                data.total_received() as f64,
+            );
+            push(
+                &fam.net_tx_bytes,
+                labels.clone(),
+                data.total_transmitted() as f64,
+            );
+            push(
+                &fam.net_rx_packets,
+                labels.clone(),
+                data.total_packets_received() as f64,
+            );
+            push(
+                &fam.net_tx_packets,
+                labels.clone(),
+                data.total_packets_transmitted() as f64,
+            );
+            push(
+                &fam.net_rx_errors,
+                labels.clone(),
+                data.total_errors_on_received() as f64,
+            );
+            push(
+                &fam.net_tx_errors,
+                labels,
+                data.total_errors_on_transmitted() as f64,
+            );
+        }
+
+        // Uptime
+        if let Ok(boot) = System::boot_time() {
+            push(&fam.boot_time, Labels::empty(), boot as f64);
+        }
+        if let Ok(up) = System::uptime() {
+            push(&fam.uptime, Labels::empty(), up as f64);
+        }
+
+        // Temperatures: the sensor list is re-read so vanished sensors go away.
+        if let Some(components) = self.components.as_mut() {
+            components.refresh(true);
+            for c in components.iter() {
+                let labels = Labels::from_pairs(&[("sensor", c.label())]);
+                if let Some(t) = c.temperature().filter(|t| t.is_finite()) {
+                    push(&fam.temperature, labels.clone(), f64::from(t));
+                }
+                if let Some(t) = c.critical().filter(|t| t.is_finite() && *t > 0.0) {
+                    push(&fam.temperature_critical, labels, f64::from(t));
+                }
+            }
+        }
+
+        // Process groups
+        if !self.groups.is_empty() {
+            self.system.refresh_processes_specifics(
+                ProcessesToUpdate::All,
+                true,
+                ProcessRefreshKind::nothing()
+                    .with_cpu()
+                    .with_memory()
+                    .with_cmd(UpdateKind::OnlyIfNotSet)
+                    .with_exe(UpdateKind::OnlyIfNotSet)
+                    .without_tasks(),
+            );
+            for (name, stats) in self.groups.update(self.system.processes()) {
+                let labels = Labels::from_pairs(&[("group", name)]);
+                let GroupStats {
+                    processes,
+                    cpu_seconds,
+                    resident_bytes,
+                    open_files,
+                    oldest_start,
+                    exits,
+                } = stats;
+                push(
+                    &fam.pg_up,
+                    labels.clone(),
+                    if processes > 0 { 1.0 } else { 0.0 },
+                );
+                push(&fam.pg_procs, labels.clone(), processes as f64);
+                push(&fam.pg_cpu, labels.clone(), cpu_seconds);
+                push(&fam.pg_rss, labels.clone(), resident_bytes as f64);
+                push(&fam.pg_exits, labels.clone(), exits as f64);
+                if let Some(n) = open_files {
+                    push(&fam.pg_open_files, labels.clone(), n as f64);
+                }
+                if let Some(t) = oldest_start {
+                    push(&fam.pg_oldest, labels, t as f64);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn disk_refresh() -> DiskRefreshKind {
+    DiskRefreshKind::nothing().with_storage().with_io_usage()
+}
+
+/// Run the system source until `shutdown` fires.
+pub async fn run(
+    cfg: SystemConfig,
+    groups: Vec<ProcessGroupConfig>,
+    tx: mpsc::Sender<Batch>,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+) {
+    const NAME: &str = "system";
+    let source: Arc<str> = Arc::from(NAME);
+    let interval = cfg.interval;
+    let collector = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || SystemCollector::new(cfg, &groups)).await
+    };
+    let mut collector = match collector {
+        Ok(Ok(c)) => c,
+        Ok(Err(error)) => {
+            telemetry.source_down(NAME, NAME);
+            telemetry.source_error(NAME, "unsupported", &error);
+            return;
+        }
+        Err(error) => {
+            telemetry.source_down(NAME, NAME);
+            telemetry.source_error(NAME, "panic", &error);
+            return;
+        }
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first CPU reading needs a previous one; wait a little so the first
+    // tick already has a meaningful usage ratio.
+    tokio::select! {
+        _ = tokio::time::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL.min(Duration::from_millis(250))) => {}
+        _ = shutdown.cancelled() => return,
+    }
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let samples = collector.collect();
+            (collector, samples)
+        })
+        .await;
+        let samples;
+        (collector, samples) = match result {
+            Ok(r) => r,
+            Err(error) => {
+                // A panic inside sysinfo: report it and stop this source only.
+                telemetry.source_down(NAME, NAME);
+                telemetry.source_error(NAME, "panic", &error);
+                return;
+            }
+        };
+        let batch = Batch {
+            source: source.clone(),
+            mode: BatchMode::Snapshot,
+            samples,
+        };
+        tokio::select! {
+            sent = tx.send(batch) => if sent.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        telemetry.source_ok(NAME, NAME, started.elapsed());
+    }
+}

@@ -1,0 +1,374 @@
+//! The in-memory store: per series, the latest value, when it was seen and
+//! which source owns it. `/metrics` renders it at scrape time.
+//!
+//! Later stages hang their per-series state here (detector state, history
+//! ring for the live dashboard); the store also enforces per-source
+//! cardinality budgets and expiry so memory stays bounded.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::model::{FamilyMeta, Labels, MetricKind, Sample, escape_help, write_value};
+
+/// One series: the latest value of one label set of one family.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub value: f64,
+    /// When the value was observed (ms since the Unix epoch).
+    pub timestamp_ms: i64,
+    /// The source instance that owns the series (for snapshots, budgets, expiry).
+    pub source: Arc<str>,
+    /// Store generation of the last update; snapshot batches remove the
+    /// series of their source that they did not touch.
+    generation: u64,
+}
+
+/// All series of one metric family.
+#[derive(Debug)]
+pub struct Family {
+    pub meta: Arc<FamilyMeta>,
+    pub series: FxHashMap<Labels, Series>,
+}
+
+/// Per-source limits and bookkeeping.
+#[derive(Debug, Default, Clone)]
+struct SourceBook {
+    /// Series currently owned by the source.
+    series: usize,
+    /// Most series the source may own; `None` is unlimited.
+    budget: Option<usize>,
+    /// Series not updated for this long are removed; `None` never expires.
+    ttl_ms: Option<i64>,
+}
+
+/// Why the store refused a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A new series would exceed the source's cardinality budget.
+    Cardinality,
+    /// The family already exists with another type.
+    TypeConflict,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Cardinality => "cardinality",
+            Refused::TypeConflict => "type_conflict",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    families: FxHashMap<Arc<str>, Family>,
+    sources: FxHashMap<Arc<str>, SourceBook>,
+    generation: u64,
+    series: usize,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Limit the number of series `source` may own.
+    pub fn set_budget(&mut self, source: &str, max_series: Option<usize>) {
+        self.book(source).budget = max_series;
+    }
+
+    /// Remove series of `source` not updated within `ttl`.
+    pub fn set_ttl(&mut self, source: &str, ttl: Option<std::time::Duration>) {
+        self.book(source).ttl_ms = ttl.map(|d| d.as_millis() as i64);
+    }
+
+    fn book(&mut self, source: &str) -> &mut SourceBook {
+        if !self.sources.contains_key(source) {
+            self.sources
+                .insert(Arc::from(source), SourceBook::default());
+        }
+        self.sources.get_mut(source).expect("inserted above")
+    }
+
+    /// Start applying one batch; returns the generation to pass to
+    /// [`Store::upsert`] and [`Store::retain_generation`].
+    pub fn begin_batch(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Insert or update the series of `sample`, owned by `source`.
+    pub fn upsert(
+        &mut self,
+        source: &Arc<str>,
+        sample: &Sample,
+        generation: u64,
+    ) -> Result<&mut Series, Refused> {
+        let meta = &sample.family;
+        if !self.families.contains_key(meta.name.as_ref()) {
+            self.families.insert(
+                meta.name.clone(),
+                Family {
+                    meta: meta.clone(),
+                    series: FxHashMap::default(),
+                },
+            );
+        }
+        let family = self
+            .families
+            .get_mut(meta.name.as_ref())
+            .expect("inserted above");
+        if family.meta.kind != meta.kind {
+            return Err(Refused::TypeConflict);
+        }
+        if !family.series.contains_key(&sample.labels) {
+            let book = match self.sources.get_mut(source.as_ref()) {
+                Some(b) => b,
+                None => self.sources.entry(source.clone()).or_default(),
+            };
+            if book.budget.is_some_and(|max| book.series >= max) {
+                return Err(Refused::Cardinality);
+            }
+            book.series += 1;
+            self.series += 1;
+        }
+        let series = family
+            .series
+            .entry(sample.labels.clone())
+            .or_insert_with(|| Series {
+                value: sample.value,
+                timestamp_ms: sample.timestamp_ms,
+                source: source.clone(),
+                generation,
+            });
+        series.value = sample.value;
+        series.timestamp_ms = sample.timestamp_ms;
+        series.generation = generation;
+        Ok(series)
+    }
+
+    /// Remove the series of `source` that were not updated in `generation`
+    /// (the batch was a complete snapshot of the source).
+    pub fn retain_generation(&mut self, source: &str, generation: u64) -> usize {
+        self.remove_where(|s| s.source.as_ref() == source && s.generation != generation)
+    }
+
+    /// Remove every series of sources with a TTL that were last updated
+    /// before `now_ms - ttl`. Returns how many were removed.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
+        if self.sources.values().all(|b| b.ttl_ms.is_none()) {
+            return 0;
+        }
+        let ttls: FxHashMap<Arc<str>, i64> = self
+            .sources
+            .iter()
+            .filter_map(|(k, b)| b.ttl_ms.map(|t| (k.clone(), t)))
+            .collect();
+        self.remove_where(|s| {
+            ttls.get(&s.source)
+                .is_some_and(|ttl| now_ms - s.timestamp_ms > *ttl)
+        })
+    }
+
+    /// Remove every series of a source (e.g. a source removed on reload).
+    pub fn remove_source(&mut self, source: &str) -> usize {
+        self.remove_where(|s| s.source.as_ref() == source)
+    }
+
+    fn remove_where(&mut self, mut pred: impl FnMut(&Series) -> bool) -> usize {
+        let mut removed = 0;
+        let sources = &mut self.sources;
+        for family in self.families.values_mut() {
+            family.series.retain(|_, s| {
+                if pred(s) {
+                    removed += 1;
+                    if let Some(b) = sources.get_mut(s.source.as_ref()) {
+                        b.series = b.series.saturating_sub(1);
+                    }
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.families.retain(|_, f| !f.series.is_empty());
+        self.series -= removed;
+        removed
+    }
+
+    /// Number of series held.
+    pub fn len(&self) -> usize {
+        self.series
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series == 0
+    }
+
+    /// Number of series owned by `source`.
+    pub fn source_len(&self, source: &str) -> usize {
+        self.sources.get(source).map_or(0, |b| b.series)
+    }
+
+    /// One series, if present.
+    pub fn get(&self, family: &str, labels: &Labels) -> Option<&Series> {
+        self.families.get(family)?.series.get(labels)
+    }
+
+    /// Every family, in no particular order.
+    pub fn families(&self) -> impl Iterator<Item = &Family> {
+        self.families.values()
+    }
+
+    /// Render every family in the Prometheus text format (0.0.4), families
+    /// sorted by name, with HELP and TYPE lines.
+    pub fn render(&self, out: &mut String) {
+        let mut names: Vec<&Arc<str>> = self.families.keys().collect();
+        names.sort_unstable();
+        for name in names {
+            let family = &self.families[name];
+            out.push_str("# HELP ");
+            out.push_str(name);
+            out.push(' ');
+            escape_help(&family.meta.help, out);
+            out.push_str("\n# TYPE ");
+            out.push_str(name);
+            out.push(' ');
+            out.push_str(family.meta.kind.as_str());
+            out.push('\n');
+            for (labels, series) in &family.series {
+                out.push_str(name);
+                out.push_str(labels.as_str());
+                out.push(' ');
+                write_value(series.value, out);
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// Convenience for sources: a gauge or counter family.
+pub fn family(name: &str, kind: MetricKind, help: &str) -> Arc<FamilyMeta> {
+    FamilyMeta::new(name, kind, help)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MetricKind;
+
+    fn sample(f: &Arc<FamilyMeta>, dev: &str, v: f64, ts: i64) -> Sample {
+        Sample {
+            family: f.clone(),
+            labels: Labels::from_pairs(&[("device", dev)]),
+            value: v,
+            timestamp_ms: ts,
+        }
+    }
+
+    #[test]
+    fn snapshot_removes_series_missing_from_the_next_batch() {
+        let mut store = Store::new();
+        let src: Arc<str> = "system".into();
+        let f = family("t_celsius", MetricKind::Gauge, "t");
+        let g = store.begin_batch();
+        store.upsert(&src, &sample(&f, "a", 1.0, 0), g).unwrap();
+        store.upsert(&src, &sample(&f, "b", 1.0, 0), g).unwrap();
+        store.retain_generation("system", g);
+        assert_eq!(store.len(), 2);
+        let g = store.begin_batch();
+        store.upsert(&src, &sample(&f, "a", 2.0, 1), g).unwrap();
+        assert_eq!(store.retain_generation("system", g), 1);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.source_len("system"), 1);
+        assert_eq!(
+            store
+                .get("t_celsius", &Labels::from_pairs(&[("device", "a")]))
+                .unwrap()
+                .value,
+            2.0
+        );
+    }
+
+    #[test]
+    fn budget_refuses_new_series_but_updates_existing_ones() {
+        let mut store = Store::new();
+        let src: Arc<str> = "mqtt".into();
+        store.set_budget("mqtt", Some(2));
+        let f = family("v", MetricKind::Gauge, "v");
+        let g = store.begin_batch();
+        for d in ["a", "b"] {
+            store.upsert(&src, &sample(&f, d, 1.0, 0), g).unwrap();
+        }
+        assert_eq!(
+            store.upsert(&src, &sample(&f, "c", 1.0, 0), g).unwrap_err(),
+            Refused::Cardinality
+        );
+        assert!(store.upsert(&src, &sample(&f, "a", 5.0, 0), g).is_ok());
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn ttl_expires_only_stale_series_of_that_source() {
+        let mut store = Store::new();
+        let mqtt: Arc<str> = "mqtt".into();
+        let sys: Arc<str> = "system".into();
+        store.set_ttl("mqtt", Some(std::time::Duration::from_secs(10)));
+        let f = family("v", MetricKind::Gauge, "v");
+        let g = store.begin_batch();
+        store.upsert(&mqtt, &sample(&f, "old", 1.0, 0), g).unwrap();
+        store
+            .upsert(&mqtt, &sample(&f, "new", 1.0, 15_000), g)
+            .unwrap();
+        store.upsert(&sys, &sample(&f, "sys", 1.0, 0), g).unwrap();
+        assert_eq!(store.expire(20_000), 1);
+        assert!(
+            store
+                .get("v", &Labels::from_pairs(&[("device", "old")]))
+                .is_none()
+        );
+        assert!(
+            store
+                .get("v", &Labels::from_pairs(&[("device", "sys")]))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn type_conflicts_are_refused() {
+        let mut store = Store::new();
+        let src: Arc<str> = "s".into();
+        let g = store.begin_batch();
+        store
+            .upsert(
+                &src,
+                &sample(&family("x", MetricKind::Gauge, "x"), "a", 1.0, 0),
+                g,
+            )
+            .unwrap();
+        let err = store
+            .upsert(
+                &src,
+                &sample(&family("x", MetricKind::Counter, "x"), "a", 1.0, 0),
+                g,
+            )
+            .unwrap_err();
+        assert_eq!(err, Refused::TypeConflict);
+    }
+
+    #[test]
+    fn render_writes_help_type_and_samples() {
+        let mut store = Store::new();
+        let src: Arc<str> = "s".into();
+        let g = store.begin_batch();
+        let f = family("b_total", MetricKind::Counter, "A \\ help\nline");
+        store.upsert(&src, &sample(&f, "x", 3.0, 0), g).unwrap();
+        let mut out = String::new();
+        store.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP b_total A \\\\ help\\nline\n# TYPE b_total counter\nb_total{device=\"x\"} 3\n"
+        );
+    }
+}

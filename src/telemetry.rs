@@ -1,0 +1,269 @@
+//! vitals' own metrics (self-telemetry) and the one place where a source
+//! error is both counted and logged, rate-limited.
+//!
+//! The registry is created at start-up and shared read-only; every metric
+//! type carries its own synchronisation, so nothing here takes a global lock
+//! on the hot path.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Version and commit baked in at build time.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("VITALS_BUILD_COMMIT");
+
+/// Self-metrics shared by every component of `vitals run`.
+pub struct Telemetry {
+    registry: Registry,
+    /// 1 while a source's last collection succeeded.
+    pub source_up: IntGaugeVec,
+    pub source_last_success: GaugeVec,
+    /// Errors by source and bounded reason (never raw error text).
+    pub source_errors: IntCounterVec,
+    /// Wall time of a source's last collection.
+    pub source_duration: GaugeVec,
+    pub samples_ingested: IntCounterVec,
+    /// Samples the pipeline or store refused, by bounded reason.
+    pub samples_dropped: IntCounterVec,
+    pub store_series: IntGauge,
+    pub scrape_duration: Histogram,
+    limiter: Mutex<HashMap<(String, &'static str), LogWindow>>,
+}
+
+struct LogWindow {
+    last: Instant,
+    suppressed: u64,
+}
+
+/// At most one log line per (source, reason) in this window.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let source_up = IntGaugeVec::new(
+            Opts::new(
+                "vitals_source_up",
+                "Whether the last collection of a source succeeded (1) or not (0).",
+            ),
+            &["source", "type"],
+        )
+        .expect("valid metric");
+        let source_last_success = GaugeVec::new(
+            Opts::new(
+                "vitals_source_last_success_timestamp_seconds",
+                "Unix time of the last successful collection of a source.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let source_errors = IntCounterVec::new(
+            Opts::new(
+                "vitals_source_errors_total",
+                "Errors of a source, by reason.",
+            ),
+            &["source", "reason"],
+        )
+        .expect("valid metric");
+        let source_duration = GaugeVec::new(
+            Opts::new(
+                "vitals_source_collection_duration_seconds",
+                "Wall time the last collection of a source took.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let samples_ingested = IntCounterVec::new(
+            Opts::new(
+                "vitals_samples_ingested_total",
+                "Samples stored, by source.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let samples_dropped = IntCounterVec::new(
+            Opts::new(
+                "vitals_samples_dropped_total",
+                "Samples refused by the pipeline or the store, by reason.",
+            ),
+            &["source", "reason"],
+        )
+        .expect("valid metric");
+        let store_series =
+            IntGauge::new("vitals_store_series", "Series currently held in the store.")
+                .expect("valid metric");
+        let scrape_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "vitals_scrape_duration_seconds",
+                "Time taken to render /metrics.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "vitals_build_info",
+                "Version and commit vitals was built from; always 1.",
+            ),
+            &["version", "commit"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
+        let start_time = Gauge::new("vitals_start_time_seconds", "Unix time vitals started.")
+            .expect("valid metric");
+        start_time.set(crate::model::now_ms() as f64 / 1000.0);
+
+        for c in [
+            Box::new(source_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(source_last_success.clone()),
+            Box::new(source_errors.clone()),
+            Box::new(source_duration.clone()),
+            Box::new(samples_ingested.clone()),
+            Box::new(samples_dropped.clone()),
+            Box::new(store_series.clone()),
+            Box::new(scrape_duration.clone()),
+            Box::new(build_info),
+            Box::new(start_time),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+
+        Telemetry {
+            registry,
+            source_up,
+            source_last_success,
+            source_errors,
+            source_duration,
+            samples_ingested,
+            samples_dropped,
+            store_series,
+            scrape_duration,
+            limiter: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The registry, so other components (relay, sources) can add their own
+    /// metric families at start-up.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Append the text exposition of every self-metric to `out`.
+    pub fn render(&self, out: &mut Vec<u8>) {
+        let families = self.registry.gather();
+        if let Err(error) = TextEncoder::new().encode(&families, out) {
+            tracing::warn!(%error, "Self-metrics could not be encoded.");
+        }
+    }
+
+    /// Record a successful collection of `source`.
+    pub fn source_ok(&self, source: &str, kind: &str, took: Duration) {
+        self.source_up.with_label_values(&[source, kind]).set(1);
+        self.source_last_success
+            .with_label_values(&[source])
+            .set(crate::model::now_ms() as f64 / 1000.0);
+        self.source_duration
+            .with_label_values(&[source])
+            .set(took.as_secs_f64());
+    }
+
+    /// Count an error of `source` by its bounded `reason` and log it, at most
+    /// once per reason every ten seconds (with the number suppressed since).
+    pub fn source_error(&self, source: &str, reason: &'static str, error: &dyn Display) {
+        self.source_errors
+            .with_label_values(&[source, reason])
+            .inc();
+        if let Some(suppressed) = self.should_log(source, reason) {
+            tracing::warn!(source, reason, %error, suppressed, "Source error.");
+        }
+    }
+
+    /// Mark a source down (its collection failed as a whole).
+    pub fn source_down(&self, source: &str, kind: &str) {
+        self.source_up.with_label_values(&[source, kind]).set(0);
+    }
+
+    /// Count a dropped sample by reason, logging rate-limited.
+    pub fn sample_dropped(&self, source: &str, reason: &'static str, detail: &dyn Display) {
+        self.samples_dropped
+            .with_label_values(&[source, reason])
+            .inc();
+        if let Some(suppressed) = self.should_log(source, reason) {
+            tracing::warn!(source, reason, detail = %detail, suppressed, "Sample dropped.");
+        }
+    }
+
+    /// `Some(suppressed count)` when a log line for this key is due now.
+    pub fn should_log(&self, source: &str, reason: &'static str) -> Option<u64> {
+        let mut limiter = self.limiter.lock();
+        let now = Instant::now();
+        match limiter.get_mut(&(source.to_string(), reason)) {
+            Some(w) if now.duration_since(w.last) < LOG_EVERY => {
+                w.suppressed += 1;
+                None
+            }
+            Some(w) => {
+                let s = w.suppressed;
+                w.last = now;
+                w.suppressed = 0;
+                Some(s)
+            }
+            None => {
+                // Bounded: sources and reasons are both from fixed sets.
+                limiter.insert(
+                    (source.to_string(), reason),
+                    LogWindow {
+                        last: now,
+                        suppressed: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_every_time_but_logged_once_per_window() {
+        let t = Telemetry::new();
+        assert_eq!(t.should_log("s", "timeout"), Some(0));
+        assert_eq!(t.should_log("s", "timeout"), None);
+        assert_eq!(t.should_log("s", "other"), Some(0));
+        t.source_error("s", "timeout", &"boom");
+        t.source_error("s", "timeout", &"boom");
+        assert_eq!(
+            t.source_errors.with_label_values(&["s", "timeout"]).get(),
+            2
+        );
+    }
+
+    #[test]
+    fn render_includes_build_info_and_process_metrics() {
+        let t = Telemetry::new();
+        let mut out = Vec::new();
+        t.render(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("vitals_build_info{"));
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+}
