@@ -42,6 +42,21 @@ pub struct Config {
     /// Named groups of processes, each exported with an `up` gauge.
     pub process_groups: Vec<ProcessGroupConfig>,
     pub store: StoreConfig,
+    /// Further sources (MQTT brokers, HTTP APIs, SQL queries, logs, webhooks),
+    /// each a `[[sources]]` table with a `type` and a unique `name`.
+    pub sources: Vec<SourceConfig>,
+}
+
+/// One configured source; `type` selects the variant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {}
+
+impl SourceConfig {
+    /// The unique instance name (the `source` label of self-metrics).
+    pub fn name(&self) -> &str {
+        match *self {}
+    }
 }
 
 impl Default for Config {
@@ -51,6 +66,7 @@ impl Default for Config {
             system: SystemConfig::default(),
             process_groups: default_process_groups(),
             store: StoreConfig::default(),
+            sources: Vec::new(),
         }
     }
 }
@@ -276,7 +292,7 @@ impl<'de> Deserialize<'de> for Pattern {
 fn origin(path: Option<&Path>) -> String {
     match path {
         Some(p) => p.display().to_string(),
-        None => "built-in defaults".to_string(),
+        None => "built-in defaults with VITALS_* environment overrides".to_string(),
     }
 }
 
@@ -316,11 +332,20 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
             } else {
                 key
             },
-            reason: one_line(&e.into_inner().to_string()),
+            reason: strip_key_suffix(&one_line(&e.into_inner().to_string())),
         }
     })?;
     cfg.validate(&file)?;
     Ok(cfg)
+}
+
+/// The `config` crate appends " for key `x`" to its messages; the key is
+/// already reported, so drop it.
+fn strip_key_suffix(s: &str) -> String {
+    match s.rfind(" for key `") {
+        Some(i) if s.ends_with('`') => s[..i].to_string(),
+        _ => s.to_string(),
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -360,6 +385,18 @@ impl Config {
                 return Err(invalid(
                     &key,
                     "needs at least one matcher: comm, exe, cmdline or pids",
+                ));
+            }
+        }
+        let mut source_names = std::collections::HashSet::from(["system"]);
+        for (i, s) in self.sources.iter().enumerate() {
+            if !source_names.insert(s.name()) {
+                return Err(invalid(
+                    &format!("sources[{i}].name"),
+                    &format!(
+                        "source {:?} is defined twice (or uses the reserved name \"system\")",
+                        s.name()
+                    ),
                 ));
             }
         }

@@ -8,6 +8,7 @@
 //!
 //! Module map:
 //! - [`config`]: the configuration file, environment overrides, validation.
+//! - [`events`]: the in-process stream of anomaly and rule events.
 //! - [`model`]: samples, label sets, batches — what flows between the parts.
 //! - [`sources`]: one module per source; each owns its loop.
 //! - [`pipeline`]: synchronous per-sample stages and the ingest task.
@@ -17,6 +18,7 @@
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
 
 pub mod config;
+pub mod events;
 pub mod model;
 pub mod pipeline;
 pub mod run;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::pipeline::{self, Pipeline};
 use crate::server::{self, AppState};
 use crate::sources;
@@ -70,6 +71,15 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
             shutdown.clone(),
         ));
     }
+    let events = EventBus::default();
+    let ctx = sources::SourceContext {
+        tx: tx.clone(),
+        telemetry: telemetry.clone(),
+        events: events.clone(),
+        shutdown: shutdown.clone(),
+    };
+    sources::spawn_all(&cfg.sources, &ctx, &tracker);
+    drop(ctx);
     drop(tx);
     ready.store(true, Ordering::Release);
 
@@ -77,6 +87,7 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
         store,
         telemetry,
         ready,
+        events,
     };
     let app = server::app(state, cfg.web.max_requests);
     tracing::info!(address = %local, "Listening; metrics at http://{local}/metrics");

@@ -27,6 +27,7 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// Set once every source has been started.
     pub ready: Arc<AtomicBool>,
+    pub events: crate::events::EventBus,
 }
 
 /// The router; `max_requests` bounds concurrent `/metrics` renders.
@@ -96,6 +97,7 @@ mod tests {
             store: Arc::new(RwLock::new(Store::new())),
             telemetry: Arc::new(Telemetry::new()),
             ready: Arc::new(AtomicBool::new(false)),
+            events: crate::events::EventBus::default(),
         }
     }
 
