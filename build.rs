@@ -2,7 +2,7 @@
 use std::process::Command;
 
 fn main() {
-    let commit = std::env::var("VITALS_BUILD_COMMIT")
+    let commit = std::env::var("BUILD_VITALS_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())
         .or_else(|| {
@@ -15,9 +15,9 @@ fn main() {
                 .map(|s| s.trim().to_string())
         });
     println!(
-        "cargo:rustc-env=VITALS_BUILD_COMMIT={}",
+        "cargo:rustc-env=BUILD_VITALS_COMMIT={}",
         commit.unwrap_or_else(|| "unknown".into())
     );
-    println!("cargo:rerun-if-env-changed=VITALS_BUILD_COMMIT");
+    println!("cargo:rerun-if-env-changed=BUILD_VITALS_COMMIT");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vitals", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VITALS_BUILD_COMMIT"), ")"))]
+#[command(name = "vitals", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILD_VITALS_COMMIT"), ")"))]
 #[command(
     about = "Real-time system, sensor and business metrics with anomaly detection, for Prometheus."
 )]

@@ -17,7 +17,7 @@ use prometheus::{
 
 /// Version and commit baked in at build time.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const COMMIT: &str = env!("VITALS_BUILD_COMMIT");
+pub const COMMIT: &str = env!("BUILD_VITALS_COMMIT");
 
 /// Self-metrics shared by every component of `vitals run`.
 pub struct Telemetry {

@@ -30,7 +30,9 @@ pub fn require(cmd: &str) -> PathBuf {
             .map(|p| p.join(cmd))
             .find(|p| p.is_file())
     });
-    found.unwrap_or_else(|| panic!("`{cmd}` is not installed; run scripts/test, which installs what the tests need"))
+    found.unwrap_or_else(|| {
+        panic!("`{cmd}` is not installed; run scripts/test, which installs what the tests need")
+    })
 }
 
 /// Poll `cond` every 50 ms until it returns `Some` or `timeout` passes.
@@ -48,10 +50,19 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Opti
 }
 
 /// A minimal HTTP/1.1 request; returns (status, body).
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, String)> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -67,8 +78,15 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Ok((status, body))
 }
 
@@ -147,7 +165,10 @@ impl Vitals {
 
     /// Send SIGTERM and wait for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
@@ -169,15 +190,18 @@ impl Drop for Vitals {
 /// The value of the first sample line `name{labels} value` whose series
 /// text (name plus labels) contains every one of `parts`.
 pub fn sample_value(metrics: &str, name: &str, parts: &[&str]) -> Option<f64> {
-    metrics.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let base = series.split('{').next()?;
-        if base == name && parts.iter().all(|p| series.contains(p)) {
-            value.parse().ok()
-        } else {
-            None
-        }
-    })
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let base = series.split('{').next()?;
+            if base == name && parts.iter().all(|p| series.contains(p)) {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
 }
 
 /// Run `promtool check metrics` on an exposition; returns its findings.
@@ -190,8 +214,17 @@ pub fn promtool_check_metrics(exposition: &str) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn promtool");
-    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().expect("promtool output");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success() && text.trim().is_empty(), text)
 }
