@@ -9,6 +9,7 @@
 //! Module map:
 //! - [`config`]: the configuration file, environment overrides, validation.
 //! - [`events`]: the in-process stream of anomaly and rule events.
+//! - [`mapping`]: payload (JSON/CSV/plain/string) → samples, shared by MQTT, HTTP, webhooks.
 //! - [`model`]: samples, label sets, batches — what flows between the parts.
 //! - [`sources`]: one module per source; each owns its loop.
 //! - [`pipeline`]: synchronous per-sample stages and the ingest task.
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod events;
+pub mod mapping;
 pub mod model;
 pub mod pipeline;
 pub mod run;
