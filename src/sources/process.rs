@@ -80,44 +80,102 @@ impl ProcessGroups {
             || g.cmdline.iter().any(|re| re.is_match(&p.cmdline))
     }
 
-    /// Update with the current process list from `sysinfo`.
+    /// Which process details the matchers need: (command line, executable).
+    pub fn needs(&self) -> (bool, bool) {
+        (
+            self.groups.iter().any(|g| !g.cmdline.is_empty()),
+            self.groups.iter().any(|g| !g.exe.is_empty()),
+        )
+    }
+
+    /// Pids `sysinfo` lists that have not been classified yet (new, or a
+    /// reused pid with another start time). Only these need their command
+    /// line and executable read.
+    pub fn unclassified(&self, processes: &HashMap<Pid, Process>) -> Vec<Pid> {
+        processes
+            .values()
+            .filter(|p| p.thread_kind().is_none())
+            .filter(|p| {
+                self.tracked
+                    .get(&p.pid().as_u32())
+                    .is_none_or(|t| t.start_time != p.start_time())
+            })
+            .map(|p| p.pid())
+            .collect()
+    }
+
+    /// Assign a group (or none) to every unclassified process and return
+    /// the pids that belong to a group (whose memory and fds are read).
+    pub fn classify(&mut self, processes: &HashMap<Pid, Process>) -> Vec<Pid> {
+        for p in processes.values().filter(|p| p.thread_kind().is_none()) {
+            let pid = p.pid().as_u32();
+            if self
+                .tracked
+                .get(&pid)
+                .is_some_and(|t| t.start_time == p.start_time())
+            {
+                continue;
+            }
+            let info = ProcInfo {
+                pid,
+                comm: p.name().to_string_lossy().into_owned(),
+                exe_name: p
+                    .exe()
+                    .and_then(|e| e.file_name())
+                    .map(|n| n.to_string_lossy().into_owned()),
+                cmdline: p
+                    .cmd()
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                start_time: p.start_time(),
+                cpu_ms: 0,
+                resident_bytes: 0,
+                open_files: None,
+            };
+            let group = self.groups.iter().position(|g| Self::matches(g, &info));
+            // A new process: none of its CPU time has been counted yet.
+            self.tracked.insert(
+                pid,
+                Tracked {
+                    start_time: info.start_time,
+                    group,
+                    cpu_ms: 0,
+                },
+            );
+        }
+        self.tracked
+            .iter()
+            .filter(|(_, t)| t.group.is_some())
+            .map(|(pid, _)| Pid::from_u32(*pid))
+            .collect()
+    }
+
+    /// Update with the current process list from `sysinfo`; every process
+    /// must have been classified by [`ProcessGroups::classify`].
     pub fn update(&mut self, processes: &HashMap<Pid, Process>) -> Vec<(&str, GroupStats)> {
-        let infos = processes
+        let infos: Vec<ProcInfo> = processes
             .values()
             .filter(|p| p.thread_kind().is_none())
             .map(|p| {
-                let tracked = self.tracked.get(&p.pid().as_u32());
-                let known = tracked.filter(|t| t.start_time == p.start_time());
-                let known_unmatched = known.is_some_and(|t| t.group.is_none());
+                let grouped = self
+                    .tracked
+                    .get(&p.pid().as_u32())
+                    .is_some_and(|t| t.start_time == p.start_time() && t.group.is_some());
                 ProcInfo {
                     pid: p.pid().as_u32(),
-                    comm: p.name().to_string_lossy().into_owned(),
-                    exe_name: p
-                        .exe()
-                        .and_then(|e| e.file_name())
-                        .map(|n| n.to_string_lossy().into_owned()),
-                    // The command line is only needed to match a process once.
-                    cmdline: if known.is_some() {
-                        String::new()
-                    } else {
-                        p.cmd()
-                            .iter()
-                            .map(|a| a.to_string_lossy())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    },
+                    comm: String::new(),
+                    exe_name: None,
+                    cmdline: String::new(),
                     start_time: p.start_time(),
                     cpu_ms: p.accumulated_cpu_time(),
-                    resident_bytes: p.memory(),
+                    resident_bytes: if grouped { p.memory() } else { 0 },
                     // Counting fds costs a directory read: only for grouped processes.
-                    open_files: if known_unmatched {
-                        None
-                    } else {
-                        p.open_files()
-                    },
+                    open_files: if grouped { p.open_files() } else { None },
                 }
-            });
-        let infos: Vec<ProcInfo> = infos.collect();
+            })
+            .collect();
         self.update_from(&infos)
     }
 

@@ -442,16 +442,33 @@ impl SystemCollector {
 
         // Process groups
         if !self.groups.is_empty() {
-            self.system.refresh_processes_specifics(
-                ProcessesToUpdate::All,
-                true,
-                ProcessRefreshKind::nothing()
-                    .with_cpu()
-                    .with_memory()
-                    .with_cmd(UpdateKind::OnlyIfNotSet)
-                    .with_exe(UpdateKind::OnlyIfNotSet)
-                    .without_tasks(),
-            );
+            // Discovery and CPU time for every process (one read of
+            // /proc/PID/stat each); command line and executable only for
+            // processes not classified yet; memory only for grouped ones.
+            let base = ProcessRefreshKind::nothing().with_cpu().without_tasks();
+            self.system
+                .refresh_processes_specifics(ProcessesToUpdate::All, true, base);
+            let (need_cmd, need_exe) = self.groups.needs();
+            let new = self.groups.unclassified(self.system.processes());
+            if !new.is_empty() && (need_cmd || need_exe) {
+                let mut kind = ProcessRefreshKind::nothing().without_tasks();
+                if need_cmd {
+                    kind = kind.with_cmd(UpdateKind::OnlyIfNotSet);
+                }
+                if need_exe {
+                    kind = kind.with_exe(UpdateKind::OnlyIfNotSet);
+                }
+                self.system
+                    .refresh_processes_specifics(ProcessesToUpdate::Some(&new), false, kind);
+            }
+            let grouped = self.groups.classify(self.system.processes());
+            if !grouped.is_empty() {
+                self.system.refresh_processes_specifics(
+                    ProcessesToUpdate::Some(&grouped),
+                    false,
+                    ProcessRefreshKind::nothing().with_memory().without_tasks(),
+                );
+            }
             for (name, stats) in self.groups.update(self.system.processes()) {
                 let labels = Labels::from_pairs(&[("group", name)]);
                 let GroupStats {
