@@ -50,12 +50,28 @@ pub struct Config {
 /// One configured source; `type` selects the variant.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub enum SourceConfig {}
+pub enum SourceConfig {
+    /// Tail log (or CSV) files: see `crate::sources::logs`.
+    Logs(crate::sources::logs::LogsConfig),
+    /// Events pushed over HTTP: see `crate::sources::webhook`.
+    Webhook(crate::sources::webhook::WebhookConfig),
+}
 
 impl SourceConfig {
     /// The unique instance name (the `source` label of self-metrics).
     pub fn name(&self) -> &str {
-        match *self {}
+        match self {
+            SourceConfig::Logs(c) => &c.name,
+            SourceConfig::Webhook(c) => &c.name,
+        }
+    }
+
+    /// Checks between the keys of one source: (key relative to the source, reason).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self {
+            SourceConfig::Logs(c) => c.validate(),
+            SourceConfig::Webhook(c) => c.validate(),
+        }
     }
 }
 
@@ -389,7 +405,18 @@ impl Config {
             }
         }
         let mut source_names = std::collections::HashSet::from(["system"]);
+        let mut routes = std::collections::HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
+            s.validate()
+                .map_err(|(key, reason)| invalid(&format!("sources[{i}].{key}"), &reason))?;
+            if let SourceConfig::Webhook(w) = s
+                && !routes.insert(w.route())
+            {
+                return Err(invalid(
+                    &format!("sources[{i}].path"),
+                    &format!("route {:?} is used by two webhook sources", w.route()),
+                ));
+            }
             if !source_names.insert(s.name()) {
                 return Err(invalid(
                     &format!("sources[{i}].name"),

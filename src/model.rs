@@ -13,6 +13,10 @@ use std::sync::Arc;
 pub enum MetricKind {
     Gauge,
     Counter,
+    /// One of the `_bucket`, `_sum` or `_count` parts of a histogram: the
+    /// family name carries the suffix and the store renders the three parts
+    /// under one `# TYPE <base> histogram` header.
+    Histogram,
 }
 
 impl MetricKind {
@@ -20,6 +24,7 @@ impl MetricKind {
         match self {
             MetricKind::Gauge => "gauge",
             MetricKind::Counter => "counter",
+            MetricKind::Histogram => "histogram",
         }
     }
 }

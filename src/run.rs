@@ -78,7 +78,7 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
         events: events.clone(),
         shutdown: shutdown.clone(),
     };
-    sources::spawn_all(&cfg.sources, &ctx, &tracker);
+    let routes = sources::spawn_all(&cfg.sources, &ctx, &tracker);
     drop(ctx);
     drop(tx);
     ready.store(true, Ordering::Release);
@@ -89,7 +89,7 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
         ready,
         events,
     };
-    let app = server::app(state, cfg.web.max_requests);
+    let app = server::app_with(state, cfg.web.max_requests, routes);
     tracing::info!(address = %local, "Listening; metrics at http://{local}/metrics");
     let drain = cfg.web.shutdown_timeout;
     let token = shutdown.clone();

@@ -32,6 +32,20 @@ pub struct AppState {
 
 /// The router; `max_requests` bounds concurrent `/metrics` renders.
 pub fn app(state: AppState, max_requests: usize) -> Router {
+    app_with(state, max_requests, Vec::new())
+}
+
+/// [`app`] plus routes contributed by sources (webhook ingestion); each
+/// carries its own state.
+pub fn app_with(state: AppState, max_requests: usize, extra: Vec<Router>) -> Router {
+    let mut router = base(state, max_requests);
+    for r in extra {
+        router = router.merge(r);
+    }
+    router
+}
+
+fn base(state: AppState, max_requests: usize) -> Router {
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .layer(GlobalConcurrencyLimitLayer::new(max_requests));

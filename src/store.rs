@@ -223,29 +223,99 @@ impl Store {
 
     /// Render every family in the Prometheus text format (0.0.4), families
     /// sorted by name, with HELP and TYPE lines.
+    ///
+    /// Histogram parts (`x_bucket`, `x_sum`, `x_count`, each a family of kind
+    /// [`MetricKind::Histogram`]) are written together under one header for
+    /// `x`, buckets in `le` order.
     pub fn render(&self, out: &mut String) {
-        let mut names: Vec<&Arc<str>> = self.families.keys().collect();
-        names.sort_unstable();
-        for name in names {
-            let family = &self.families[name];
-            out.push_str("# HELP ");
-            out.push_str(name);
-            out.push(' ');
-            escape_help(&family.meta.help, out);
-            out.push_str("\n# TYPE ");
-            out.push_str(name);
-            out.push(' ');
-            out.push_str(family.meta.kind.as_str());
-            out.push('\n');
-            for (labels, series) in &family.series {
-                out.push_str(name);
-                out.push_str(labels.as_str());
+        // (name written in HELP/TYPE, part order, family)
+        let mut order: Vec<(&str, u8, &Family)> = self
+            .families
+            .iter()
+            .map(|(name, family)| match family.meta.kind {
+                MetricKind::Histogram => {
+                    let (base, part) = histogram_part(name);
+                    (base, part, family)
+                }
+                _ => (name.as_ref(), 0, family),
+            })
+            .collect();
+        order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut header: Option<&str> = None;
+        for (base, _, family) in order {
+            if header != Some(base) {
+                header = Some(base);
+                out.push_str("# HELP ");
+                out.push_str(base);
                 out.push(' ');
-                write_value(series.value, out);
+                escape_help(&family.meta.help, out);
+                out.push_str("\n# TYPE ");
+                out.push_str(base);
+                out.push(' ');
+                out.push_str(family.meta.kind.as_str());
                 out.push('\n');
+            }
+            let name = &family.meta.name;
+            if family.meta.kind == MetricKind::Histogram {
+                let mut series: Vec<(&Labels, &Series)> = family.series.iter().collect();
+                series.sort_unstable_by(|a, b| bucket_order(a.0, b.0));
+                for (labels, series) in series {
+                    write_series(name, labels, series.value, out);
+                }
+            } else {
+                for (labels, series) in &family.series {
+                    write_series(name, labels, series.value, out);
+                }
             }
         }
     }
+}
+
+fn write_series(name: &str, labels: &Labels, value: f64, out: &mut String) {
+    out.push_str(name);
+    out.push_str(labels.as_str());
+    out.push(' ');
+    write_value(value, out);
+    out.push('\n');
+}
+
+/// The base name of a histogram part and the part's position
+/// (buckets, then sum, then count).
+fn histogram_part(name: &str) -> (&str, u8) {
+    if let Some(base) = name.strip_suffix("_bucket") {
+        (base, 1)
+    } else if let Some(base) = name.strip_suffix("_sum") {
+        (base, 2)
+    } else if let Some(base) = name.strip_suffix("_count") {
+        (base, 3)
+    } else {
+        (name, 4)
+    }
+}
+
+/// Order histogram series by their labels without `le`, then by the
+/// numeric `le` bound (`+Inf` last).
+fn bucket_order(a: &Labels, b: &Labels) -> std::cmp::Ordering {
+    fn split(l: &Labels) -> (Vec<(String, String)>, f64) {
+        let mut pairs = l.pairs();
+        let mut le = f64::NEG_INFINITY;
+        pairs.retain(|(k, v)| {
+            if k == "le" {
+                le = if v == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    v.parse().unwrap_or(f64::NEG_INFINITY)
+                };
+                false
+            } else {
+                true
+            }
+        });
+        (pairs, le)
+    }
+    let (pa, la) = split(a);
+    let (pb, lb) = split(b);
+    pa.cmp(&pb).then(la.total_cmp(&lb))
 }
 
 /// Convenience for sources: a gauge or counter family.
@@ -369,6 +439,42 @@ mod tests {
         assert_eq!(
             out,
             "# HELP b_total A \\\\ help\\nline\n# TYPE b_total counter\nb_total{device=\"x\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn histogram_parts_render_under_one_header_in_bucket_order() {
+        let mut store = Store::new();
+        let src: Arc<str> = "s".into();
+        let g = store.begin_batch();
+        let b = family("d_seconds_bucket", MetricKind::Histogram, "D.");
+        let s = family("d_seconds_sum", MetricKind::Histogram, "D.");
+        let c = family("d_seconds_count", MetricKind::Histogram, "D.");
+        for (le, v) in [("+Inf", 3.0), ("0.5", 1.0), ("10", 2.0)] {
+            let sample = Sample {
+                family: b.clone(),
+                labels: Labels::from_pairs(&[("le", le)]),
+                value: v,
+                timestamp_ms: 0,
+            };
+            store.upsert(&src, &sample, g).unwrap();
+        }
+        for (f, v) in [(&s, 12.5), (&c, 3.0)] {
+            let sample = Sample {
+                family: f.clone(),
+                labels: Labels::empty(),
+                value: v,
+                timestamp_ms: 0,
+            };
+            store.upsert(&src, &sample, g).unwrap();
+        }
+        let mut out = String::new();
+        store.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP d_seconds D.\n# TYPE d_seconds histogram\n\
+             d_seconds_bucket{le=\"0.5\"} 1\nd_seconds_bucket{le=\"10\"} 2\n\
+             d_seconds_bucket{le=\"+Inf\"} 3\nd_seconds_sum 12.5\nd_seconds_count 3\n"
         );
     }
 }

@@ -4,6 +4,7 @@
 //! One task ([`run_ingest`]) owns the receiving end of the bounded ingest
 //! channel, so stages never need locks of their own and never block on I/O.
 
+pub mod rules;
 pub mod validate;
 
 use std::sync::Arc;

@@ -2,8 +2,12 @@
 //! them in batches on the bounded ingest channel. A failing source reports
 //! itself through self-metrics and never fails a scrape.
 
+pub mod logs;
+pub mod mapping;
 pub mod process;
+pub mod record;
 pub mod system;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -26,10 +30,26 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
 }
 
-/// Start one task per configured source on `tracker`.
-pub fn spawn_all(sources: &[SourceConfig], ctx: &SourceContext, tracker: &TaskTracker) {
+/// Start one task per configured source on `tracker`. Push sources
+/// (webhooks) return the routes to mount on the exporter's HTTP server.
+pub fn spawn_all(
+    sources: &[SourceConfig],
+    ctx: &SourceContext,
+    tracker: &TaskTracker,
+) -> Vec<axum::Router> {
+    let mut routes = Vec::new();
     for source in sources {
-        let _ = (ctx, tracker);
-        match *source {}
+        match source {
+            SourceConfig::Logs(cfg) => {
+                let (cfg, ctx) = (cfg.clone(), ctx.clone());
+                tracker.spawn_blocking(move || logs::run(cfg, ctx));
+            }
+            SourceConfig::Webhook(cfg) => {
+                let (router, source) = webhook::router(cfg.clone(), ctx.clone());
+                tracker.spawn(webhook::announce(source));
+                routes.push(router);
+            }
+        }
     }
+    routes
 }

@@ -1,0 +1,972 @@
+//! The `logs` source: tail files matched by globs and turn their lines into
+//! counters, gauges and histograms.
+//!
+//! Lines are parsed as regex captures, JSON objects or CSV rows (see
+//! [`LogFormat`]); the [`mapping`](super::mapping) module turns the parsed
+//! record into series and [`rules`](crate::pipeline::rules) flag events.
+//!
+//! Files are followed by identity (device and inode), not by name, and
+//! polled at a short interval:
+//! - **rename rotation**: the old file is kept open and read to its end,
+//!   the new file at the path is read from its start;
+//! - **copytruncate**: a file shorter than what was read is read again from
+//!   its start;
+//! - **deleted** files are read to their end through the open handle, then
+//!   dropped; a file created again at the same path is a new file.
+//!
+//! With a `state_file`, the offset of every file (with its device and
+//! inode) is saved after each batch has been handed to the pipeline and on
+//! shutdown, so a restart resumes where the last run stopped.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+use crate::events::Event;
+use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
+use crate::pipeline::rules::{self, RuleConfig, RuleSet};
+use crate::sources::SourceContext;
+use crate::sources::mapping::{LineRegex, MetricConfig, MetricState, Skip};
+use crate::sources::record::{CapturesRecord, CsvRecord, JsonRecord, split_csv};
+
+/// How lines are parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Regexes with named captures (`match`); captures are the fields.
+    #[default]
+    Regex,
+    /// One JSON object per line; fields are dotted paths.
+    Json,
+    /// Comma-separated values; fields are column names.
+    Csv,
+}
+
+/// Where a file seen for the first time (with no saved offset) is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// Only lines appended after start-up count (like `tail -f`).
+    #[default]
+    End,
+    /// Existing content counts too.
+    Beginning,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn default_max_line_bytes() -> usize {
+    64 * 1024
+}
+
+/// `[[sources]]` with `type = "logs"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsConfig {
+    pub name: String,
+    /// Files to tail; `*`, `?` and `[...]` may appear in the file name
+    /// (not in directory names).
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Applies to files present at start-up that have no saved offset;
+    /// files that appear later are always read from their start.
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// How often files are checked for new lines, rotation and new files.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Where offsets are kept between runs; none means no persistence.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// `format = "regex"`: the default regex of metrics without their own
+    /// `match`, and the one whose captures event rules see.
+    #[serde(default, rename = "match")]
+    pub pattern: Option<LineRegex>,
+    /// `format = "csv"`: column names; empty means each file's first line
+    /// is its header.
+    #[serde(default)]
+    pub csv_columns: Vec<String>,
+    /// Longer lines are skipped and counted (`line_too_long`).
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    #[serde(default)]
+    pub metrics: Vec<MetricConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+impl LogsConfig {
+    /// Checks between keys; the key is relative to the source.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.paths.is_empty() {
+            return Err(("paths".into(), "needs at least one path".into()));
+        }
+        for (i, p) in self.paths.iter().enumerate() {
+            Glob::new(p).map_err(|r| (format!("paths[{i}]"), r))?;
+        }
+        if self.poll_interval < Duration::from_millis(10) {
+            return Err(("poll_interval".into(), "must be at least 10ms".into()));
+        }
+        if self.max_line_bytes < 16 {
+            return Err(("max_line_bytes".into(), "must be at least 16".into()));
+        }
+        if self.metrics.is_empty() && self.rules.is_empty() {
+            return Err(("metrics".into(), "needs at least one metric or rule".into()));
+        }
+        super::mapping::validate_all(&self.metrics, &self.rules)?;
+        for (i, m) in self.metrics.iter().enumerate() {
+            if self.format != LogFormat::Regex && m.pattern.is_some() {
+                return Err((
+                    format!("metrics[{i}].match"),
+                    "only `format = \"regex\"` uses `match`".into(),
+                ));
+            }
+            if self.format == LogFormat::Regex {
+                let Some(re) = m.pattern.as_ref().or(self.pattern.as_ref()) else {
+                    return Err((
+                        format!("metrics[{i}].match"),
+                        "`format = \"regex\"` needs `match` here or on the source".into(),
+                    ));
+                };
+                if m.pattern.is_none() {
+                    let mut m = m.clone();
+                    m.pattern = Some(re.clone());
+                    m.validate()
+                        .map_err(|(k, r)| (format!("metrics[{i}].{k}"), r))?;
+                }
+            }
+        }
+        if self.format == LogFormat::Regex && !self.rules.is_empty() && self.pattern.is_none() {
+            return Err((
+                "match".into(),
+                "event rules on regex logs need the source-level `match`".into(),
+            ));
+        }
+        if self.format != LogFormat::Regex && self.pattern.is_some() {
+            return Err((
+                "match".into(),
+                "only `format = \"regex\"` uses `match`".into(),
+            ));
+        }
+        if self.format != LogFormat::Csv && !self.csv_columns.is_empty() {
+            return Err((
+                "csv_columns".into(),
+                "only `format = \"csv\"` uses `csv_columns`".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A path whose file name may hold wildcards.
+#[derive(Debug, Clone)]
+struct Glob {
+    dir: PathBuf,
+    /// `None` for a literal path.
+    name: Option<regex::Regex>,
+    literal: PathBuf,
+}
+
+impl Glob {
+    fn new(pattern: &str) -> Result<Self, String> {
+        let path = Path::new(pattern);
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .ok_or_else(|| format!("{pattern:?} has no file name"))?;
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let wild = |s: &str| s.contains(['*', '?', '[']);
+        if wild(&dir.to_string_lossy()) {
+            return Err(format!(
+                "{pattern:?}: wildcards are supported in the file name only"
+            ));
+        }
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let name = if wild(file) {
+            let mut re = String::from("^");
+            let mut chars = file.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '*' => re.push_str(".*"),
+                    '?' => re.push('.'),
+                    '[' => {
+                        re.push('[');
+                        if chars.peek() == Some(&'!') {
+                            chars.next();
+                            re.push('^');
+                        }
+                        let mut closed = false;
+                        for c in chars.by_ref() {
+                            if c == ']' {
+                                closed = true;
+                                break;
+                            }
+                            if c == '\\' || c == '[' {
+                                re.push('\\');
+                            }
+                            re.push(c);
+                        }
+                        if !closed {
+                            return Err(format!("{pattern:?}: `[` is not closed"));
+                        }
+                        re.push(']');
+                    }
+                    c => re.push_str(&regex::escape(&c.to_string())),
+                }
+            }
+            re.push('$');
+            Some(regex::Regex::new(&re).map_err(|e| format!("{pattern:?}: {e}"))?)
+        } else {
+            None
+        };
+        Ok(Glob {
+            dir,
+            name,
+            literal: path.to_path_buf(),
+        })
+    }
+
+    /// Paths matching now (a literal path is returned whether or not it exists).
+    fn expand(&self, out: &mut Vec<PathBuf>) {
+        let Some(re) = &self.name else {
+            out.push(self.literal.clone());
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Some(name) = entry.file_name().to_str()
+                && re.is_match(name)
+            {
+                out.push(entry.path());
+            }
+        }
+    }
+}
+
+/// Device and inode: what a file is, whatever its name.
+type FileId = (u64, u64);
+
+fn file_id(m: &std::fs::Metadata) -> FileId {
+    (m.dev(), m.ino())
+}
+
+/// The persisted offsets.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    files: Vec<SavedFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    offset: u64,
+}
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read the state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the state file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write the state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn load_state(path: &Path) -> Result<State, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(source) => Err(StateError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn save_state(path: &Path, state: &State) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// One file being followed.
+struct Tailed {
+    path: PathBuf,
+    file: File,
+    /// Bytes consumed: every complete line before this offset was processed.
+    offset: u64,
+    /// Bytes read after `offset`, not yet ended by a newline.
+    partial: Vec<u8>,
+    /// Skipping the rest of an over-long line.
+    discarding: bool,
+    /// CSV header of this file (when the columns are not configured).
+    header: Option<Vec<Box<str>>>,
+    seen: bool,
+}
+
+impl Tailed {
+    /// Position of the OS file handle.
+    fn read_pos(&self) -> u64 {
+        self.offset + self.partial.len() as u64
+    }
+}
+
+/// A regex and the metrics that use it.
+struct RegexGroup {
+    regex: regex::Regex,
+    locations: regex::CaptureLocations,
+    names: FxHashMap<Box<str>, usize>,
+    metrics: Vec<usize>,
+}
+
+/// Line counts by outcome (`vitals_log_lines_total`).
+#[derive(Default)]
+struct LineCounts {
+    matched: u64,
+    unmatched: u64,
+    malformed: u64,
+    too_long: u64,
+    dirty: bool,
+}
+
+/// Parses lines and applies them to the metric states and rules.
+struct Processor {
+    source: Arc<str>,
+    format: LogFormat,
+    groups: Vec<RegexGroup>,
+    /// Index of the source-level regex in `groups` (rules see its captures).
+    rule_group: Option<usize>,
+    metrics: Vec<MetricState>,
+    rules: RuleSet,
+    columns: Option<Vec<Box<str>>>,
+    counts: LineCounts,
+    events: Vec<Event>,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+    lines_family: Arc<FamilyMeta>,
+    files_family: Arc<FamilyMeta>,
+}
+
+impl Processor {
+    fn new(cfg: &LogsConfig, telemetry: Arc<crate::telemetry::Telemetry>) -> Self {
+        let mut groups: Vec<RegexGroup> = Vec::new();
+        fn group_of(groups: &mut Vec<RegexGroup>, re: &regex::Regex) -> usize {
+            if let Some(i) = groups.iter().position(|g| g.regex.as_str() == re.as_str()) {
+                return i;
+            }
+            let names = re
+                .capture_names()
+                .enumerate()
+                .filter_map(|(i, n)| n.map(|n| (Box::from(n), i)))
+                .collect();
+            groups.push(RegexGroup {
+                regex: re.clone(),
+                locations: re.capture_locations(),
+                names,
+                metrics: Vec::new(),
+            });
+            groups.len() - 1
+        }
+        let mut rule_group = None;
+        if cfg.format == LogFormat::Regex {
+            if let Some(re) = &cfg.pattern {
+                rule_group = Some(group_of(&mut groups, &re.0));
+            }
+            for (i, m) in cfg.metrics.iter().enumerate() {
+                if let Some(re) = m.pattern.as_ref().or(cfg.pattern.as_ref()) {
+                    let g = group_of(&mut groups, &re.0);
+                    groups[g].metrics.push(i);
+                }
+            }
+        }
+        Processor {
+            source: cfg.name.as_str().into(),
+            format: cfg.format,
+            groups,
+            rule_group,
+            metrics: super::mapping::states(&cfg.metrics),
+            rules: RuleSet::new(&cfg.name, &cfg.rules),
+            columns: (!cfg.csv_columns.is_empty()).then(|| {
+                cfg.csv_columns
+                    .iter()
+                    .map(|c| Box::from(c.as_str()))
+                    .collect()
+            }),
+            counts: LineCounts::default(),
+            events: Vec::new(),
+            telemetry,
+            lines_family: FamilyMeta::new(
+                "vitals_log_lines_total",
+                MetricKind::Counter,
+                "Lines read by a logs source, by outcome (matched, unmatched, malformed, too_long).",
+            ),
+            files_family: FamilyMeta::new(
+                "vitals_log_files",
+                MetricKind::Gauge,
+                "Files a logs source is following.",
+            ),
+        }
+    }
+
+    fn skip(&self, metric: usize, skip: Skip) {
+        if skip != Skip::Filtered {
+            self.telemetry.sample_dropped(
+                &self.source,
+                skip.reason(),
+                &self.metrics[metric].cfg.name.0.as_str(),
+            );
+        }
+    }
+
+    /// Process one complete line (without its newline).
+    fn line(&mut self, bytes: &[u8], header: &mut Option<Vec<Box<str>>>, ts: i64) {
+        let text = String::from_utf8_lossy(bytes);
+        let line = text.strip_suffix('\r').unwrap_or(&text);
+        self.counts.dirty = true;
+        let mut counted = false;
+        match self.format {
+            LogFormat::Regex => {
+                for g in 0..self.groups.len() {
+                    let group = &mut self.groups[g];
+                    if group
+                        .regex
+                        .captures_read(&mut group.locations, line)
+                        .is_none()
+                    {
+                        continue;
+                    }
+                    let group = &self.groups[g];
+                    let record = CapturesRecord {
+                        line,
+                        locations: &group.locations,
+                        names: &group.names,
+                    };
+                    for &m in &group.metrics {
+                        match self.metrics[m].observe(&record) {
+                            Ok(()) => counted = true,
+                            Err(skip) => self.skip(m, skip),
+                        }
+                    }
+                    if self.rule_group == Some(g) && !self.rules.is_empty() {
+                        let before = self.events.len();
+                        self.rules.eval(&record, ts, &mut self.events);
+                        counted |= self.events.len() > before;
+                    }
+                }
+            }
+            LogFormat::Json => {
+                if line.trim().is_empty() {
+                    self.counts.unmatched += 1;
+                    return;
+                }
+                let value: serde_json::Value = match serde_json::from_str(line) {
+                    Ok(v) => v,
+                    Err(error) => {
+                        self.counts.malformed += 1;
+                        self.telemetry
+                            .source_error(&self.source, "malformed_json", &error);
+                        return;
+                    }
+                };
+                let record = JsonRecord(&value);
+                counted = self.apply_all(&record, ts);
+            }
+            LogFormat::Csv => {
+                if line.trim().is_empty() {
+                    self.counts.unmatched += 1;
+                    return;
+                }
+                let fields = match split_csv(line) {
+                    Ok(f) => f,
+                    Err(error) => {
+                        self.counts.malformed += 1;
+                        self.telemetry
+                            .source_error(&self.source, "malformed_csv", &error);
+                        return;
+                    }
+                };
+                let columns = match (&self.columns, header.as_ref()) {
+                    (Some(c), _) => c.clone(),
+                    (None, Some(h)) => h.clone(),
+                    (None, None) => {
+                        *header = Some(fields.iter().map(|f| Box::from(f.trim())).collect());
+                        return;
+                    }
+                };
+                if fields.len() != columns.len() {
+                    self.counts.malformed += 1;
+                    self.telemetry.source_error(
+                        &self.source,
+                        "malformed_csv",
+                        &format_args!(
+                            "a row has {} fields, the header {}",
+                            fields.len(),
+                            columns.len()
+                        ),
+                    );
+                    return;
+                }
+                let record = CsvRecord {
+                    columns: &columns,
+                    fields: &fields,
+                };
+                counted = self.apply_all(&record, ts);
+            }
+        }
+        if counted {
+            self.counts.matched += 1;
+        } else {
+            self.counts.unmatched += 1;
+        }
+    }
+
+    fn apply_all(&mut self, record: &dyn crate::sources::record::Record, ts: i64) -> bool {
+        let mut counted = false;
+        for m in 0..self.metrics.len() {
+            match self.metrics[m].observe(record) {
+                Ok(()) => counted = true,
+                Err(skip) => self.skip(m, skip),
+            }
+        }
+        let before = self.events.len();
+        self.rules.eval(record, ts, &mut self.events);
+        counted || self.events.len() > before
+    }
+
+    fn flush(&mut self, ts: i64, files: usize, out: &mut Vec<Sample>) {
+        for m in &mut self.metrics {
+            m.flush(ts, out);
+        }
+        self.rules.flush(ts, out);
+        if self.counts.dirty {
+            self.counts.dirty = false;
+            for (outcome, n) in [
+                ("matched", self.counts.matched),
+                ("unmatched", self.counts.unmatched),
+                ("malformed", self.counts.malformed),
+                ("too_long", self.counts.too_long),
+            ] {
+                out.push(Sample {
+                    family: self.lines_family.clone(),
+                    labels: Labels::from_pairs(&[("source", &*self.source), ("outcome", outcome)]),
+                    value: n as f64,
+                    timestamp_ms: ts,
+                });
+            }
+        }
+        out.push(Sample {
+            family: self.files_family.clone(),
+            labels: Labels::from_pairs(&[("source", &*self.source)]),
+            value: files as f64,
+            timestamp_ms: ts,
+        });
+    }
+}
+
+/// Most bytes read from one file per poll, so one busy file cannot starve
+/// the others or make a batch huge; the next poll follows at once.
+const READ_PER_POLL: u64 = 4 << 20;
+
+/// The tailer: files followed, offsets, and error bookkeeping.
+pub struct Tailer {
+    cfg: LogsConfig,
+    globs: Vec<Glob>,
+    files: FxHashMap<FileId, Tailed>,
+    saved: FxHashMap<FileId, SavedFile>,
+    first_scan: bool,
+    /// Paths currently failing, so each failure is counted once.
+    failing: FxHashSet<PathBuf>,
+    proc: Processor,
+    buf: Vec<u8>,
+}
+
+impl Tailer {
+    pub fn new(cfg: LogsConfig, telemetry: Arc<crate::telemetry::Telemetry>) -> Self {
+        let globs = cfg.paths.iter().filter_map(|p| Glob::new(p).ok()).collect();
+        let mut saved = FxHashMap::default();
+        if let Some(path) = &cfg.state_file {
+            match load_state(path) {
+                Ok(state) => {
+                    for f in state.files {
+                        saved.insert((f.dev, f.ino), f);
+                    }
+                }
+                Err(error) => telemetry.source_error(&cfg.name, "state_file", &error),
+            }
+        }
+        Tailer {
+            proc: Processor::new(&cfg, telemetry),
+            cfg,
+            globs,
+            files: FxHashMap::default(),
+            saved,
+            first_scan: true,
+            failing: FxHashSet::default(),
+            buf: vec![0; 256 * 1024],
+        }
+    }
+
+    fn fail(&mut self, path: &Path, reason: &'static str, error: &dyn std::fmt::Display) {
+        if self.failing.insert(path.to_path_buf()) {
+            self.proc.telemetry.source_error(
+                &self.cfg.name,
+                reason,
+                &format_args!("{}: {error}", path.display()),
+            );
+        }
+    }
+
+    /// Find files, follow rotation, read new lines. Returns the samples to
+    /// send and whether a file has more to read right away.
+    pub fn poll(&mut self) -> (Vec<Sample>, bool) {
+        let ts = now_ms();
+        let mut paths = Vec::new();
+        for g in &self.globs {
+            g.expand(&mut paths);
+        }
+        paths.sort();
+        paths.dedup();
+        for t in self.files.values_mut() {
+            t.seen = false;
+        }
+        let mut more = false;
+        for path in paths {
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // A literal path that does not exist (yet).
+                    self.fail(&path, "file_missing", &e);
+                    continue;
+                }
+                Err(e) => {
+                    self.fail(&path, "unreadable", &e);
+                    continue;
+                }
+            };
+            if !meta.is_file() {
+                self.fail(&path, "unreadable", &"not a regular file");
+                continue;
+            }
+            let id = file_id(&meta);
+            if let Some(t) = self.files.get_mut(&id) {
+                t.seen = true;
+                t.path = path.clone();
+                if meta.len() < t.read_pos() {
+                    // copytruncate: the file was emptied under us.
+                    tracing::info!(source = %self.cfg.name, path = %path.display(), "Log file truncated; reading it from the start.");
+                    if t.file.seek(SeekFrom::Start(0)).is_ok() {
+                        t.offset = 0;
+                        t.partial.clear();
+                        t.discarding = false;
+                        t.header = None;
+                    }
+                }
+            } else {
+                match self.open(&path, id, meta.len()) {
+                    Ok(t) => {
+                        self.failing.remove(&path);
+                        self.files.insert(id, t);
+                    }
+                    Err(e) => {
+                        self.fail(&path, "unreadable", &e);
+                        continue;
+                    }
+                }
+            }
+            self.failing.remove(&path);
+        }
+        self.first_scan = false;
+        // Read every file; gone ones (rotated away, deleted) to their end.
+        let ids: Vec<FileId> = self.files.keys().copied().collect();
+        let mut gone = Vec::new();
+        for id in ids {
+            let Some(mut t) = self.files.remove(&id) else {
+                continue;
+            };
+            let limit = if t.seen { READ_PER_POLL } else { u64::MAX };
+            match self.read(&mut t, ts, limit) {
+                Ok(hit_limit) => more |= hit_limit,
+                Err(e) => {
+                    self.fail(&t.path.clone(), "unreadable", &e);
+                    gone.push(id);
+                    continue;
+                }
+            }
+            if t.seen {
+                self.files.insert(id, t);
+            } else {
+                if t.file.metadata().is_ok_and(|m| m.nlink() == 0) {
+                    self.proc.telemetry.source_error(
+                        &self.cfg.name,
+                        "file_deleted",
+                        &format_args!("{} was deleted", t.path.display()),
+                    );
+                } else {
+                    tracing::info!(source = %self.cfg.name, path = %t.path.display(), "Log file rotated away; read to its end.");
+                }
+                gone.push(id);
+            }
+        }
+        for id in gone {
+            self.saved.remove(&id);
+        }
+        let mut out = Vec::new();
+        self.proc.flush(ts, self.files.len(), &mut out);
+        (out, more)
+    }
+
+    fn open(&mut self, path: &Path, id: FileId, len: u64) -> std::io::Result<Tailed> {
+        let mut file = File::open(path)?;
+        let meta = file.metadata()?;
+        if file_id(&meta) != id {
+            // Replaced between stat and open; the next poll picks it up.
+            return Err(std::io::Error::other("file replaced while opening"));
+        }
+        let offset = match self.saved.get(&id) {
+            Some(s) if s.offset <= len => s.offset,
+            Some(_) => 0,
+            None if self.first_scan && self.cfg.start_at == StartAt::End => len,
+            None => 0,
+        };
+        let mut header = None;
+        if offset > 0 && self.cfg.format == LogFormat::Csv && self.proc.columns.is_none() {
+            header = read_header(&mut file, self.cfg.max_line_bytes);
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        tracing::info!(source = %self.cfg.name, path = %path.display(), offset, "Following log file.");
+        Ok(Tailed {
+            path: path.to_path_buf(),
+            file,
+            offset,
+            partial: Vec::new(),
+            discarding: false,
+            header,
+            seen: true,
+        })
+    }
+
+    /// Read new complete lines of `t`, up to about `limit` bytes. Returns
+    /// whether the limit cut the read short.
+    fn read(&mut self, t: &mut Tailed, ts: i64, limit: u64) -> std::io::Result<bool> {
+        let max = self.cfg.max_line_bytes;
+        let mut read_total = 0u64;
+        loop {
+            if read_total >= limit {
+                return Ok(true);
+            }
+            let n = match t.file.read(&mut self.buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            read_total += n as u64;
+            let chunk = &self.buf[..n];
+            let mut start = 0;
+            for nl in memchr::memchr_iter(b'\n', chunk) {
+                let piece = &chunk[start..nl];
+                if t.discarding {
+                    // The end of an over-long line already counted.
+                    t.discarding = false;
+                    t.offset += piece.len() as u64 + 1;
+                } else if t.partial.is_empty() {
+                    if piece.len() > max {
+                        self.proc.counts.too_long += 1;
+                        self.proc.counts.dirty = true;
+                    } else {
+                        self.proc.line(piece, &mut t.header, ts);
+                    }
+                    t.offset += piece.len() as u64 + 1;
+                } else {
+                    t.partial.extend_from_slice(piece);
+                    if t.partial.len() > max {
+                        self.proc.counts.too_long += 1;
+                        self.proc.counts.dirty = true;
+                    } else {
+                        self.proc.line(&t.partial, &mut t.header, ts);
+                    }
+                    t.offset += t.partial.len() as u64 + 1;
+                    t.partial.clear();
+                }
+                start = nl + 1;
+            }
+            let rest = &chunk[start..];
+            if t.discarding {
+                t.offset += rest.len() as u64;
+            } else {
+                t.partial.extend_from_slice(rest);
+                if t.partial.len() > max {
+                    self.proc.counts.too_long += 1;
+                    self.proc.counts.dirty = true;
+                    t.offset += t.partial.len() as u64;
+                    t.partial.clear();
+                    t.discarding = true;
+                }
+            }
+        }
+    }
+
+    /// Record the offsets reached as saved (call once their batch is queued).
+    pub fn commit(&mut self) {
+        for (id, t) in &self.files {
+            self.saved.insert(
+                *id,
+                SavedFile {
+                    path: t.path.clone(),
+                    dev: id.0,
+                    ino: id.1,
+                    offset: t.offset,
+                },
+            );
+        }
+    }
+
+    /// Write the committed offsets to the state file, if one is configured.
+    pub fn persist(&self) -> Result<(), StateError> {
+        let Some(path) = &self.cfg.state_file else {
+            return Ok(());
+        };
+        let mut files: Vec<SavedFile> = self.saved.values().cloned().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        save_state(path, &State { files })
+    }
+
+    /// Take the rule events collected since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.proc.events)
+    }
+}
+
+fn read_header(file: &mut File, max: usize) -> Option<Vec<Box<str>>> {
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut buf = vec![0u8; max.min(64 * 1024)];
+    let mut len = 0;
+    while len < buf.len() {
+        let n = file.read(&mut buf[len..]).ok()?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if memchr::memchr(b'\n', &buf[..len]).is_some() {
+            break;
+        }
+    }
+    let end = memchr::memchr(b'\n', &buf[..len])?;
+    let line = String::from_utf8_lossy(&buf[..end]);
+    let fields = split_csv(line.trim_end_matches('\r')).ok()?;
+    Some(fields.iter().map(|f| Box::from(f.trim())).collect())
+}
+
+/// Run the source until shutdown. File I/O is blocking, so the loop runs on
+/// a blocking thread and hands batches to the pipeline with `blocking_send`.
+pub fn run(cfg: LogsConfig, ctx: SourceContext) {
+    let name: Arc<str> = cfg.name.as_str().into();
+    let interval = cfg.poll_interval;
+    let mut tailer = Tailer::new(cfg, ctx.telemetry.clone());
+    let mut last_persist = Instant::now();
+    let mut dirty_state = false;
+    loop {
+        let started = Instant::now();
+        let (samples, more) = tailer.poll();
+        let events = tailer.take_events();
+        if !samples.is_empty() {
+            let batch = Batch {
+                source: name.clone(),
+                mode: BatchMode::Update,
+                samples,
+            };
+            if ctx.tx.blocking_send(batch).is_err() {
+                // The pipeline is gone (shutdown): these lines were not
+                // applied, so their offsets are not saved.
+                break;
+            }
+            tailer.commit();
+            dirty_state = true;
+        }
+        rules::publish(events, &ctx.events, &ctx.telemetry, &name);
+        ctx.telemetry.source_ok(&name, "logs", started.elapsed());
+        if dirty_state && last_persist.elapsed() >= Duration::from_secs(1) {
+            if let Err(error) = tailer.persist() {
+                ctx.telemetry.source_error(&name, "state_file", &error);
+            }
+            last_persist = Instant::now();
+            dirty_state = false;
+        }
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        if !more {
+            let until = Instant::now() + interval;
+            while !ctx.shutdown.is_cancelled() {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                std::thread::sleep((until - now).min(Duration::from_millis(50)));
+            }
+        }
+    }
+    if let Err(error) = tailer.persist() {
+        ctx.telemetry.source_error(&name, "state_file", &error);
+    }
+    tracing::debug!(source = %name, "Logs source stopped.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_file_names_only() {
+        let g = Glob::new("/var/log/app-*.log").unwrap();
+        let re = g.name.unwrap();
+        assert!(re.is_match("app-1.log"));
+        assert!(!re.is_match("app-1.log.1"));
+        let g = Glob::new("/x/[!a]?.csv").unwrap();
+        let re = g.name.unwrap();
+        assert!(re.is_match("bc.csv"));
+        assert!(!re.is_match("ac.csv"));
+        assert!(Glob::new("/var/*/app.log").is_err());
+        assert!(Glob::new("/x/[ab.log").is_err());
+        assert!(Glob::new("/x/app.log").unwrap().name.is_none());
+    }
+}

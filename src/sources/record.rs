@@ -1,0 +1,257 @@
+//! Records: one parsed event (a log line's regex captures, a JSON object, a
+//! CSV row) seen through field paths, so metric mappings and event rules
+//! work the same on every format.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Deserializer};
+
+/// A field of a record: a capture name, a CSV column, or a dotted JSON path
+/// (`payment.amount`, `items.0.sku`; a numeric segment indexes an array).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FieldPath {
+    raw: Box<str>,
+    segments: Box<[Box<str>]>,
+}
+
+impl FieldPath {
+    pub fn new(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("a field path must not be empty".into());
+        }
+        let segments: Vec<Box<str>> = raw.split('.').map(Box::from).collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(format!("field path {raw:?} has an empty segment"));
+        }
+        Ok(FieldPath {
+            raw: raw.into(),
+            segments: segments.into(),
+        })
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn segments(&self) -> &[Box<str>] {
+        &self.segments
+    }
+}
+
+impl fmt::Debug for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.raw)
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        FieldPath::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The value of one field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Str(Cow<'a, str>),
+    Num(f64),
+    Bool(bool),
+}
+
+impl Value<'_> {
+    /// The value as a number: numbers as they are, strings parsed
+    /// (surrounding blanks ignored), booleans as 1 and 0.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Num(n) => Some(*n),
+            Value::Str(s) => s.trim().parse().ok(),
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        }
+    }
+
+    /// Append the value as text (a label value, a string comparison).
+    pub fn write_str(&self, out: &mut String) {
+        match self {
+            Value::Str(s) => out.push_str(s),
+            Value::Num(n) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{n}");
+            }
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        }
+    }
+}
+
+/// One event seen through field paths.
+pub trait Record {
+    /// The value at `path`; `None` when the field is absent (or JSON null,
+    /// an object or an array).
+    fn get(&self, path: &FieldPath) -> Option<Value<'_>>;
+}
+
+/// A JSON value (normally an object).
+pub struct JsonRecord<'a>(pub &'a serde_json::Value);
+
+impl Record for JsonRecord<'_> {
+    fn get(&self, path: &FieldPath) -> Option<Value<'_>> {
+        let mut v = self.0;
+        for seg in path.segments() {
+            v = match v {
+                serde_json::Value::Object(map) => map.get(seg.as_ref())?,
+                serde_json::Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        match v {
+            serde_json::Value::String(s) => Some(Value::Str(Cow::Borrowed(s))),
+            serde_json::Value::Number(n) => n.as_f64().map(Value::Num),
+            serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
+            _ => None,
+        }
+    }
+}
+
+/// One CSV row with its column names.
+pub struct CsvRecord<'a> {
+    pub columns: &'a [Box<str>],
+    pub fields: &'a [Cow<'a, str>],
+}
+
+impl Record for CsvRecord<'_> {
+    fn get(&self, path: &FieldPath) -> Option<Value<'_>> {
+        let i = self.columns.iter().position(|c| **c == *path.as_str())?;
+        let f = self.fields.get(i)?;
+        if f.is_empty() {
+            None
+        } else {
+            Some(Value::Str(Cow::Borrowed(f.as_ref())))
+        }
+    }
+}
+
+/// The named captures of a regex match on a line.
+pub struct CapturesRecord<'a> {
+    pub line: &'a str,
+    pub locations: &'a regex::CaptureLocations,
+    /// Capture name → group index.
+    pub names: &'a FxHashMap<Box<str>, usize>,
+}
+
+impl Record for CapturesRecord<'_> {
+    fn get(&self, path: &FieldPath) -> Option<Value<'_>> {
+        let i = *self.names.get(path.as_str())?;
+        let (start, end) = self.locations.get(i)?;
+        Some(Value::Str(Cow::Borrowed(self.line.get(start..end)?)))
+    }
+}
+
+/// Why a CSV line could not be split.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsvError {
+    #[error("a quoted field is not closed")]
+    UnclosedQuote,
+    #[error("a quote appears inside an unquoted field or after a closing quote")]
+    StrayQuote,
+}
+
+/// Split one CSV line (RFC 4180 quoting: `"a ""b"""` is `a "b"`). Fields
+/// without quotes borrow from the line. A trailing `\r` is ignored.
+pub fn split_csv(line: &str) -> Result<Vec<Cow<'_, str>>, CsvError> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let mut fields = Vec::new();
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    loop {
+        if bytes.get(i) == Some(&b'"') {
+            // Quoted field.
+            let mut value = String::new();
+            let mut j = i + 1;
+            loop {
+                match line[j..].find('"') {
+                    None => return Err(CsvError::UnclosedQuote),
+                    Some(k) => {
+                        value.push_str(&line[j..j + k]);
+                        j += k + 1;
+                        if bytes.get(j) == Some(&b'"') {
+                            value.push('"');
+                            j += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            fields.push(Cow::Owned(value));
+            match bytes.get(j) {
+                None => return Ok(fields),
+                Some(b',') => i = j + 1,
+                Some(_) => return Err(CsvError::StrayQuote),
+            }
+        } else {
+            let end = line[i..].find(',').map_or(line.len(), |k| i + k);
+            let field = &line[i..end];
+            if field.contains('"') {
+                return Err(CsvError::StrayQuote);
+            }
+            fields.push(Cow::Borrowed(field));
+            if end == line.len() {
+                return Ok(fields);
+            }
+            i = end + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_splits_plain_quoted_and_empty_fields() {
+        let f = split_csv("a,\"b,c\",,\"say \"\"hi\"\"\"\r").unwrap();
+        assert_eq!(f, vec!["a", "b,c", "", "say \"hi\""]);
+        assert_eq!(split_csv("").unwrap(), vec![""]);
+        assert_eq!(split_csv("x,").unwrap(), vec!["x", ""]);
+    }
+
+    #[test]
+    fn csv_rejects_broken_quoting() {
+        assert_eq!(split_csv("a,\"b"), Err(CsvError::UnclosedQuote));
+        assert_eq!(split_csv("a,b\"c"), Err(CsvError::StrayQuote));
+        assert_eq!(split_csv("\"a\"b"), Err(CsvError::StrayQuote));
+    }
+
+    #[test]
+    fn json_paths_walk_objects_and_arrays() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"a":{"b":[{"c":2.5},{"c":"x"}]},"ok":true,"n":null}"#)
+                .unwrap();
+        let r = JsonRecord(&v);
+        let p = |s| FieldPath::new(s).unwrap();
+        assert_eq!(r.get(&p("a.b.0.c")), Some(Value::Num(2.5)));
+        assert_eq!(r.get(&p("a.b.1.c")), Some(Value::Str("x".into())));
+        assert_eq!(r.get(&p("ok")), Some(Value::Bool(true)));
+        assert_eq!(r.get(&p("n")), None);
+        assert_eq!(r.get(&p("a.b.9.c")), None);
+        assert!(FieldPath::new("a..b").is_err());
+    }
+
+    #[test]
+    fn values_convert_to_numbers_and_text() {
+        assert_eq!(Value::Str(" 12.5 ".into()).as_f64(), Some(12.5));
+        assert_eq!(Value::Str("x".into()).as_f64(), None);
+        let mut s = String::new();
+        Value::Num(125000.0).write_str(&mut s);
+        assert_eq!(s, "125000");
+    }
+}
