@@ -658,7 +658,14 @@ impl Tailer {
     /// Find files, follow rotation, read new lines. Returns the samples to
     /// send and whether a file has more to read right away.
     pub fn poll(&mut self) -> (Vec<Sample>, bool) {
-        let ts = now_ms();
+        self.scan();
+        self.read_all()
+    }
+
+    /// Find the files matching now: open new ones (positioned per
+    /// `start_at` or the saved offset), notice truncation, mark the ones
+    /// still present.
+    pub fn scan(&mut self) {
         let mut paths = Vec::new();
         for g in &self.globs {
             g.expand(&mut paths);
@@ -668,7 +675,6 @@ impl Tailer {
         for t in self.files.values_mut() {
             t.seen = false;
         }
-        let mut more = false;
         for path in paths {
             let meta = match std::fs::metadata(&path) {
                 Ok(m) => m,
@@ -715,6 +721,11 @@ impl Tailer {
             self.failing.remove(&path);
         }
         self.first_scan = false;
+    }
+
+    fn read_all(&mut self) -> (Vec<Sample>, bool) {
+        let ts = now_ms();
+        let mut more = false;
         // Read every file; gone ones (rotated away, deleted) to their end.
         let ids: Vec<FileId> = self.files.keys().copied().collect();
         let mut gone = Vec::new();
@@ -896,12 +907,19 @@ fn read_header(file: &mut File, max: usize) -> Option<Vec<Box<str>>> {
     Some(fields.iter().map(|f| Box::from(f.trim())).collect())
 }
 
+/// Find and open the files present at start-up, so `start_at = "end"`
+/// means the end as of start-up (before the exporter reports ready).
+pub fn start(cfg: LogsConfig, ctx: &SourceContext) -> Tailer {
+    let mut tailer = Tailer::new(cfg, ctx.telemetry.clone());
+    tailer.scan();
+    tailer
+}
+
 /// Run the source until shutdown. File I/O is blocking, so the loop runs on
 /// a blocking thread and hands batches to the pipeline with `blocking_send`.
-pub fn run(cfg: LogsConfig, ctx: SourceContext) {
-    let name: Arc<str> = cfg.name.as_str().into();
-    let interval = cfg.poll_interval;
-    let mut tailer = Tailer::new(cfg, ctx.telemetry.clone());
+pub fn run(mut tailer: Tailer, ctx: SourceContext) {
+    let name: Arc<str> = tailer.cfg.name.as_str().into();
+    let interval = tailer.cfg.poll_interval;
     let mut last_persist = Instant::now();
     let mut dirty_state = false;
     loop {

@@ -41,8 +41,9 @@ pub fn spawn_all(
     for source in sources {
         match source {
             SourceConfig::Logs(cfg) => {
-                let (cfg, ctx) = (cfg.clone(), ctx.clone());
-                tracker.spawn_blocking(move || logs::run(cfg, ctx));
+                let tailer = logs::start(cfg.clone(), ctx);
+                let ctx = ctx.clone();
+                tracker.spawn_blocking(move || logs::run(tailer, ctx));
             }
             SourceConfig::Webhook(cfg) => {
                 let (router, source) = webhook::router(cfg.clone(), ctx.clone());
