@@ -1,0 +1,435 @@
+//! The `webhook` source: pushed events over real HTTP to the real binary
+//! (auth, idempotency, body limit, malformed bodies, the fraud rule), and
+//! in-process for the rule event published on the event bus.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Vitals, http, promtool_check_metrics, sample_value, wait_for};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const TOKEN: &str = "s3cret-token";
+
+fn config(secret_file: &std::path::Path, auth: &str, extra: &str) -> String {
+    format!(
+        r#"
+[system]
+enabled = false
+
+[[sources]]
+type = "webhook"
+name = "payments"
+idempotency_key = "id"
+max_body_bytes = 4096
+{extra}
+
+[sources.auth]
+scheme = "{auth}"
+secret_file = "{secret}"
+
+[[sources.metrics]]
+name = "payments_events_total"
+type = "counter"
+labels = {{ status = "status" }}
+
+[[sources.metrics]]
+name = "payments_amount_total"
+type = "counter"
+value = "amount"
+labels = {{ currency = "currency" }}
+
+[[sources.metrics]]
+name = "payments_amount_inr"
+type = "histogram"
+when = 'currency == "INR"'
+value = "amount"
+buckets = [1000, 100000]
+
+[[sources.rules]]
+name = "potential_fraud"
+when = 'amount > 100000 and currency == "INR"'
+severity = "critical"
+value = "amount"
+labels = ["id", "merchant"]
+"#,
+        secret = secret_file.display()
+    )
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    v: Vitals,
+}
+
+fn start(auth: &str, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{TOKEN}\n")).unwrap();
+    let v = Vitals::start(&config(&secret, auth, extra));
+    Setup { _dir: dir, v }
+}
+
+fn post(addr: SocketAddr, headers: &[(&str, &str)], body: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http(addr, "POST", "/ingest/payments", headers, body.as_bytes()).unwrap();
+    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    (status, json)
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+fn error_count(v: &Vitals, reason: &str) -> Option<f64> {
+    sample_value(
+        &v.metrics(),
+        "vitals_source_errors_total",
+        &["source=\"payments\"", &format!("reason=\"{reason}\"")],
+    )
+}
+
+const FRAUD: &str =
+    r#"{"id":"t-1","amount":125000,"currency":"INR","merchant":"m-9","status":"ok"}"#;
+
+#[test]
+fn fraud_rule_flags_a_payment_over_one_lakh_rupees() {
+    let s = start("bearer", "");
+    let auth = bearer();
+    let h = [("Authorization", auth.as_str())];
+    let (status, body) = post(s.v.addr, &h, FRAUD);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 1);
+    let (status, _) = post(
+        s.v.addr,
+        &h,
+        r#"[{"id":"t-2","amount":100000,"currency":"INR","status":"ok"},
+            {"id":"t-3","amount":250000,"currency":"USD","status":"failed"}]"#,
+    );
+    assert_eq!(status, 200);
+    // Answered 200 means queued; the store applies it right after.
+    let m = wait_for(Duration::from_secs(10), "the events in the store", || {
+        let m = s.v.metrics();
+        (sample_value(&m, "payments_events_total", &["status=\"ok\""]) == Some(2.0)).then_some(m)
+    });
+    assert_eq!(
+        sample_value(
+            &m,
+            "vitals_rule_hits_total",
+            &["rule=\"potential_fraud\"", "source=\"payments\""]
+        ),
+        Some(1.0),
+        "only the INR payment over 1,00,000 is flagged"
+    );
+    assert_eq!(
+        sample_value(&m, "payments_events_total", &["status=\"failed\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_value(&m, "payments_amount_total", &["currency=\"INR\""]),
+        Some(225000.0)
+    );
+    assert_eq!(
+        sample_value(&m, "payments_amount_inr_bucket", &["le=\"100000\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_value(&m, "payments_amount_inr_bucket", &["le=\"+Inf\""]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample_value(&m, "payments_amount_inr_count", &[]),
+        Some(2.0)
+    );
+    let (ok, findings) = promtool_check_metrics(&m);
+    assert!(ok, "promtool check metrics: {findings}");
+}
+
+#[test]
+fn bearer_token_is_required_and_checked() {
+    let s = start("bearer", "");
+    let (status, body) = post(s.v.addr, &[], FRAUD);
+    assert_eq!(status, 401);
+    assert_eq!(body["reason"], "missing_credentials");
+    let (status, body) = post(s.v.addr, &[("Authorization", "Bearer wrong")], FRAUD);
+    assert_eq!(status, 401);
+    assert_eq!(body["reason"], "bad_token");
+    assert!(body["error"].is_string());
+    assert_eq!(error_count(&s.v, "bad_token"), Some(1.0));
+    // The rule's counter exists from the start, at 0: refused events count nowhere.
+    let m = wait_for(Duration::from_secs(10), "the initial counters", || {
+        let m = s.v.metrics();
+        sample_value(&m, "vitals_rule_hits_total", &["rule=\"potential_fraud\""]).map(|v| (m, v))
+    });
+    assert_eq!(m.1, 0.0);
+    let m = m.0;
+    assert_eq!(sample_value(&m, "payments_events_total", &[]), None);
+}
+
+fn sign(body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let sig = mac.finalize().into_bytes();
+    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[test]
+fn hmac_signature_of_the_body_is_verified() {
+    let s = start("hmac", "");
+    let good = sign(FRAUD);
+    let (status, body) = post(s.v.addr, &[("X-Signature-256", &good)], FRAUD);
+    assert_eq!(status, 200, "{body}");
+    // The same signature over another body fails.
+    let other = FRAUD.replace("125000", "125001");
+    let (status, body) = post(s.v.addr, &[("X-Signature-256", &good)], &other);
+    assert_eq!(status, 401);
+    assert_eq!(body["reason"], "bad_signature");
+    let (status, body) = post(s.v.addr, &[("X-Signature-256", "sha256=zz")], FRAUD);
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("bad_signature"))
+    );
+    let (status, body) = post(s.v.addr, &[], FRAUD);
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("missing_credentials"))
+    );
+    assert_eq!(error_count(&s.v, "bad_signature"), Some(2.0));
+    let m = wait_for(Duration::from_secs(10), "the signed event", || {
+        let m = s.v.metrics();
+        sample_value(&m, "payments_events_total", &[]).map(|_| m)
+    });
+    assert_eq!(
+        sample_value(&m, "payments_events_total", &["status=\"ok\""]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn retried_post_is_not_counted_twice() {
+    let s = start("bearer", "");
+    let auth = bearer();
+    let h = [("Authorization", auth.as_str())];
+    let batch = "{\"id\":\"a\",\"amount\":5,\"currency\":\"INR\",\"status\":\"ok\"}\n\
+                 {\"id\":\"b\",\"amount\":7,\"currency\":\"INR\",\"status\":\"ok\"}\n";
+    let (status, body) = post(s.v.addr, &h, batch);
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(2)));
+    let (status, body) = post(s.v.addr, &h, batch);
+    assert_eq!(status, 200, "a retry is acknowledged");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+        (Some(0), Some(2))
+    );
+    // Duplicates inside one body too.
+    let (_, body) = post(
+        s.v.addr,
+        &h,
+        r#"[{"id":"c","amount":1,"currency":"INR","status":"ok"},{"id":"c","amount":1,"currency":"INR","status":"ok"}]"#,
+    );
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let m = wait_for(Duration::from_secs(10), "three events", || {
+        let m = s.v.metrics();
+        (sample_value(
+            &m,
+            "vitals_webhook_events_total",
+            &["outcome=\"duplicate\""],
+        ) == Some(3.0))
+        .then_some(m)
+    });
+    assert_eq!(
+        sample_value(&m, "payments_events_total", &["status=\"ok\""]),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample_value(&m, "payments_amount_total", &["currency=\"INR\""]),
+        Some(13.0)
+    );
+    assert_eq!(
+        sample_value(&m, "vitals_webhook_events_total", &["outcome=\"accepted\""]),
+        Some(3.0)
+    );
+}
+
+#[test]
+fn body_over_the_limit_gets_413_with_a_json_error() {
+    let s = start("bearer", "");
+    let auth = bearer();
+    let big = format!("[{}]", vec![FRAUD; 100].join(","));
+    assert!(big.len() > 4096);
+    let (status, body) = post(s.v.addr, &[("Authorization", &auth)], &big);
+    assert_eq!(status, 413);
+    assert_eq!(body["reason"], "body_too_large");
+    assert_eq!(error_count(&s.v, "body_too_large"), Some(1.0));
+    assert_eq!(
+        sample_value(&s.v.metrics(), "payments_events_total", &[]),
+        None
+    );
+}
+
+#[test]
+fn malformed_json_and_csv_get_400_and_count_nothing() {
+    let s = start("bearer", "");
+    let auth = bearer();
+    let h = [("Authorization", auth.as_str())];
+    for bad in [
+        r#"{"id":"x","amount":"#,
+        "{\"id\":\"ok-1\",\"amount\":1}\nnot json\n",
+        "[1, 2]",
+        "",
+    ] {
+        let (status, body) = post(s.v.addr, &h, bad);
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert_eq!(body["reason"], "malformed_json");
+    }
+    assert_eq!(error_count(&s.v, "malformed_json"), Some(4.0));
+    let accepted = wait_for(Duration::from_secs(10), "the initial counters", || {
+        sample_value(
+            &s.v.metrics(),
+            "vitals_webhook_events_total",
+            &["outcome=\"accepted\""],
+        )
+    });
+    assert_eq!(accepted, 0.0, "a body with one bad line is refused whole");
+
+    let csv = start("bearer", "format = \"csv\"");
+    let h = [("Authorization", auth.as_str())];
+    let (status, body) = post(
+        csv.v.addr,
+        &h,
+        "id,amount,currency,status\nc-1,\"5,INR,ok\n",
+    );
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("malformed_csv"))
+    );
+    let (status, body) = post(csv.v.addr, &h, "id,amount,currency,status\nc-1,5\n");
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("malformed_csv"))
+    );
+    let (status, body) = post(
+        csv.v.addr,
+        &h,
+        "id,amount,currency,status,merchant\nc-1,150000,INR,ok,m-1\nc-2,10,INR,failed,m-2\n",
+    );
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    let m = wait_for(Duration::from_secs(10), "csv events", || {
+        let m = csv.v.metrics();
+        sample_value(&m, "payments_events_total", &["status=\"failed\""]).map(|_| m)
+    });
+    assert_eq!(
+        sample_value(&m, "vitals_rule_hits_total", &["rule=\"potential_fraud\""]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn unreadable_secret_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vitals::start(&config(&dir.path().join("missing"), "bearer", ""));
+    let (status, body) = post(v.addr, &[("Authorization", "Bearer anything")], FRAUD);
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (503, Some("secret_unavailable"))
+    );
+}
+
+/// In process: the rule hit is published on the event bus (what the live
+/// dashboard and the log subscribe to) and counted in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_rule_publishes_a_rule_event_on_the_bus() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use parking_lot::RwLock;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, TOKEN).unwrap();
+    // Built from JSON rather than `config::load`, which would also read the
+    // test process's `VITALS_*` environment.
+    let wh: vitals::sources::webhook::WebhookConfig = serde_json::from_value(serde_json::json!({
+        "name": "payments",
+        "auth": {"scheme": "bearer", "secret_file": secret},
+        "metrics": [{"name": "payments_events_total", "type": "counter", "labels": {"status": "status"}}],
+        "rules": [{
+            "name": "potential_fraud",
+            "when": "amount > 100000 and currency == \"INR\"",
+            "severity": "critical",
+            "value": "amount",
+            "labels": ["id", "merchant"],
+        }],
+    }))
+    .unwrap();
+    wh.validate().unwrap();
+
+    let telemetry = Arc::new(vitals::telemetry::Telemetry::new());
+    let store = Arc::new(RwLock::new(vitals::store::Store::new()));
+    let events = vitals::events::EventBus::default();
+    let mut rx_events = events.subscribe();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let ingest = tokio::spawn(vitals::pipeline::run_ingest(
+        rx,
+        vitals::pipeline::Pipeline::standard(),
+        store.clone(),
+        telemetry.clone(),
+        shutdown.clone(),
+    ));
+    let ctx = vitals::sources::SourceContext {
+        tx,
+        telemetry,
+        events,
+        shutdown: shutdown.clone(),
+    };
+    let (router, _source) = vitals::sources::webhook::router(wh, ctx);
+    let resp = router
+        .oneshot(
+            Request::post("/ingest/payments")
+                .header("authorization", bearer())
+                .body(Body::from(FRAUD))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+
+    let event = tokio::time::timeout(Duration::from_secs(10), rx_events.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("the bus is open");
+    assert_eq!(event.kind, "rule");
+    assert_eq!(event.reason, "potential_fraud");
+    assert_eq!(event.severity, vitals::events::Severity::Critical);
+    assert_eq!(event.source, "payments");
+    assert_eq!(event.value, 125000.0);
+    assert_eq!(event.labels, r#"{id="t-1",merchant="m-9"}"#);
+
+    // The 200 came after the batch was queued; stop the ingest task, which
+    // applies what is queued before it exits.
+    shutdown.cancel();
+    ingest.await.unwrap();
+    let mut out = String::new();
+    store.read().render(&mut out);
+    assert_eq!(
+        sample_value(
+            &out,
+            "vitals_rule_hits_total",
+            &["rule=\"potential_fraud\""]
+        ),
+        Some(1.0),
+        "{out}"
+    );
+}
