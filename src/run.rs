@@ -55,12 +55,17 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
     let tracker = TaskTracker::new();
     let (tx, rx) = tokio::sync::mpsc::channel(cfg.store.ingest_queue);
 
+    // The ingest task runs until every sender is gone (sources stopped, the
+    // HTTP server with its push routes drained), so a batch a webhook
+    // acknowledged with 2xx during shutdown is still applied; `ingest_stop`
+    // only ends it if something still holds a sender at the timeout.
+    let ingest_stop = CancellationToken::new();
     tracker.spawn(pipeline::run_ingest(
         rx,
         Pipeline::standard(),
         store.clone(),
         telemetry.clone(),
-        shutdown.clone(),
+        ingest_stop.clone(),
     ));
     if cfg.system.enabled {
         tracker.spawn(sources::system::run(
@@ -106,6 +111,7 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        ingest_stop.cancel();
         tracing::warn!(timeout = ?drain, "Tasks still running at the shutdown timeout.");
     }
     tracing::info!("Stopped.");

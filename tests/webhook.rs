@@ -433,3 +433,19 @@ async fn fraud_rule_publishes_a_rule_event_on_the_bus() {
         "{out}"
     );
 }
+
+#[test]
+fn business_example_configs_pass_vitals_check() {
+    for file in ["examples/webhook.toml", "examples/logs.toml"] {
+        let out = std::process::Command::new(common::vitals_bin())
+            .args(["check", "--config", file])
+            .env_remove("VITALS_BUILD_COMMIT")
+            .output()
+            .expect("run vitals check");
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

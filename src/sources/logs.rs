@@ -987,4 +987,86 @@ mod tests {
         assert!(Glob::new("/x/[ab.log").is_err());
         assert!(Glob::new("/x/app.log").unwrap().name.is_none());
     }
+
+    fn tailer(path: &Path, max_line_bytes: usize) -> Tailer {
+        let cfg: LogsConfig = serde_json::from_value(serde_json::json!({
+            "name": "t",
+            "paths": [path],
+            "start_at": "beginning",
+            "match": "v=(?P<v>[0-9]+)",
+            "max_line_bytes": max_line_bytes,
+            "metrics": [{"name": "v_total", "type": "counter", "value": "v"}],
+        }))
+        .unwrap();
+        cfg.validate().unwrap();
+        Tailer::new(cfg, Arc::new(crate::telemetry::Telemetry::new()))
+    }
+
+    fn write(path: &Path, s: &str) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(s.as_bytes()).unwrap();
+    }
+
+    fn value(samples: &[Sample], name: &str, labels: &str) -> Option<f64> {
+        samples
+            .iter()
+            .find(|s| &*s.family.name == name && s.labels.as_str().contains(labels))
+            .map(|s| s.value)
+    }
+
+    #[test]
+    fn a_line_written_in_pieces_counts_once_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        write(&path, "v=1\nv=");
+        let mut t = tailer(&path, 1024);
+        let (out, _) = t.poll();
+        assert_eq!(value(&out, "v_total", ""), Some(1.0));
+        assert_eq!(
+            t.files.values().next().unwrap().offset,
+            4,
+            "offset stops at the last newline"
+        );
+        write(&path, "20");
+        let (out, _) = t.poll();
+        assert_eq!(value(&out, "v_total", ""), None, "no newline yet");
+        write(&path, "\n");
+        let (out, _) = t.poll();
+        assert_eq!(value(&out, "v_total", ""), Some(21.0));
+        assert_eq!(t.files.values().next().unwrap().offset, 9);
+    }
+
+    #[test]
+    fn over_long_lines_are_skipped_and_counted_and_offsets_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let long = format!("v=5 {}\n", "x".repeat(100));
+        write(&path, &format!("v=1\n{long}v=2\n"));
+        let mut t = tailer(&path, 32);
+        let (out, _) = t.poll();
+        assert_eq!(value(&out, "v_total", ""), Some(3.0));
+        assert_eq!(
+            value(&out, "vitals_log_lines_total", "outcome=\"too_long\""),
+            Some(1.0)
+        );
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(t.files.values().next().unwrap().offset, len);
+        // An over-long line arriving in pieces across polls.
+        write(&path, &"y".repeat(40));
+        t.poll();
+        write(&path, "yyy\nv=4\n");
+        let (out, _) = t.poll();
+        assert_eq!(value(&out, "v_total", ""), Some(7.0));
+        assert_eq!(
+            value(&out, "vitals_log_lines_total", "outcome=\"too_long\""),
+            Some(2.0)
+        );
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(t.files.values().next().unwrap().offset, len);
+    }
 }
