@@ -597,7 +597,7 @@ mod tests {
         assert!(!eval(e, r#"{"amount":100000,"currency":"INR"}"#));
         assert!(!eval(e, r#"{"amount":125000,"currency":"USD"}"#));
         assert!(!eval(e, r#"{"currency":"INR"}"#));
-        assert!(eval(e, r#"{"amount":"1_25_000"}"#) == false);
+        assert!(!eval(e, r#"{"amount":"1_25_000"}"#));
         assert!(eval(e, r#"{"amount":"125000.5","currency":"INR"}"#));
     }
 

@@ -143,8 +143,7 @@ impl<'de> Deserialize<'de> for LineRegex {
             let msg = e.to_string();
             let last = msg
                 .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .trim()
                 .to_string();

@@ -210,7 +210,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| match c {
