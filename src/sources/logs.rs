@@ -2,7 +2,7 @@
 //! counters, gauges and histograms.
 //!
 //! Lines are parsed as regex captures, JSON objects or CSV rows (see
-//! [`LogFormat`]); the [`mapping`](super::mapping) module turns the parsed
+//! [`LogFormat`]); the [`aggregate`](super::aggregate) module turns the parsed
 //! record into series and [`rules`](crate::pipeline::rules) flag events.
 //!
 //! Files are followed by identity (device and inode), not by name, and
@@ -32,7 +32,7 @@ use crate::events::Event;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
 use crate::pipeline::rules::{self, RuleConfig, RuleSet};
 use crate::sources::SourceContext;
-use crate::sources::mapping::{LineRegex, MetricConfig, MetricState, Skip};
+use crate::sources::aggregate::{LineRegex, MetricConfig, MetricState, Skip};
 use crate::sources::record::{CapturesRecord, CsvRecord, JsonRecord, split_csv};
 
 /// How lines are parsed.
@@ -122,7 +122,7 @@ impl LogsConfig {
         if self.metrics.is_empty() && self.rules.is_empty() {
             return Err(("metrics".into(), "needs at least one metric or rule".into()));
         }
-        super::mapping::validate_all(&self.metrics, &self.rules)?;
+        super::aggregate::validate_all(&self.metrics, &self.rules)?;
         for (i, m) in self.metrics.iter().enumerate() {
             if self.format != LogFormat::Regex && m.pattern.is_some() {
                 return Err((
@@ -423,7 +423,7 @@ impl Processor {
             format: cfg.format,
             groups,
             rule_group,
-            metrics: super::mapping::states(&cfg.metrics),
+            metrics: super::aggregate::states(&cfg.metrics),
             rules: RuleSet::new(&cfg.name, &cfg.rules),
             columns: (!cfg.csv_columns.is_empty()).then(|| {
                 cfg.csv_columns

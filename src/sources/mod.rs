@@ -2,8 +2,8 @@
 //! them in batches on the bounded ingest channel. A failing source reports
 //! itself through self-metrics and never fails a scrape.
 
+pub mod aggregate;
 pub mod logs;
-pub mod mapping;
 pub mod process;
 pub mod record;
 pub mod system;

@@ -34,7 +34,7 @@ use crate::events::Event;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
 use crate::pipeline::rules::{self, RuleConfig, RuleSet};
 use crate::sources::SourceContext;
-use crate::sources::mapping::{MetricConfig, MetricState, Skip};
+use crate::sources::aggregate::{MetricConfig, MetricState, Skip};
 use crate::sources::record::{CsvRecord, FieldPath, JsonRecord, Record, split_csv};
 
 /// Body format.
@@ -199,7 +199,7 @@ impl WebhookConfig {
                 ));
             }
         }
-        super::mapping::validate_all(&self.metrics, &self.rules)
+        super::aggregate::validate_all(&self.metrics, &self.rules)
     }
 }
 
@@ -344,7 +344,7 @@ impl Webhook {
             .filter(|a| a.scheme == AuthScheme::Hmac)
             .and_then(|a| axum::http::HeaderName::try_from(a.signature_header.as_str()).ok());
         let inner = Inner {
-            metrics: super::mapping::states(&cfg.metrics),
+            metrics: super::aggregate::states(&cfg.metrics),
             rules: RuleSet::new(&cfg.name, &cfg.rules),
             dedupe: Dedupe::new(cfg.idempotency_window, cfg.idempotency_capacity),
             accepted: 0,

@@ -1,5 +1,10 @@
-//! Metric mappings shared by the `logs` and `webhook` sources: how a record
-//! (a log line, a pushed event) becomes counters, gauges and histograms.
+//! Event aggregation shared by the `logs` and `webhook` sources: how a
+//! stream of records (log lines, pushed events) becomes counters (events
+//! counted or a field summed), gauges (last value) and histograms.
+//!
+//! Unlike [`crate::mapping`], which turns one payload into the current
+//! values it carries (a sensor reading, an API response), every record here
+//! is one event that adds to running totals.
 //!
 //! The source keeps the running totals (counters, histogram buckets) and
 //! sends the current value of every series that changed, so the store only
