@@ -136,9 +136,6 @@ impl Vitals {
             .arg(addr.to_string())
             .args(extra_args)
             .env_remove("RUST_LOG")
-            // Cargo exports build.rs' rustc-env to test processes; as a
-            // `VITALS_*` variable it would be read as a config override.
-            .env_remove("VITALS_BUILD_COMMIT")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
