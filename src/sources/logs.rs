@@ -277,6 +277,53 @@ struct SavedFile {
     dev: u64,
     ino: u64,
     offset: u64,
+    /// Fingerprint of the file's first bytes, so a reused inode (another
+    /// file) is not mistaken for the saved one.
+    #[serde(default)]
+    head: Head,
+}
+
+/// How many leading bytes identify a file's content.
+const HEAD_BYTES: usize = 64;
+
+/// Length and FNV-1a hash of a file's first (up to [`HEAD_BYTES`]) bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Head {
+    len: usize,
+    hash: u64,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The current head of `file` (at most `len` bytes are looked at).
+fn read_head(file: &File, len: u64) -> std::io::Result<(Head, [u8; HEAD_BYTES])> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; HEAD_BYTES];
+    let want = (len as usize).min(HEAD_BYTES);
+    let mut got = 0;
+    while got < want {
+        let n = file.read_at(&mut buf[got..want], got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok((
+        Head {
+            len: got,
+            hash: fnv1a(&buf[..got]),
+        },
+        buf,
+    ))
+}
+
+/// Whether the first `head.len` bytes of `bytes` still hash to `head`.
+fn head_matches(head: Head, now: &Head, bytes: &[u8]) -> bool {
+    head.len == 0 || (now.len >= head.len && fnv1a(&bytes[..head.len]) == head.hash)
 }
 
 /// Why the state file could not be used.
@@ -333,6 +380,8 @@ fn save_state(path: &Path, state: &State) -> Result<(), StateError> {
 struct Tailed {
     path: PathBuf,
     file: File,
+    /// Fingerprint of the first bytes, to notice a rewritten file.
+    head: Head,
     /// Bytes consumed: every complete line before this offset was processed.
     offset: u64,
     /// Bytes read after `offset`, not yet ended by a newline.
@@ -696,8 +745,19 @@ impl Tailer {
             if let Some(t) = self.files.get_mut(&id) {
                 t.seen = true;
                 t.path = path.clone();
-                if meta.len() < t.read_pos() {
-                    // copytruncate: the file was emptied under us.
+                // copytruncate: the file is shorter than what was read, or
+                // its first bytes changed (truncated and written again
+                // between two polls).
+                let rewritten = match read_head(&t.file, meta.len()) {
+                    Ok((now, bytes)) => {
+                        let rewritten = !head_matches(t.head, &now, &bytes);
+                        t.head = now;
+                        rewritten
+                    }
+                    // A read error shows up (and is counted) when reading.
+                    Err(_) => false,
+                };
+                if meta.len() < t.read_pos() || rewritten {
                     tracing::info!(source = %self.cfg.name, path = %path.display(), "Log file truncated; reading it from the start.");
                     if t.file.seek(SeekFrom::Start(0)).is_ok() {
                         t.offset = 0;
@@ -772,8 +832,9 @@ impl Tailer {
             // Replaced between stat and open; the next poll picks it up.
             return Err(std::io::Error::other("file replaced while opening"));
         }
+        let (head, bytes) = read_head(&file, len)?;
         let offset = match self.saved.get(&id) {
-            Some(s) if s.offset <= len => s.offset,
+            Some(s) if s.offset <= len && head_matches(s.head, &head, &bytes) => s.offset,
             Some(_) => 0,
             None if self.first_scan && self.cfg.start_at == StartAt::End => len,
             None => 0,
@@ -787,6 +848,7 @@ impl Tailer {
         Ok(Tailed {
             path: path.to_path_buf(),
             file,
+            head,
             offset,
             partial: Vec::new(),
             discarding: false,
@@ -866,6 +928,7 @@ impl Tailer {
                     dev: id.0,
                     ino: id.1,
                     offset: t.offset,
+                    head: t.head,
                 },
             );
         }
@@ -1068,5 +1131,25 @@ mod tests {
         );
         let len = std::fs::metadata(&path).unwrap().len();
         assert_eq!(t.files.values().next().unwrap().offset, len);
+    }
+
+    #[test]
+    fn a_truncated_file_rewritten_longer_between_polls_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        write(&path, "v=1\nv=2\n");
+        let mut t = tailer(&path, 1024);
+        let (out, _) = t.poll();
+        assert_eq!(value(&out, "v_total", ""), Some(3.0));
+        // Truncated and written again, longer than before, before the next poll.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        write(&path, "v=30\nv=40\nv=50\n");
+        let (out, _) = t.poll();
+        assert_eq!(value(&out, "v_total", ""), Some(123.0));
     }
 }
