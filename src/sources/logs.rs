@@ -433,6 +433,7 @@ struct Processor {
     telemetry: Arc<crate::telemetry::Telemetry>,
     lines_family: Arc<FamilyMeta>,
     files_family: Arc<FamilyMeta>,
+    files_reported: Option<usize>,
 }
 
 impl Processor {
@@ -488,6 +489,7 @@ impl Processor {
                 MetricKind::Counter,
                 "Lines read by a logs source, by outcome (matched, unmatched, malformed, too_long).",
             ),
+            files_reported: None,
             files_family: FamilyMeta::new(
                 "vitals_log_files",
                 MetricKind::Gauge,
@@ -642,12 +644,16 @@ impl Processor {
                 });
             }
         }
-        out.push(Sample {
-            family: self.files_family.clone(),
-            labels: Labels::from_pairs(&[("source", &*self.source)]),
-            value: files as f64,
-            timestamp_ms: ts,
-        });
+        // Only when it changed, so an idle source sends nothing.
+        if self.files_reported != Some(files) {
+            self.files_reported = Some(files);
+            out.push(Sample {
+                family: self.files_family.clone(),
+                labels: Labels::from_pairs(&[("source", &*self.source)]),
+                value: files as f64,
+                timestamp_ms: ts,
+            });
+        }
     }
 }
 
