@@ -447,3 +447,102 @@ fn business_example_configs_pass_vitals_check() {
         );
     }
 }
+
+#[test]
+fn label_values_beyond_the_budget_are_dropped_and_counted_not_stored() {
+    let extra = r#"
+[[sources.metrics]]
+name = "payments_by_merchant_total"
+type = "counter"
+labels = { merchant = "merchant" }
+max_series = 2
+"#;
+    let s = start("bearer", extra);
+    let auth = bearer();
+    let body = (1..=3)
+        .map(|i| {
+            format!(
+                r#"{{"id":"m{i}","amount":1,"currency":"INR","merchant":"m-{i}","status":"ok"}}"#
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (status, _) = post(s.v.addr, &[("Authorization", &auth)], &body);
+    assert_eq!(status, 200);
+    let m = wait_for(Duration::from_secs(10), "three events", || {
+        let m = s.v.metrics();
+        (sample_value(&m, "payments_events_total", &["status=\"ok\""]) == Some(3.0)).then_some(m)
+    });
+    let series = m
+        .lines()
+        .filter(|l| l.starts_with("payments_by_merchant_total{"))
+        .count();
+    assert_eq!(series, 2, "{m}");
+    assert_eq!(
+        sample_value(
+            &m,
+            "vitals_samples_dropped_total",
+            &["source=\"payments\"", "reason=\"cardinality\""]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_typo_in_a_business_source_is_rejected_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[sources]]
+type = "webhook"
+name = "payments"
+idempotency_keys = "id"
+
+[[sources.metrics]]
+name = "payments_events_total"
+type = "counter"
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::vitals_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("bad.toml") && err.contains("idempotency_keys"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &path,
+        r#"
+[[sources]]
+type = "logs"
+name = "app"
+paths = ["/var/log/app.log"]
+match = 'x=(?P<x>\d+)'
+
+[[sources.metrics]]
+name = "app_x_total"
+type = "counter"
+labels = { y = "y" }
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::vitals_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("sources[0].metrics[0].match") && err.contains("`y`"),
+        "{err}"
+    );
+}
