@@ -97,6 +97,9 @@ pub struct WebConfig {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Web configuration file (TLS, basic auth, headers) in the format
+    /// node_exporter and Prometheus take; overridden by --web.config.file.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -105,6 +108,7 @@ impl Default for WebConfig {
             listen_address: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             max_requests: 40,
             shutdown_timeout: Duration::from_secs(10),
+            config_file: None,
         }
     }
 }

@@ -15,11 +15,13 @@
 //! - [`pipeline`]: synchronous per-sample stages and the ingest task.
 //! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
+//! - [`expose`]: serving with the web config file (TLS, basic auth, headers).
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
 
 pub mod config;
 pub mod events;
+pub mod expose;
 pub mod mapping;
 pub mod model;
 pub mod pipeline;

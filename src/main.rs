@@ -41,6 +41,13 @@ struct RunArgs {
     /// Address to listen on, overriding `web.listen_address`.
     #[arg(long = "web.listen-address")]
     listen_address: Option<SocketAddr>,
+    /// Web configuration file (TLS, basic auth, response headers), the
+    /// format node_exporter and Prometheus take; re-read when it changes.
+    #[arg(long = "web.config.file")]
+    web_config_file: Option<PathBuf>,
+    /// At most this many /metrics requests at once (overrides `web.max_requests`).
+    #[arg(long = "web.max-requests")]
+    max_requests: Option<usize>,
     /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG filter).
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
@@ -70,8 +77,16 @@ fn init_logging(level: &str) {
 fn check(paths: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for path in paths {
-        match vitals::config::load(Some(path)) {
-            Ok(_) => println!("{}: OK", path.display()),
+        let checked = vitals::config::load(Some(path))
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| match &cfg.web.config_file {
+                Some(web) => vitals::expose::webconfig::WebConfig::load(web)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            });
+        match checked {
+            Ok(()) => println!("{}: OK", path.display()),
             Err(e) => {
                 eprintln!("vitals: {e}");
                 ok = false;
@@ -95,6 +110,20 @@ fn run(args: RunArgs) -> ExitCode {
     };
     if let Some(address) = args.listen_address {
         cfg.web.listen_address = address;
+    }
+    if let Some(path) = args.web_config_file {
+        cfg.web.config_file = Some(path);
+    }
+    if let Some(n) = args.max_requests.filter(|n| *n > 0) {
+        cfg.web.max_requests = n;
+    }
+    // An invalid web configuration is a configuration error: exit 2 before
+    // anything starts.
+    if let Some(path) = &cfg.web.config_file
+        && let Err(e) = vitals::expose::webconfig::WebConfig::load(path)
+    {
+        eprintln!("vitals: {e}");
+        return ExitCode::from(2);
     }
     init_logging(&args.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -32,6 +32,8 @@ pub enum RunError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    WebConfig(crate::expose::webconfig::WebConfigError),
 }
 
 /// Run until a shutdown signal arrives.
@@ -95,11 +97,20 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
         events,
     };
     let app = server::app_with(state, cfg.web.max_requests, routes);
-    tracing::info!(address = %local, "Listening; metrics at http://{local}/metrics");
+    let scheme = if cfg.web.config_file.is_some() {
+        "https or http per the web config"
+    } else {
+        "http"
+    };
+    tracing::info!(address = %local, scheme, "Listening; metrics at /metrics.");
     let drain = cfg.web.shutdown_timeout;
-    let token = shutdown.clone();
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(async move { token.cancelled().await });
+    let web = match &cfg.web.config_file {
+        Some(path) => Some(Arc::new(
+            crate::expose::webconfig::WebConfigWatcher::new(path).map_err(RunError::WebConfig)?,
+        )),
+        None => None,
+    };
+    let serve = crate::expose::serve(listener, app, web, shutdown.clone());
     let result = tokio::select! {
         r = serve => r.map_err(RunError::Serve),
         // In-flight requests get `drain` to finish after the signal.

@@ -152,6 +152,39 @@ impl Vitals {
         v
     }
 
+    /// Start `vitals run` with `config` and a web configuration file that
+    /// turns on TLS; waits until the port accepts connections.
+    pub fn start_tls(config: &str, web_config: &Path) -> Vitals {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("vitals.toml");
+        std::fs::write(&path, config).expect("write config");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(vitals_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .arg("--web.listen-address")
+            .arg(addr.to_string())
+            .arg("--web.config.file")
+            .arg(web_config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vitals");
+        let mut v = Vitals { child, addr, dir };
+        let child = &mut v.child;
+        wait_for(Duration::from_secs(20), "vitals to listen", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("vitals exited early with {status}");
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| ())
+        });
+        v
+    }
+
     pub fn config_dir(&self) -> &Path {
         self.dir.path()
     }

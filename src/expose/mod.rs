@@ -1,0 +1,218 @@
+//! Serving the HTTP router: plain HTTP, or — with a web configuration file —
+//! TLS (optionally mutual), basic authentication and extra response headers,
+//! re-read when the file changes.
+
+pub mod webconfig;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use webconfig::{WebConfig, WebConfigWatcher};
+
+/// Serve `app` on `listener` until `shutdown` fires, then stop accepting
+/// and wait for in-flight requests (the caller bounds that wait).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    web: Option<Arc<WebConfigWatcher>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let Some(web) = web else {
+        let token = shutdown.clone();
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+    };
+    let auth = Arc::new(Auth::new(web.clone()));
+    let app = app.layer(middleware::from_fn_with_state(auth, guard));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(%error, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let tls = web.current().tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            match tls {
+                None => {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(tls) => {
+                    // Plain HTTP sent to the TLS port gets a clear answer
+                    // instead of a handshake failure.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first))
+                        .await
+                    {
+                        Ok(Ok(1)) if first[0] != 0x16 => {
+                            let mut stream = stream;
+                            let body = "Client sent an HTTP request to an HTTPS server.\n";
+                            let resp = format!(
+                                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = stream.write_all(resp.as_bytes()).await;
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                        Ok(Ok(1)) => {}
+                        _ => return,
+                    }
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let stream = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed.");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Basic-auth verification with a cache, bcrypt off the async threads and
+/// the same work for unknown users as for known ones.
+struct Auth {
+    web: Arc<WebConfigWatcher>,
+    /// SHA-256 of (user, hash, password) of recently verified credentials.
+    verified: Mutex<HashSet<[u8; 32]>>,
+    /// bcrypt hash compared against for unknown users.
+    dummy: String,
+    /// At most two bcrypt verifications at once.
+    bcrypt: Semaphore,
+}
+
+/// Cached verified credentials; cleared when full.
+const CACHE_MAX: usize = 1024;
+
+impl Auth {
+    fn new(web: Arc<WebConfigWatcher>) -> Self {
+        Auth {
+            web,
+            verified: Mutex::new(HashSet::new()),
+            // bcrypt (cost 10) of a string no user has as password.
+            dummy: "$2b$10$ISQlx8nWtPlgIrTOujqF5uIETFWZ5ZIScWTgA759fi0t2QzdjD3oG".to_string(),
+            bcrypt: Semaphore::new(2),
+        }
+    }
+
+    async fn verify(&self, cfg: &WebConfig, user: &str, password: &str) -> bool {
+        let known = cfg.users.get(user);
+        let hash = known.cloned().unwrap_or_else(|| self.dummy.clone());
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(user.as_bytes())
+            .chain_update([0xff])
+            .chain_update(hash.as_bytes())
+            .chain_update([0xff])
+            .chain_update(password.as_bytes())
+            .finalize()
+            .into();
+        if known.is_some() && self.verified.lock().contains(&key) {
+            return true;
+        }
+        let Ok(_permit) = self.bcrypt.acquire().await else {
+            return false;
+        };
+        let password = password.to_string();
+        let ok =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
+        if ok && known.is_some() {
+            let mut cache = self.verified.lock();
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn basic_credentials(req: &Request) -> Option<(String, String)> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    let cfg = auth.web.current();
+    let mut response = if cfg.users.is_empty() {
+        next.run(req).await
+    } else {
+        let ok = match basic_credentials(&req) {
+            Some((user, password)) => auth.verify(&cfg, &user, &password).await,
+            None => false,
+        };
+        if ok {
+            next.run(req).await
+        } else {
+            let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"vitals\""),
+            );
+            r
+        }
+    };
+    for (name, value) in &cfg.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
