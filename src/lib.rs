@@ -19,6 +19,8 @@
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod events;
 pub mod expose;

@@ -1,5 +1,7 @@
 //! The `vitals` binary: parse the command line, set up logging, dispatch.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
