@@ -55,6 +55,8 @@ pub enum SourceConfig {
     Logs(crate::sources::logs::LogsConfig),
     /// Events pushed over HTTP: see `crate::sources::webhook`.
     Webhook(crate::sources::webhook::WebhookConfig),
+    /// An MQTT broker connection with its subscriptions.
+    Mqtt(crate::sources::mqtt::MqttConfig),
 }
 
 impl SourceConfig {
@@ -63,6 +65,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Logs(c) => &c.name,
             SourceConfig::Webhook(c) => &c.name,
+            SourceConfig::Mqtt(c) => &c.name,
         }
     }
 
@@ -71,6 +74,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Logs(c) => c.validate(),
             SourceConfig::Webhook(c) => c.validate(),
+            SourceConfig::Mqtt(c) => c.validate(),
         }
     }
 }

@@ -84,6 +84,7 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
         telemetry: telemetry.clone(),
         events: events.clone(),
         shutdown: shutdown.clone(),
+        store: store.clone(),
     };
     let routes = sources::spawn_all(&cfg.sources, &ctx, &tracker);
     drop(ctx);

@@ -391,6 +391,7 @@ async fn fraud_rule_publishes_a_rule_event_on_the_bus() {
         telemetry,
         events,
         shutdown: shutdown.clone(),
+        store: store.clone(),
     };
     let (router, _source) = vitals::sources::webhook::router(wh, ctx);
     let resp = router

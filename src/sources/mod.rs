@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod logs;
+pub mod mqtt;
 pub mod process;
 pub mod record;
 pub mod system;
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::SourceConfig;
 use crate::events::EventBus;
 use crate::model::Batch;
+use crate::store::Store;
 use crate::telemetry::Telemetry;
 
 /// What every source task gets.
@@ -28,6 +30,8 @@ pub struct SourceContext {
     pub telemetry: Arc<Telemetry>,
     pub events: EventBus,
     pub shutdown: CancellationToken,
+    /// The store, for per-source limits (`set_ttl`, `set_budget`) at start-up.
+    pub store: Arc<parking_lot::RwLock<Store>>,
 }
 
 /// Start one task per configured source on `tracker`. Push sources
@@ -49,6 +53,9 @@ pub fn spawn_all(
                 let (router, source) = webhook::router(cfg.clone(), ctx.clone());
                 tracker.spawn(webhook::announce(source));
                 routes.push(router);
+            }
+            SourceConfig::Mqtt(c) => {
+                tracker.spawn(mqtt::run(c.clone(), ctx.clone()));
             }
         }
     }
