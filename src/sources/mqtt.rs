@@ -537,6 +537,7 @@ struct Silence {
 /// Self-metrics of one MQTT source (constant label `source`).
 struct SourceMetrics {
     connected: IntGauge,
+    subscribed: IntGauge,
     reconnects: IntCounter,
     messages: IntCounterVec,
     samples: IntCounterVec,
@@ -556,6 +557,11 @@ impl SourceMetrics {
             connected: IntGauge::with_opts(opts(
                 "vitals_mqtt_connected",
                 "Whether the MQTT source is connected to its broker (1) or not (0).",
+            ))
+            .expect("valid metric"),
+            subscribed: IntGauge::with_opts(opts(
+                "vitals_mqtt_subscribed",
+                "Whether the broker acknowledged every subscription of the current connection (1) or not (0).",
             ))
             .expect("valid metric"),
             reconnects: IntCounter::with_opts(opts(
@@ -622,6 +628,7 @@ impl SourceMetrics {
         };
         for c in [
             Box::new(m.connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.subscribed.clone()),
             Box::new(m.reconnects.clone()),
             Box::new(m.messages.clone()),
             Box::new(m.samples.clone()),
@@ -1376,7 +1383,9 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
                     telemetry.source_error(&name, "subscribe", &error);
                 }
             }
-            Ok(Polled::SubscribeRefused(n)) if n > 0 => {
+            Ok(Polled::SubscribeRefused(0)) => ingest.metrics.subscribed.set(1),
+            Ok(Polled::SubscribeRefused(n)) => {
+                ingest.metrics.subscribed.set(0);
                 telemetry
                     .source_errors
                     .with_label_values(&[&name, "subscribe_refused"])
@@ -1387,6 +1396,7 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
             Err(error) => {
                 let reason = error.reason();
                 ingest.metrics.connected.set(0);
+                ingest.metrics.subscribed.set(0);
                 telemetry.source_down(&name, "mqtt");
                 telemetry
                     .source_errors
