@@ -33,8 +33,10 @@ impl Broker {
     fn start_with(tls: bool) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        // `user root`: when the tests run as root, Mosquitto would otherwise
+        // switch to the `mosquitto` user, which cannot read the private temp dir.
         let mut conf = format!(
-            "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type error\n\
+            "user root\nper_listener_settings true\npersistence false\nlog_dest stderr\nlog_type error\n\
              listener {port} 127.0.0.1\nallow_anonymous true\n"
         );
         let mut tls_port = None;
@@ -375,7 +377,7 @@ name = "plant_v5_value"
     );
     let metrics = v.metrics();
     assert!(
-        metrics.contains("vitals_mqtt_processing_lag_milliseconds{source=\"plant\""),
+        metrics.contains("vitals_mqtt_processing_lag_seconds{source=\"plant\""),
         "{metrics}"
     );
     let (ok, findings) = common::promtool_check_metrics(&metrics);

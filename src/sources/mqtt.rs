@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use rumqttc::v5;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer};
@@ -497,7 +497,7 @@ struct SubMetrics {
     messages: IntCounter,
     samples: IntCounter,
     dropped_cardinality: IntCounter,
-    lag_ms: IntGauge,
+    lag: Gauge,
     series: IntGauge,
     devices: IntGauge,
 }
@@ -543,7 +543,7 @@ struct SourceMetrics {
     samples: IntCounterVec,
     parse_errors: IntCounterVec,
     dropped: IntCounterVec,
-    lag: IntGaugeVec,
+    lag: GaugeVec,
     series: IntGaugeVec,
     devices: IntGaugeVec,
 }
@@ -601,9 +601,9 @@ impl SourceMetrics {
                 reason,
             )
             .expect("valid metric"),
-            lag: IntGaugeVec::new(
+            lag: GaugeVec::new(
                 opts(
-                    "vitals_mqtt_processing_lag_milliseconds",
+                    "vitals_mqtt_processing_lag_seconds",
                     "Age of the oldest message of the last batch handed to the pipeline.",
                 ),
                 sub,
@@ -703,7 +703,7 @@ impl Ingest {
                 messages: metrics.messages.with_label_values(&l),
                 samples: metrics.samples.with_label_values(&l),
                 dropped_cardinality: metrics.dropped.with_label_values(&[&name, "cardinality"]),
-                lag_ms: metrics.lag.with_label_values(&l),
+                lag: metrics.lag.with_label_values(&l),
                 series: metrics.series.with_label_values(&l),
                 devices: metrics.devices.with_label_values(&l),
             };
@@ -997,7 +997,7 @@ impl Ingest {
                 sub.pending_samples = 0;
             }
             if let Some(t) = sub.oldest.take() {
-                sub.m.lag_ms.set(now.duration_since(t).as_millis() as i64);
+                sub.m.lag.set(now.duration_since(t).as_secs_f64());
             }
         }
         if self.batch.is_empty() {
