@@ -122,6 +122,8 @@ impl Store {
         if family.meta.kind != meta.kind {
             return Err(Refused::TypeConflict);
         }
+        // Look up before inserting: the hot path (an existing series) must
+        // not clone the label set.
         if !family.series.contains_key(&sample.labels) {
             let book = match self.sources.get_mut(source.as_ref()) {
                 Some(b) => b,
@@ -132,16 +134,20 @@ impl Store {
             }
             book.series += 1;
             self.series += 1;
+            family.series.insert(
+                sample.labels.clone(),
+                Series {
+                    value: sample.value,
+                    timestamp_ms: sample.timestamp_ms,
+                    source: source.clone(),
+                    generation,
+                },
+            );
         }
         let series = family
             .series
-            .entry(sample.labels.clone())
-            .or_insert_with(|| Series {
-                value: sample.value,
-                timestamp_ms: sample.timestamp_ms,
-                source: source.clone(),
-                generation,
-            });
+            .get_mut(&sample.labels)
+            .expect("inserted above");
         series.value = sample.value;
         series.timestamp_ms = sample.timestamp_ms;
         series.generation = generation;

@@ -284,6 +284,12 @@ impl MqttConfig {
                 return Err((key("max_series"), "must be at least 1".into()));
             }
             let mapping = Mapping::new(&s.mapping).map_err(|r| (key("mapping"), r))?;
+            if mapping.metric_count() > 64 {
+                return Err((
+                    key("mapping.metrics"),
+                    "at most 64 metrics per subscription".into(),
+                ));
+            }
             let name = s.name.clone().unwrap_or_else(|| s.topic.clone());
             if !names.insert(name.clone()) {
                 return Err((
@@ -867,49 +873,57 @@ impl Ingest {
             }
         }
         // Cardinality budget: new (label set, metric) pairs count as series.
+        // Samples of one element share their label set: one lookup per group.
         let mut write = start;
         let mut dropped = 0u64;
-        for read in start..self.batch.len() {
-            let s = &self.batch[read];
-            let bit = sub
-                .families
-                .iter()
-                .position(|f| Arc::ptr_eq(f, &s.family))
-                .map_or(0, |i| 1u64 << (i % 64));
-            let keep = match sub.sets.get_mut(&s.labels) {
-                Some(set) => {
-                    set.last_seen_ms = now;
-                    if set.mask & bit == 0 {
-                        if sub.series < sub.max_series {
+        let end = self.batch.len();
+        let mut read = start;
+        while read < end {
+            let mut group_end = read + 1;
+            while group_end < end && self.batch[group_end].labels == self.batch[read].labels {
+                group_end += 1;
+            }
+            let labels = &self.batch[read].labels;
+            if !sub.sets.contains_key(labels) && sub.series < sub.max_series {
+                sub.sets.insert(
+                    labels.clone(),
+                    LabelSet {
+                        last_seen_ms: now,
+                        mask: 0,
+                    },
+                );
+            }
+            let mut set = sub.sets.get_mut(labels);
+            for k in read..group_end {
+                let keep = match set.as_deref_mut() {
+                    Some(set) => {
+                        set.last_seen_ms = now;
+                        let family = &self.batch[k].family;
+                        let bit = sub
+                            .families
+                            .iter()
+                            .position(|f| Arc::ptr_eq(f, family))
+                            .map_or(0, |i| 1u64 << i);
+                        if set.mask & bit != 0 {
+                            true
+                        } else if sub.series < sub.max_series {
                             set.mask |= bit;
                             sub.series += 1;
                             true
                         } else {
                             false
                         }
-                    } else {
-                        true
                     }
+                    None => false,
+                };
+                if keep {
+                    self.batch.swap(write, k);
+                    write += 1;
+                } else {
+                    dropped += 1;
                 }
-                None if sub.series < sub.max_series => {
-                    sub.sets.insert(
-                        s.labels.clone(),
-                        LabelSet {
-                            last_seen_ms: now,
-                            mask: bit,
-                        },
-                    );
-                    sub.series += 1;
-                    true
-                }
-                None => false,
-            };
-            if keep {
-                self.batch.swap(write, read);
-                write += 1;
-            } else {
-                dropped += 1;
             }
+            read = group_end;
         }
         self.batch.truncate(write);
         sub.pending_samples += (write - start) as u64;
