@@ -823,3 +823,43 @@ fn plant_example_passes_vitals_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn persistent_session_delivers_messages_published_while_vitals_was_away() {
+    let broker = Broker::start();
+    let port = broker.port;
+    for protocol in ["3.1.1", "5"] {
+        let config = format!(
+            r#"
+[system]
+enabled = false
+[[sources]]
+type = "mqtt"
+name = "plant"
+host = "127.0.0.1"
+port = {port}
+protocol = "{protocol}"
+client_id = "vitals-persistent-{protocol}"
+clean_session = false
+session_expiry = "5m"
+qos = 1
+[[sources.subscriptions]]
+topic = "p{protocol}/+tank/level"
+[sources.subscriptions.mapping]
+format = "plain"
+[[sources.subscriptions.mapping.metrics]]
+name = "tank_level_ratio"
+"#
+        );
+        let topic = format!("p{protocol}/t1/level");
+        let mut v = Vitals::start(&config);
+        wait_subscribed(&v, "plant");
+        broker.publish(&[msg(&topic, "0.1")]);
+        wait_value(&v, "tank_level_ratio", &[r#"tank="t1""#], 0.1);
+        assert!(v.terminate(WAIT).is_some(), "vitals stops on SIGTERM");
+        // Published while no vitals is connected: the broker queues it.
+        broker.publish(&[msg(&topic, "0.9")]);
+        let v = Vitals::start(&config);
+        wait_value(&v, "tank_level_ratio", &[r#"tank="t1""#], 0.9);
+    }
+}
