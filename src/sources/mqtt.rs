@@ -27,7 +27,9 @@ use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now
 use crate::telemetry::Telemetry;
 
 /// Most samples held before a batch is sent even in the middle of a burst.
-const MAX_BATCH: usize = 8192;
+const MAX_BATCH: usize = 4096;
+/// Messages per second above which reads are coalesced (`read_coalesce`).
+const COALESCE_ABOVE: u64 = 5_000;
 /// Period of the silent-device and expiry bookkeeping.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -1349,12 +1351,22 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
     let mut connections = 0u64;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut burst = 0usize;
+    // Batching policy. A network read that had to wait means vitals is
+    // ahead of the stream: flush what it has (latency), and under load sleep
+    // `read_coalesce` so the next read returns many messages at once. A read
+    // that found data waiting means vitals is behind: keep filling the batch.
+    let mut waited = true;
+    let mut messages_this_tick = 0u64;
+    let mut rate = 0u64;
     loop {
+        let network_read = conn.drained();
+        let started = network_read.then(Instant::now);
         let polled = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => break,
             _ = tick.tick() => {
+                rate = messages_this_tick;
+                messages_this_tick = 0;
                 ingest.tick(now_ms());
                 if let Some(b) = ingest.take_batch()
                     && !send(&ctx, b).await
@@ -1365,23 +1377,25 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
             }
             p = conn.poll(&mut ingest) => p,
         };
+        if let Some(t) = started {
+            waited = t.elapsed() > Duration::from_micros(50);
+        }
         match polled {
             Ok(Polled::Message) => {
-                burst += 1;
-                if conn.drained() || ingest.batch.len() >= MAX_BATCH {
+                messages_this_tick += 1;
+                let full = ingest.batch.len() >= MAX_BATCH;
+                if full || (waited && conn.drained()) {
                     if let Some(b) = ingest.take_batch()
                         && !send(&ctx, b).await
                     {
                         break;
                     }
-                    // Under load, let the socket fill up before the next read.
-                    if burst >= 8 && !cfg.read_coalesce.is_zero() {
+                    if !full && rate >= COALESCE_ABOVE && !cfg.read_coalesce.is_zero() {
                         tokio::select! {
                             _ = ctx.shutdown.cancelled() => break,
                             _ = tokio::time::sleep(cfg.read_coalesce) => {}
                         }
                     }
-                    burst = 0;
                 }
             }
             Ok(Polled::Connected) => {
