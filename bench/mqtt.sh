@@ -99,7 +99,10 @@ start_m2p() { "$M2P" -config "$OUT/m2p.yaml" -listen-address 127.0.0.1 -listen-p
 vitals_msgs() { curl -s "http://127.0.0.1:$VPORT/metrics" | awk '/^vitals_mqtt_messages_total\{/ {s+=$2} END {printf "%d", s}'; }
 m2p_msgs() { curl -s "http://127.0.0.1:$MPORT/metrics" | awk '/^received_messages\{/ && /status="success"/ {s+=$2} END {printf "%d", s}'; }
 # Wait until a counter stops moving (the consumer drained its backlog).
-settle() { local last=-1 now; for _ in $(seq 60); do now=$($1); [ "$now" = "$last" ] && break; last=$now; sleep 1; done; echo "$last"; }
+# Prints "count seconds-since-epoch-of-the-last-change".
+settle() { local last=-1 now changed; changed=$(date +%s.%N); for _ in $(seq 120); do now=$($1); [ "$now" = "$last" ] && break; [ "$now" != "$last" ] && changed=$(date +%s.%N); last=$now; sleep 0.5; done; echo "$last $changed"; }
+vitals_ingested() { curl -s "http://127.0.0.1:$VPORT/metrics" | awk '/^vitals_samples_ingested_total\{source="bench"\}/ {print $2}'; }
+vitals_produced() { curl -s "http://127.0.0.1:$VPORT/metrics" | awk '/^vitals_mqtt_samples_total\{/ {s+=$2} END {printf "%d", s}'; }
 
 echo "phase 1: broker limit (bare subscriber, publisher flooding for ${SECS}s)" >&2
 "$LOAD" sub "$BPORT" 'sensors/+/state' $((SECS + 3)) > "$OUT/sub.txt" 2>/dev/null & SUBPID=$!
@@ -110,22 +113,28 @@ LIMIT=$(sed 's/.*rate=//' "$OUT/sub.txt")
 RATE=$((LIMIT * 9 / 10))
 echo "  $(cat "$OUT/sub.txt") (publisher: $(cat "$OUT/flood.txt"))" >&2
 
-ingest() { # name start-fn count-fn pid-var -> "rate lost us_per_msg rss_mib"
-  local name=$1
-  echo "phase: $name at $RATE msg/s for ${SECS}s" >&2
+ingest() { # name start-fn count-fn pid-var rate -> "rate lost us_per_msg rss_mib caught_up_s"
+  local name=$1 rate=$5
+  echo "phase: $name at ${rate:-flood} msg/s for ${SECS}s" >&2
   $2
   local pid=${!4}
-  local c0 t0 sent c1 t1 rss
-  c0=$($3); t0=$(cpu_ticks "$pid")
-  sent=$("$LOAD" pub "$BPORT" 1000 "$RATE" "$SECS" 2 | sed 's/sent=\([0-9]*\).*/\1/')
-  c1=$(settle "$3"); t1=$(cpu_ticks "$pid"); rss=$(rss_kib "$pid")
+  local c0 t0 sent c1 t1 rss start settled
+  c0=$($3); t0=$(cpu_ticks "$pid"); start=$(date +%s.%N)
+  sent=$("$LOAD" pub "$BPORT" 1000 "${rate:-0}" "$SECS" 2 | sed 's/sent=\([0-9]*\).*/\1/')
+  settled=$(settle "$3"); t1=$(cpu_ticks "$pid"); rss=$(rss_kib "$pid")
+  if [ "$name" = vitals ]; then
+    echo "  vitals samples produced $(vitals_produced), stored $(vitals_ingested)" >&2
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   python3 -c "
-got=$c1-$c0; sent=$sent
-print(f'{got/$SECS:.0f} {sent-got} {($t1-$t0)/$HZ*1e6/max(got,1):.2f} {$rss/1024:.1f}')"
+c1, changed = '$settled'.split()
+got=int(c1)-$c0; sent=$sent
+took=max($SECS, float(changed)-$start)
+print(f'{got/took:.0f} {sent-got} {($t1-$t0)/$HZ*1e6/max(got,1):.2f} {$rss/1024:.1f} {took:.1f}')"
 }
-V=$(ingest vitals start_vitals vitals_msgs VPID)
-M=$(ingest mqtt2prometheus start_m2p m2p_msgs MPID)
+V=$(ingest vitals start_vitals vitals_msgs VPID "$RATE")
+M=$(ingest mqtt2prometheus start_m2p m2p_msgs MPID "$RATE")
+VF=$(ingest vitals start_vitals vitals_msgs VPID "")
 
 echo "phase 4: /metrics with 1,000 and 10,000 devices" >&2
 start_vitals; start_m2p
@@ -153,19 +162,21 @@ for devices in 1000 10000; do
   echo "  $devices devices: vitals ${S[v$devices]} / mqtt2prometheus ${S[m$devices]} (median ms, CPU ms per scrape, bytes)" >&2
 done
 
-python3 - "$LIMIT" "$RATE" "$V" "$M" "${S[v1000]}" "${S[m1000]}" "${S[v10000]}" "${S[m10000]}" "$VRSS0" "$VRSS1" "$VSERIES" <<'PY'
-import sys
+SECS=$SECS python3 - "$LIMIT" "$RATE" "$V" "$M" "$VF" "${S[v1000]}" "${S[m1000]}" "${S[v10000]}" "${S[m10000]}" "$VRSS0" "$VRSS1" "$VSERIES" <<'PY'
+import sys, os
+SECS_ = os.environ.get("SECS", "10")
 limit, rate = int(sys.argv[1]), int(sys.argv[2])
-v = sys.argv[3].split(); m = sys.argv[4].split()
-v1, m1, v10, m10 = (s.split() for s in sys.argv[5:9])
-rss0, rss1, series = int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
+v = sys.argv[3].split(); m = sys.argv[4].split(); vf = sys.argv[5].split()
+v1, m1, v10, m10 = (s.split() for s in sys.argv[6:10])
+rss0, rss1, series = int(sys.argv[10]), int(sys.argv[11]), int(sys.argv[12])
 f = float
 def ratio(a, b): return f"{f(a)/f(b):.2f}" if f(b) else "n/a"
 print(f"| measure | vitals | mqtt2prometheus | vitals/peer |")
 print(f"|---|---|---|---|")
 print(f"| broker limit (bare subscriber, flood) | {limit} msg/s | | |")
 print(f"| ingest at 90% of limit ({rate} msg/s offered): processed | {v[0]} msg/s | {m[0]} msg/s | {ratio(v[0], m[0])} |")
-print(f"| messages lost | {v[1]} | {m[1]} | |")
+print(f"| messages lost (sent − processed) | {v[1]} | {m[1]} | |")
+print(f"| time to process the {SECS_}s stream | {v[4]} s | {m[4]} s | |")
 print(f"| CPU per message | {v[2]} µs | {m[2]} µs | {ratio(v[2], m[2])} |")
 print(f"| RSS after ingest | {v[3]} MiB | {m[3]} MiB | {ratio(v[3], m[3])} |")
 print(f"| /metrics 1,000 devices: median latency | {v1[0]} ms | {m1[0]} ms | {ratio(v1[0], m1[0])} |")
@@ -174,6 +185,6 @@ print(f"| /metrics 10,000 devices: median latency | {v10[0]} ms | {m10[0]} ms | 
 print(f"| /metrics 10,000 devices: CPU per scrape | {v10[1]} ms | {m10[1]} ms | {ratio(v10[1], m10[1])} |")
 print(f"| /metrics 10,000 devices: size | {int(v10[2])/1e6:.2f} MB | {int(m10[2])/1e6:.2f} MB | |")
 print()
-print(f"vitals/broker limit: {f(v[0])/limit:.2f} (offered {rate/limit:.2f})")
+print(f"vitals/broker limit: {f(v[0])/limit:.2f} at 90% offered; flooded like the bare subscriber: {vf[0]} msg/s = {f(vf[0])/limit:.2f} of the limit, {vf[2]} µs CPU/msg, {vf[1]} lost")
 print(f"vitals memory per series (10,000 devices, {series} series): {(rss1-rss0)*1024/max(series,1):.0f} bytes")
 PY

@@ -30,6 +30,8 @@ use crate::telemetry::Telemetry;
 const MAX_BATCH: usize = 4096;
 /// Messages per second above which reads are coalesced (`read_coalesce`).
 const COALESCE_ABOVE: u64 = 5_000;
+/// Longest a sample waits in an unsent batch.
+const FLUSH_AFTER: Duration = Duration::from_millis(5);
 /// Period of the silent-device and expiry bookkeeping.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -1356,6 +1358,10 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
     // `read_coalesce` so the next read returns many messages at once. A read
     // that found data waiting means vitals is behind: keep filling the batch.
     let mut waited = true;
+    // Bounds how long a sample waits in a batch that is not flushed yet.
+    let flush_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(flush_timer);
+    let mut armed = false;
     let mut messages_this_tick = 0u64;
     let mut rate = 0u64;
     loop {
@@ -1373,6 +1379,16 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
                 {
                     break;
                 }
+                armed = false;
+                continue;
+            }
+            _ = &mut flush_timer, if armed => {
+                armed = false;
+                if let Some(b) = ingest.take_batch()
+                    && !send(&ctx, b).await
+                {
+                    break;
+                }
                 continue;
             }
             p = conn.poll(&mut ingest) => p,
@@ -1385,6 +1401,7 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
                 messages_this_tick += 1;
                 let full = ingest.batch.len() >= MAX_BATCH;
                 if full || (waited && conn.drained()) {
+                    armed = false;
                     if let Some(b) = ingest.take_batch()
                         && !send(&ctx, b).await
                     {
@@ -1396,6 +1413,11 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
                             _ = tokio::time::sleep(cfg.read_coalesce) => {}
                         }
                     }
+                } else if !armed && !ingest.batch.is_empty() {
+                    flush_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + FLUSH_AFTER);
+                    armed = true;
                 }
             }
             Ok(Polled::Connected) => {
