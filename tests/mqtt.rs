@@ -863,3 +863,87 @@ name = "tank_level_ratio"
         wait_value(&v, "tank_level_ratio", &[r#"tank="t1""#], 0.9);
     }
 }
+
+#[test]
+fn plant_example_maps_every_subscription_against_a_real_broker() {
+    let broker = Broker::start();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mqtt-plant.toml"),
+    )
+    .unwrap();
+    // The example's broker, with the password given inline (the test broker
+    // accepts any login on its anonymous listener).
+    let config = example
+        .replace("port = 1883 ", &format!("port = {} ", broker.port))
+        .replace(
+            "password_env = \"PLANT_MQTT_PASSWORD\"",
+            "password = \"irrelevant\"",
+        );
+    assert!(config.contains(&format!("port = {}", broker.port)));
+    let v = Vitals::start(&config);
+    wait_subscribed(&v, "plant");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    broker.publish(&[
+        msg(
+            "factory/L1/press1/telemetry",
+            &format!(
+                r#"{{"temp_dc":215,"pressure":{{"kpa":101.3}},"rh":45,"vib":[{{"rms":1.5}}],"uptime_s":3600,"meta":{{"site":"north"}},"ts":{now}}}"#
+            ),
+        ),
+        msg(
+            "factory/L1/press1/vibration",
+            r#"{"machine":"m1","axes":[{"name":"x","rms":1.1},{"name":"y","rms":0.9}]}"#,
+        ),
+        msg("gateways/g1/humidity", r#"{"sensors":{"h1":{"rh":50}}}"#),
+        msg("gateways/g1/status", "online"),
+        msg("factory/L1/valves/v1", "open"),
+        msg("legacy/gw1/csv", &format!("time,probe,temp\n{now},p1,20.5\n")),
+        msg("tanks/t1/level", "73"),
+    ]);
+    let dev = r#"device="press1",line="L1""#;
+    wait_value(
+        &v,
+        "plant_temperature_celsius",
+        &[dev, r#"site="north""#],
+        21.5,
+    );
+    wait_value(&v, "plant_pressure_pascals", &[dev], 101300.0);
+    wait_value(&v, "plant_humidity_ratio", &[dev], 0.45);
+    wait_value(&v, "plant_vibration_rms_mm_per_second", &[dev], 1.5);
+    wait_value(&v, "plant_running_seconds_total", &[dev], 3600.0);
+    wait_value(&v, "plant_device_up", &[dev], 1.0);
+    wait_value(
+        &v,
+        "plant_vibration_axis_rms_mm_per_second",
+        &[dev, r#"axis="y""#, r#"machine="m1""#],
+        0.9,
+    );
+    wait_value(
+        &v,
+        "plant_room_humidity_ratio",
+        &[r#"gateway="g1""#, r#"sensor="h1""#],
+        0.5,
+    );
+    wait_value(
+        &v,
+        "plant_valve_open",
+        &[r#"line="L1""#, r#"valve="v1""#],
+        1.0,
+    );
+    wait_value(&v, "plant_temperature_celsius", &[r#"probe="p1""#], 20.5);
+    wait_value(&v, "plant_tank_level_ratio", &[r#"tank="t1""#], 0.73);
+    wait_value(
+        &v,
+        "vitals_mqtt_parse_errors_total",
+        &[
+            r#"subscription="humidity-gateways""#,
+            r#"reason="unmatched_topic""#,
+        ],
+        1.0,
+    );
+    let (ok, findings) = common::promtool_check_metrics(&v.metrics());
+    assert!(ok, "promtool check metrics: {findings}");
+}
