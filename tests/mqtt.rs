@@ -18,6 +18,7 @@ struct Broker {
     dir: tempfile::TempDir,
     port: u16,
     tls_port: Option<u16>,
+    mtls_port: Option<u16>,
 }
 
 const USER: &str = "vitals";
@@ -40,6 +41,7 @@ impl Broker {
              listener {port} 127.0.0.1\nallow_anonymous true\n"
         );
         let mut tls_port = None;
+        let mut mtls_port = None;
         if tls {
             make_certs(dir.path());
             let passwd = dir.path().join("passwd");
@@ -58,6 +60,13 @@ impl Broker {
                  cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
             ));
             tls_port = Some(p);
+            // Mutual TLS: a client certificate signed by the test CA is required.
+            let m = free_port();
+            conf.push_str(&format!(
+                "listener {m} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\n\
+                 cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+            ));
+            mtls_port = Some(m);
         }
         std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
         let mut b = Broker {
@@ -65,6 +74,7 @@ impl Broker {
             dir,
             port,
             tls_port,
+            mtls_port,
         };
         b.spawn();
         b
@@ -204,6 +214,39 @@ fn make_certs(dir: &Path) {
         "2",
         "-extfile",
         "san.ext",
+    ]);
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=vitals-client",
+    ]);
+    run(&a);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
     ]);
 }
 
@@ -385,7 +428,7 @@ name = "plant_v5_value"
 }
 
 #[test]
-fn tls_with_password_auth_works_and_bad_credentials_or_ca_are_reported() {
+fn tls_with_password_or_client_certificate_works_and_failures_are_reported() {
     let broker = Broker::start_with(true);
     let tls_port = broker.tls_port.unwrap();
     let ca = broker.path("ca.pem");
@@ -416,8 +459,41 @@ name = "{name}_value"
             ca = ca.display()
         )
     };
+    let mtls_port = broker.mtls_port.unwrap();
+    let mtls = |name: &str, with_cert: bool| {
+        let client = if with_cert {
+            format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                broker.path("client.pem").display(),
+                broker.path("client.key").display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+[[sources]]
+type = "mqtt"
+name = "{name}"
+host = "127.0.0.1"
+port = {mtls_port}
+reconnect_min = "200ms"
+reconnect_max = "1s"
+[sources.tls]
+ca_file = "{ca}"
+{client}
+[[sources.subscriptions]]
+topic = "mtls/+device"
+[sources.subscriptions.mapping]
+format = "plain"
+[[sources.subscriptions.mapping.metrics]]
+name = "{name}_value"
+"#,
+            ca = ca.display()
+        )
+    };
     let config = format!(
-        "[system]\nenabled = false\n{}{}{}",
+        "[system]\nenabled = false\n{}{}{}{}{}",
         source(
             "good",
             &ca,
@@ -425,9 +501,12 @@ name = "{name}_value"
         ),
         source("badpass", &ca, "password = \"wrong\""),
         source("badca", &other_ca, &format!("password = \"{PASSWORD}\"")),
+        mtls("mtls", true),
+        mtls("nocert", false),
     );
     let v = Vitals::start(&config);
     wait_subscribed(&v, "good");
+    wait_subscribed(&v, "mtls");
     // Publish over TLS with the password, using the broker's CA.
     {
         use rumqttc::{Client, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
@@ -465,10 +544,11 @@ name = "{name}_value"
             &[r#"source="badca""#, r#"reason="tls""#],
         )?;
         // Retries continue with backoff: more than one attempt each.
-        (auth >= 2.0 && tls >= 2.0).then_some(())
+        let nocert = sample_value(&m, "vitals_source_errors_total", &[r#"source="nocert""#])?;
+        (auth >= 2.0 && tls >= 2.0 && nocert >= 2.0).then_some(())
     });
     let m = v.metrics();
-    for s in ["badpass", "badca"] {
+    for s in ["badpass", "badca", "nocert"] {
         assert_eq!(
             sample_value(&m, "vitals_source_up", &[&format!("source=\"{s}\"")]),
             Some(0.0)
@@ -478,10 +558,12 @@ name = "{name}_value"
             Some(0.0)
         );
     }
-    assert_eq!(
-        sample_value(&m, "vitals_source_up", &[r#"source="good""#]),
-        Some(1.0)
-    );
+    for s in ["good", "mtls"] {
+        assert_eq!(
+            sample_value(&m, "vitals_source_up", &[&format!("source=\"{s}\"")]),
+            Some(1.0)
+        );
+    }
 }
 
 #[test]

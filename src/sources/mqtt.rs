@@ -1077,9 +1077,35 @@ fn io_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// Whether a TLS (rustls) error is anywhere in the chain of `e`.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 impl ConnError {
     /// Bounded reason label.
     fn reason(&self) -> &'static str {
+        let tls = match self {
+            ConnError::V4(e) => is_tls(e),
+            ConnError::V5(e) => is_tls(e),
+        };
+        if tls {
+            return "tls";
+        }
         use rumqttc::ConnectReturnCode as C4;
         use v5::mqttbytes::v5::ConnectReturnCode as C5;
         match self {
