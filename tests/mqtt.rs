@@ -1029,3 +1029,39 @@ fn plant_example_maps_every_subscription_against_a_real_broker() {
     let (ok, findings) = common::promtool_check_metrics(&v.metrics());
     assert!(ok, "promtool check metrics: {findings}");
 }
+
+#[test]
+fn typos_and_bad_values_in_mqtt_config_are_rejected_with_file_and_key() {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mqtt-plant.toml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: String| -> String {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(common::vitals_bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = check(example.replace("path = \"temp_dc\"", "pth = \"temp_dc\""));
+    assert!(
+        e.contains("bad.toml") && e.contains("unknown field `pth`"),
+        "{e}"
+    );
+    let e = check(example.replace("max_series = 50000 ", "max_series = 0 "));
+    assert!(e.contains("sources[0].subscriptions[0].max_series"), "{e}");
+    let e = check(example.replace(
+        "topic = \"factory/+line/+device/telemetry\"",
+        "topic = \"factory/+line/dev+/telemetry\"",
+    ));
+    assert!(e.contains("sources[0].subscriptions[0].topic"), "{e}");
+    let e = check(example.replace("path = \"vib[0].rms\"", "path = \"vib[x].rms\""));
+    assert!(e.contains("subscriptions[0].mapping"), "{e}");
+    let e = check(example.replace("protocol = \"3.1.1\"", "protocol = \"4.2\""));
+    assert!(e.contains("unknown MQTT protocol"), "{e}");
+}
