@@ -48,8 +48,11 @@ pub struct Config {
 }
 
 /// One configured source; `type` selects the variant.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+///
+/// Deserialized by hand (see the `Deserialize` impl below) rather than as a
+/// serde internally tagged enum, which buffers the table and loses the key
+/// path of errors inside it.
+#[derive(Debug, Clone)]
 pub enum SourceConfig {
     /// Tail log (or CSV) files: see `crate::sources::logs`.
     Logs(crate::sources::logs::LogsConfig),
@@ -57,6 +60,44 @@ pub enum SourceConfig {
     Webhook(crate::sources::webhook::WebhookConfig),
     /// An MQTT broker connection with its subscriptions.
     Mqtt(crate::sources::mqtt::MqttConfig),
+}
+
+/// Separates the key path inside a source from the message in errors
+/// raised while deserializing a source; [`load`] joins it to the outer key.
+const SUBKEY: char = '\u{1f}';
+
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        fn variant<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+            serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                format!("{path}{SUBKEY}{}", e.into_inner())
+            })
+        }
+        let mut value = serde_json::Value::deserialize(d)?;
+        let table = value
+            .as_object_mut()
+            .ok_or_else(|| D::Error::custom("a source must be a table with `type` and `name`"))?;
+        let kind = match table.remove("type") {
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(D::Error::custom(format!("type{SUBKEY}must be a string"))),
+            None => {
+                return Err(D::Error::custom(format!(
+                    "type{SUBKEY}missing: every source needs a `type`"
+                )));
+            }
+        };
+        let parsed = match kind.as_str() {
+            "logs" => variant(value).map(SourceConfig::Logs),
+            "webhook" => variant(value).map(SourceConfig::Webhook),
+            "mqtt" => variant(value).map(SourceConfig::Mqtt),
+            other => Err(format!(
+                "type{SUBKEY}unknown variant `{other}`, expected one of `logs`, `webhook`, `mqtt`"
+            )),
+        };
+        parsed.map_err(D::Error::custom)
+    }
 }
 
 impl SourceConfig {
@@ -348,7 +389,15 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         reason: one_line(&e.to_string()),
     })?;
     let cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
-        let key = e.path().to_string();
+        let mut key = e.path().to_string();
+        let mut message = e.into_inner().to_string();
+        // An error inside a `[[sources]]` table carries its inner key.
+        if let Some((inner, rest)) = message.clone().split_once(SUBKEY) {
+            if !inner.is_empty() && inner != "." {
+                key = format!("{key}.{inner}");
+            }
+            message = rest.to_string();
+        }
         ConfigError::Invalid {
             file: file.clone(),
             key: if key == "." {
@@ -356,7 +405,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
             } else {
                 key
             },
-            reason: strip_key_suffix(&one_line(&e.into_inner().to_string())),
+            reason: strip_key_suffix(&one_line(&message)),
         }
     })?;
     cfg.validate(&file)?;

@@ -211,6 +211,10 @@ fn check_names_file_key_and_reason() {
             "[[sources]]\ntype = \"nonsense\"\nname = \"x\"\n",
             "key `sources[0].type`: unknown variant `nonsense`",
         ),
+        (
+            "[[sources]]\ntype = \"mqtt\"\nname = \"m\"\nhots = \"x\"\n",
+            "key `sources[0].hots`: unknown field `hots`",
+        ),
         ("system = [\n", "FILE: TOML parse error"),
     ];
     for (config, expected) in cases {
