@@ -14,6 +14,7 @@
 //! - [`sources`]: one module per source; each owns its loop.
 //! - [`pipeline`]: synchronous per-sample stages and the ingest task.
 //! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
+//! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
 //! - [`expose`]: serving with the web config file (TLS, basic auth, headers).
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
@@ -31,4 +32,5 @@ pub mod run;
 pub mod server;
 pub mod sources;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;

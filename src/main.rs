@@ -102,31 +102,38 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Apply the command-line overrides to a loaded configuration.
+fn apply_overrides(cfg: &mut vitals::config::Config, args: &RunArgs) {
+    if let Some(address) = args.listen_address {
+        cfg.web.listen_address = address;
+    }
+    if let Some(path) = &args.web_config_file {
+        cfg.web.config_file = Some(path.clone());
+    }
+    if let Some(n) = args.max_requests.filter(|n| *n > 0) {
+        cfg.web.max_requests = n;
+    }
+}
+
+/// Load the configuration: file (or defaults), environment, command line,
+/// and the web configuration file it names; one message on error.
+fn load(args: &RunArgs) -> Result<vitals::config::Config, String> {
+    let mut cfg = vitals::config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    apply_overrides(&mut cfg, args);
+    if let Some(path) = &cfg.web.config_file {
+        vitals::expose::webconfig::WebConfig::load(path).map_err(|e| e.to_string())?;
+    }
+    Ok(cfg)
+}
+
 fn run(args: RunArgs) -> ExitCode {
-    let mut cfg = match vitals::config::load(args.config.as_deref()) {
+    let cfg = match load(&args) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("vitals: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(address) = args.listen_address {
-        cfg.web.listen_address = address;
-    }
-    if let Some(path) = args.web_config_file {
-        cfg.web.config_file = Some(path);
-    }
-    if let Some(n) = args.max_requests.filter(|n| *n > 0) {
-        cfg.web.max_requests = n;
-    }
-    // An invalid web configuration is a configuration error: exit 2 before
-    // anything starts.
-    if let Some(path) = &cfg.web.config_file
-        && let Err(e) = vitals::expose::webconfig::WebConfig::load(path)
-    {
-        eprintln!("vitals: {e}");
-        return ExitCode::from(2);
-    }
     init_logging(&args.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -140,7 +147,9 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(vitals::run::run(cfg)) {
+    let reload_args = args.clone();
+    let loader: vitals::run::ConfigLoader = Box::new(move || load(&reload_args));
+    match runtime.block_on(vitals::run::run(cfg, loader)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vitals: {e}");

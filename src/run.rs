@@ -20,6 +20,7 @@ use crate::pipeline::{self, Pipeline};
 use crate::server::{self, AppState};
 use crate::sources;
 use crate::store::Store;
+use crate::supervisor::{PushRoutes, Supervisor};
 use crate::telemetry::Telemetry;
 
 /// Why `vitals run` stopped with an error.
@@ -36,15 +37,90 @@ pub enum RunError {
     WebConfig(crate::expose::webconfig::WebConfigError),
 }
 
+/// Reads the configuration again on reload (the file, environment and
+/// command-line overrides), validated.
+pub type ConfigLoader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// One reload request; the reply carries the summary or the error.
+pub type ReloadRequest = Option<tokio::sync::oneshot::Sender<Result<String, String>>>;
+
 /// Run until a shutdown signal arrives.
-pub async fn run(cfg: Config) -> Result<(), RunError> {
+pub async fn run(cfg: Config, reload: ConfigLoader) -> Result<(), RunError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    run_until(cfg, shutdown).await
+    run_until(cfg, reload, shutdown).await
+}
+
+/// Apply reload requests until shutdown.
+async fn reload_loop(
+    mut supervisor: Supervisor,
+    mut requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
+    loader: ConfigLoader,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let reply = tokio::select! {
+            r = requests.recv() => match r { Some(r) => r, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let result = match loader() {
+            Ok(new) => {
+                let summary = supervisor.apply(new).await;
+                telemetry.reload_succeeded();
+                tracing::info!(%summary, "Configuration reloaded.");
+                Ok(summary.to_string())
+            }
+            Err(error) => {
+                telemetry.reload_failed();
+                tracing::error!(%error, "Configuration reload rejected; the running configuration stays.");
+                Err(error)
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+    // Dropping the supervisor drops its copy of the ingest sender.
+    drop(supervisor);
+}
+
+/// Turn SIGHUP into reload requests.
+async fn reload_on_sighup(
+    requests: tokio::sync::mpsc::Sender<ReloadRequest>,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot listen for SIGHUP; reload with POST /-/reload.");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received; reloading the configuration.");
+                    if requests.send(None).await.is_err() { return }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (requests, shutdown);
+    }
 }
 
 /// Run until `shutdown` is cancelled.
-pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run_until(
+    cfg: Config,
+    reload: ConfigLoader,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let address = cfg.web.listen_address;
     let listener = TcpListener::bind(address)
         .await
@@ -69,15 +145,6 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
         telemetry.clone(),
         ingest_stop.clone(),
     ));
-    if cfg.system.enabled {
-        tracker.spawn(sources::system::run(
-            cfg.system.clone(),
-            cfg.process_groups.clone(),
-            tx.clone(),
-            telemetry.clone(),
-            shutdown.clone(),
-        ));
-    }
     let events = EventBus::default();
     let ctx = sources::SourceContext {
         tx: tx.clone(),
@@ -86,9 +153,22 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
         shutdown: shutdown.clone(),
         store: store.clone(),
     };
-    let routes = sources::spawn_all(&cfg.sources, &ctx, &tracker);
-    drop(ctx);
     drop(tx);
+    let push_routes = PushRoutes::default();
+    let supervisor = Supervisor::start(cfg.clone(), ctx, tracker.clone(), push_routes.clone());
+    telemetry.reload_succeeded();
+
+    // Reload requests (SIGHUP and POST /-/reload) are applied one at a time
+    // by one task that owns the supervisor.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    tracker.spawn(reload_loop(
+        supervisor,
+        reload_rx,
+        reload,
+        telemetry.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(reload_on_sighup(reload_tx.clone(), shutdown.clone()));
     ready.store(true, Ordering::Release);
 
     let state = AppState {
@@ -96,8 +176,10 @@ pub async fn run_until(cfg: Config, shutdown: CancellationToken) -> Result<(), R
         telemetry,
         ready,
         events,
+        reload: Some(reload_tx),
     };
-    let app = server::app_with(state, cfg.web.max_requests, routes);
+    let app = server::app_with(state, cfg.web.max_requests, Vec::new())
+        .fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push_routes));
     let scheme = if cfg.web.config_file.is_some() {
         "https or http per the web config"
     } else {

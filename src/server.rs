@@ -28,6 +28,8 @@ pub struct AppState {
     /// Set once every source has been started.
     pub ready: Arc<AtomicBool>,
     pub events: crate::events::EventBus,
+    /// Where `POST /-/reload` sends its request; `None` disables it.
+    pub reload: Option<tokio::sync::mpsc::Sender<crate::run::ReloadRequest>>,
 }
 
 /// The router; `max_requests` bounds concurrent `/metrics` renders.
@@ -53,6 +55,7 @@ fn base(state: AppState, max_requests: usize) -> Router {
         .route("/", get(landing))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/-/reload", axum::routing::post(reload))
         .merge(metrics)
         .with_state(state)
 }
@@ -77,6 +80,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
     // read lock only while the store part is written.
     let body = render(&state);
     ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+}
+
+/// `POST /-/reload`: re-read the configuration; 200 with what changed, or
+/// 400 with why the new configuration was rejected (the old one stays).
+async fn reload(State(state): State<AppState>) -> Response {
+    let Some(requests) = state.reload.clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "reload is not available\n").into_response();
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests.send(Some(tx)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match rx.await {
+        Ok(Ok(summary)) => (StatusCode::OK, format!("{summary}\n")).into_response(),
+        Ok(Err(error)) => (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -112,6 +132,7 @@ mod tests {
             telemetry: Arc::new(Telemetry::new()),
             ready: Arc::new(AtomicBool::new(false)),
             events: crate::events::EventBus::default(),
+            reload: None,
         }
     }
 

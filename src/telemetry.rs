@@ -34,6 +34,9 @@ pub struct Telemetry {
     pub samples_dropped: IntCounterVec,
     pub store_series: IntGauge,
     pub scrape_duration: Histogram,
+    /// 1 when the last configuration (re)load succeeded (Prometheus' convention).
+    pub reload_ok: IntGauge,
+    pub reload_time: Gauge,
     limiter: Mutex<HashMap<(String, &'static str), LogWindow>>,
 }
 
@@ -109,6 +112,16 @@ impl Telemetry {
             ]),
         )
         .expect("valid metric");
+        let reload_ok = IntGauge::new(
+            "vitals_config_last_reload_successful",
+            "Whether the last configuration reload attempt succeeded (1) or not (0).",
+        )
+        .expect("valid metric");
+        let reload_time = Gauge::new(
+            "vitals_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration (re)load.",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "vitals_build_info",
@@ -131,6 +144,8 @@ impl Telemetry {
             Box::new(samples_dropped.clone()),
             Box::new(store_series.clone()),
             Box::new(scrape_duration.clone()),
+            Box::new(reload_ok.clone()),
+            Box::new(reload_time.clone()),
             Box::new(build_info),
             Box::new(start_time),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -148,6 +163,8 @@ impl Telemetry {
             samples_dropped,
             store_series,
             scrape_duration,
+            reload_ok,
+            reload_time,
             limiter: Mutex::new(HashMap::new()),
         }
     }
@@ -164,6 +181,17 @@ impl Telemetry {
         if let Err(error) = TextEncoder::new().encode(&families, out) {
             tracing::warn!(%error, "Self-metrics could not be encoded.");
         }
+    }
+
+    /// Record a successful configuration load or reload.
+    pub fn reload_succeeded(&self) {
+        self.reload_ok.set(1);
+        self.reload_time.set(crate::model::now_ms() as f64 / 1000.0);
+    }
+
+    /// Record a rejected configuration reload.
+    pub fn reload_failed(&self) {
+        self.reload_ok.set(0);
     }
 
     /// Record a successful collection of `source`.

@@ -34,30 +34,26 @@ pub struct SourceContext {
     pub store: Arc<parking_lot::RwLock<Store>>,
 }
 
-/// Start one task per configured source on `tracker`. Push sources
-/// (webhooks) return the routes to mount on the exporter's HTTP server.
-pub fn spawn_all(
-    sources: &[SourceConfig],
+/// Start the task of one source on `tracker`; returns its handle (to wait
+/// for it when it is stopped) and the routes of a push source.
+pub fn spawn_one(
+    source: &SourceConfig,
     ctx: &SourceContext,
     tracker: &TaskTracker,
-) -> Vec<axum::Router> {
-    let mut routes = Vec::new();
-    for source in sources {
-        match source {
-            SourceConfig::Logs(cfg) => {
-                let tailer = logs::start(cfg.clone(), ctx);
-                let ctx = ctx.clone();
-                tracker.spawn_blocking(move || logs::run(tailer, ctx));
-            }
-            SourceConfig::Webhook(cfg) => {
-                let (router, source) = webhook::router(cfg.clone(), ctx.clone());
-                tracker.spawn(webhook::announce(source));
-                routes.push(router);
-            }
-            SourceConfig::Mqtt(c) => {
-                tracker.spawn(mqtt::run(c.clone(), ctx.clone()));
-            }
+) -> (Option<tokio::task::JoinHandle<()>>, Option<axum::Router>) {
+    match source {
+        SourceConfig::Logs(cfg) => {
+            let tailer = logs::start(cfg.clone(), ctx);
+            let ctx = ctx.clone();
+            (
+                Some(tracker.spawn_blocking(move || logs::run(tailer, ctx))),
+                None,
+            )
         }
+        SourceConfig::Webhook(cfg) => {
+            let (router, source) = webhook::router(cfg.clone(), ctx.clone());
+            (Some(tracker.spawn(webhook::announce(source))), Some(router))
+        }
+        SourceConfig::Mqtt(c) => (Some(tracker.spawn(mqtt::run(c.clone(), ctx.clone()))), None),
     }
-    routes
 }
