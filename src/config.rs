@@ -60,6 +60,10 @@ pub enum SourceConfig {
     Webhook(crate::sources::webhook::WebhookConfig),
     /// An MQTT broker connection with its subscriptions.
     Mqtt(crate::sources::mqtt::MqttConfig),
+    /// Queries against PostgreSQL, MySQL/MariaDB or SQLite.
+    Sql(crate::sources::sql::SqlConfig),
+    /// A JSON API polled over HTTP(S).
+    Http(crate::sources::http::HttpConfig),
 }
 
 /// Separates the key path inside a source from the message in errors
@@ -92,8 +96,10 @@ impl<'de> Deserialize<'de> for SourceConfig {
             "logs" => variant(value).map(SourceConfig::Logs),
             "webhook" => variant(value).map(SourceConfig::Webhook),
             "mqtt" => variant(value).map(SourceConfig::Mqtt),
+            "sql" => variant(value).map(SourceConfig::Sql),
+            "http" => variant(value).map(SourceConfig::Http),
             other => Err(format!(
-                "type{SUBKEY}unknown variant `{other}`, expected one of `logs`, `webhook`, `mqtt`"
+                "type{SUBKEY}unknown variant `{other}`, expected one of `logs`, `webhook`, `mqtt`, `sql`, `http`"
             )),
         };
         parsed.map_err(D::Error::custom)
@@ -107,6 +113,8 @@ impl SourceConfig {
             SourceConfig::Logs(c) => &c.name,
             SourceConfig::Webhook(c) => &c.name,
             SourceConfig::Mqtt(c) => &c.name,
+            SourceConfig::Sql(c) => &c.name,
+            SourceConfig::Http(c) => &c.name,
         }
     }
 
@@ -116,6 +124,8 @@ impl SourceConfig {
             SourceConfig::Logs(c) => c.validate(),
             SourceConfig::Webhook(c) => c.validate(),
             SourceConfig::Mqtt(c) => c.validate(),
+            SourceConfig::Sql(c) => c.validate(),
+            SourceConfig::Http(c) => c.validate(),
         }
     }
 }

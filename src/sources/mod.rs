@@ -3,10 +3,13 @@
 //! itself through self-metrics and never fails a scrape.
 
 pub mod aggregate;
+pub mod http;
 pub mod logs;
 pub mod mqtt;
 pub mod process;
 pub mod record;
+pub mod secret;
+pub mod sql;
 pub mod system;
 pub mod webhook;
 
@@ -55,5 +58,13 @@ pub fn spawn_one(
             (Some(tracker.spawn(webhook::announce(source))), Some(router))
         }
         SourceConfig::Mqtt(c) => (Some(tracker.spawn(mqtt::run(c.clone(), ctx.clone()))), None),
+        SourceConfig::Sql(c) => {
+            let metrics = sql::SqlMetrics::register(ctx.telemetry.registry());
+            (
+                Some(tracker.spawn(sql::run(c.clone(), ctx.clone(), metrics))),
+                None,
+            )
+        }
+        SourceConfig::Http(c) => (Some(tracker.spawn(http::run(c.clone(), ctx.clone()))), None),
     }
 }
