@@ -405,8 +405,8 @@ impl Db {
                 let opts = PgConnectOptions::from_str(dsn)
                     .map_err(unparsable)?
                     .application_name("vitals")
-                    // The server gives up on a query a little after we do,
-                    // so a timed-out query does not keep a connection busy.
+                    // Every run also sets its own timeout (see `fetch`); this
+                    // caps anything else the connection might run.
                     .options([("statement_timeout", (longest.as_millis() + 500).to_string())])
                     .disable_statement_logging();
                 Db::Pg(pool_options::<sqlx::Postgres>(cfg).connect_lazy_with(opts))
@@ -432,12 +432,28 @@ impl Db {
     }
 
     /// Run `sql` and return the `columns` of every row, in that order.
-    async fn fetch(&self, sql: &Arc<str>, columns: &[&str]) -> Result<Vec<Vec<Cell>>, QueryError> {
-        let t = Duration::ZERO;
+    async fn fetch(
+        &self,
+        sql: &Arc<str>,
+        columns: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<Vec<Cell>>, QueryError> {
+        let t = timeout;
         match self {
             Db::Pg(p) => {
+                // The server cancels the statement at the query's timeout,
+                // so a timed-out query frees its connection at once instead
+                // of starving the other queries of the pool.
+                let mut conn = p.acquire().await.map_err(|e| QueryError::from_sqlx(e, t))?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "SET statement_timeout = {}",
+                    timeout.as_millis().max(1)
+                )))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| QueryError::from_sqlx(e, t))?;
                 let rows: Vec<PgRow> = sqlx::query(AssertSqlSafe(sql.clone()))
-                    .fetch_all(p)
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err(|e| QueryError::from_sqlx(e, t))?;
                 cells(&rows, columns, pg_cell)
@@ -766,6 +782,10 @@ pub async fn run(cfg: SqlConfig, ctx: SourceContext, metrics: Arc<SqlMetrics>) {
     db.close().await;
 }
 
+/// PostgreSQL cancels a query itself at its timeout; the client waits this
+/// much longer so the server's cancel wins and the connection stays usable.
+const CANCEL_GRACE: Duration = Duration::from_millis(250);
+
 async fn query_loop(
     source: Arc<str>,
     q: Arc<Prepared>,
@@ -784,7 +804,7 @@ async fn query_loop(
         }
         let started = Instant::now();
         let result = tokio::select! {
-            r = tokio::time::timeout(q.timeout, db.fetch(&q.sql, &columns)) => {
+            r = tokio::time::timeout(q.timeout + CANCEL_GRACE, db.fetch(&q.sql, &columns, q.timeout)) => {
                 r.unwrap_or(Err(QueryError::Timeout(q.timeout)))
             }
             _ = ctx.shutdown.cancelled() => return,
