@@ -220,15 +220,15 @@ pub enum PollError {
     #[error("The request timed out.")]
     Timeout,
     #[error("The API cannot be reached: {0}")]
-    Connect(reqwest::Error),
+    Connect(String),
     #[error("The API answered with status {0}.")]
     Status(u16),
     #[error("The response body could not be read: {0}")]
-    Body(reqwest::Error),
+    Body(String),
     #[error("The response is larger than {0} bytes.")]
     TooLarge(usize),
     #[error("The request failed: {0}")]
-    Request(reqwest::Error),
+    Request(String),
 }
 
 impl PollError {
@@ -251,13 +251,28 @@ impl PollError {
         if e.is_timeout() {
             PollError::Timeout
         } else if e.is_connect() {
-            PollError::Connect(e)
+            PollError::Connect(chain(&e))
         } else if e.is_body() || e.is_decode() {
-            PollError::Body(e)
+            PollError::Body(chain(&e))
         } else {
-            PollError::Request(e)
+            PollError::Request(chain(&e))
         }
     }
+}
+
+/// An error with its causes, `outer: inner: root`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// Build the HTTP client: rustls with the ring provider, system roots plus
