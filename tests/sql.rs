@@ -740,3 +740,82 @@ column = "v"
     let (ok, out) = check(&base.replace("oracle://scott:tiger-secret@db/orcl", "sqlite::memory:"));
     assert!(ok, "{out}");
 }
+
+/// Start vitals with extra environment variables (the harness's `start`
+/// passes the test's own environment through). Names must not start with
+/// `VITALS_`, which vitals reads as configuration overrides.
+fn start_with_env(config: &str, env: &[(&str, &str)]) -> Vitals {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vitals.toml");
+    std::fs::write(&path, config).expect("write config");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(vitals_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .arg("--web.listen-address")
+        .arg(addr.to_string())
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn vitals");
+    let mut v = Vitals { child, addr, dir };
+    wait_for(WAIT, "vitals to become ready", || {
+        if let Ok(Some(status)) = v.child.try_wait() {
+            panic!("vitals exited early with {status}");
+        }
+        common::get(addr, "/readyz")
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ())
+    });
+    v
+}
+
+#[test]
+fn dsn_from_the_environment_and_a_missing_one_reported_as_down() {
+    let sqlite3 = require("sqlite3");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    run(Command::new(&sqlite3)
+        .arg(&db)
+        .arg("CREATE TABLE k (v INTEGER); INSERT INTO k VALUES (9);"));
+    let config = r#"
+[system]
+enabled = false
+
+[[sources]]
+type = "sql"
+name = "envdb"
+dsn_env = "SQLTEST_DSN"
+interval = "200ms"
+
+[[sources.queries]]
+name = "k"
+sql = "SELECT v FROM k"
+[[sources.queries.metrics]]
+name = "envdb_value"
+column = "v"
+"#;
+    let dsn = format!("sqlite://{}", db.display());
+    let v = start_with_env(config, &[("SQLTEST_DSN", &dsn)]);
+    wait_value(&v, "envdb_value", &[], 9.0);
+    drop(v);
+
+    let v = start_with_env(&config.replace("SQLTEST_DSN", "SQLTEST_DSN_UNSET"), &[]);
+    wait_for(WAIT, "the missing DSN to be reported", || {
+        let m = v.metrics();
+        let errors = sample_value(
+            &m,
+            "vitals_source_errors_total",
+            &[r#"source="envdb""#, r#"reason="dsn""#],
+        )?;
+        let up = sample_value(&m, "vitals_source_up", &[r#"source="envdb""#])?;
+        (errors >= 1.0 && up == 0.0).then_some(())
+    });
+    assert_eq!(
+        metric(&v, "vitals_sql_query_up", &[r#"query="k""#]),
+        Some(0.0)
+    );
+}
