@@ -177,9 +177,15 @@ impl Store {
         })
     }
 
-    /// Remove every series of a source (e.g. a source removed on reload).
+    /// Remove every series of a source (e.g. a source removed on reload),
+    /// including those it sent under sub-keys `<source>/<part>` (the `sql`
+    /// source keeps one snapshot per query that way).
     pub fn remove_source(&mut self, source: &str) -> usize {
-        self.remove_where(|s| s.source.as_ref() == source)
+        self.remove_where(|s| {
+            s.source
+                .strip_prefix(source)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     fn remove_where(&mut self, mut pred: impl FnMut(&Series) -> bool) -> usize {
@@ -365,6 +371,20 @@ mod tests {
                 .value,
             2.0
         );
+    }
+
+    #[test]
+    fn remove_source_takes_its_sub_keys_but_not_other_sources() {
+        let mut store = Store::new();
+        let f = family("v", MetricKind::Gauge, "v");
+        let g = store.begin_batch();
+        for (src, dev) in [("db/a", "1"), ("db/b", "2"), ("db", "3"), ("dbx/a", "4")] {
+            let src: Arc<str> = src.into();
+            store.upsert(&src, &sample(&f, dev, 1.0, 0), g).unwrap();
+        }
+        assert_eq!(store.remove_source("db"), 3);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.source_len("dbx/a"), 1);
     }
 
     #[test]

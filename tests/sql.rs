@@ -819,3 +819,50 @@ column = "v"
         Some(0.0)
     );
 }
+
+#[test]
+fn reload_removes_a_sql_source_with_its_series_and_self_metrics_and_can_add_it_back() {
+    let sqlite3 = require("sqlite3");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    run(Command::new(&sqlite3)
+        .arg(&db)
+        .arg("CREATE TABLE r (k TEXT, v INTEGER); INSERT INTO r VALUES ('a', 1), ('b', 2);"));
+    let with_source = format!(
+        r#"
+[system]
+enabled = false
+
+[[sources]]
+type = "sql"
+name = "reloaded"
+dsn = "sqlite://{}"
+interval = "200ms"
+
+[[sources.queries]]
+name = "r"
+sql = "SELECT k, v FROM r"
+labels = ["k"]
+[[sources.queries.metrics]]
+name = "reloaded_value"
+column = "v"
+"#,
+        db.display()
+    );
+    let v = Vitals::start(&with_source);
+    wait_value(&v, "reloaded_value", &[r#"k="b""#], 2.0);
+    wait_value(&v, "vitals_sql_query_up", &[r#"source="reloaded""#], 1.0);
+
+    let reload = |config: &str| {
+        std::fs::write(v.config_dir().join("vitals.toml"), config).unwrap();
+        let (status, body) = common::http(v.addr, "POST", "/-/reload", &[], b"").unwrap();
+        assert_eq!(status, 200, "{body}");
+    };
+    reload("[system]\nenabled = false\n");
+    wait_absent(&v, "reloaded_value", &[]);
+    wait_absent(&v, "vitals_sql_query_up", &[r#"source="reloaded""#]);
+
+    reload(&with_source);
+    wait_value(&v, "reloaded_value", &[r#"k="a""#], 1.0);
+    wait_value(&v, "vitals_sql_query_up", &[r#"source="reloaded""#], 1.0);
+}

@@ -304,6 +304,11 @@ fn client(cfg: &HttpConfig) -> Result<reqwest::Client, String> {
 
 /// Run the source until shutdown.
 pub async fn run(cfg: HttpConfig, ctx: SourceContext) {
+    poll_loop(&cfg, &ctx).await;
+    super::forget_series(&ctx, Arc::from(cfg.name.as_str()));
+}
+
+async fn poll_loop(cfg: &HttpConfig, ctx: &SourceContext) {
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let mappings: Vec<Compiled> = match cfg.mappings.iter().map(Compiled::new).collect() {
         Ok(m) => m,
@@ -314,7 +319,7 @@ pub async fn run(cfg: HttpConfig, ctx: SourceContext) {
             return;
         }
     };
-    let client = match client(&cfg) {
+    let client = match client(cfg) {
         Ok(c) => c,
         Err(error) => {
             ctx.telemetry.source_down(&name, "http");
@@ -337,7 +342,7 @@ pub async fn run(cfg: HttpConfig, ctx: SourceContext) {
         }
         let started = Instant::now();
         let fetched = tokio::select! {
-            r = fetch(&client, &cfg) => r,
+            r = fetch(&client, cfg) => r,
             _ = ctx.shutdown.cancelled() => return,
         };
         let mut samples = Vec::new();

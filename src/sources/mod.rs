@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::SourceConfig;
 use crate::events::EventBus;
-use crate::model::Batch;
+use crate::model::{Batch, BatchMode};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 
@@ -58,13 +58,18 @@ pub fn spawn_one(
             (Some(tracker.spawn(webhook::announce(source))), Some(router))
         }
         SourceConfig::Mqtt(c) => (Some(tracker.spawn(mqtt::run(c.clone(), ctx.clone()))), None),
-        SourceConfig::Sql(c) => {
-            let metrics = sql::SqlMetrics::register(ctx.telemetry.registry());
-            (
-                Some(tracker.spawn(sql::run(c.clone(), ctx.clone(), metrics))),
-                None,
-            )
-        }
+        SourceConfig::Sql(c) => (Some(tracker.spawn(sql::run(c.clone(), ctx.clone()))), None),
         SourceConfig::Http(c) => (Some(tracker.spawn(http::run(c.clone(), ctx.clone()))), None),
     }
+}
+
+/// When a source stops (shutdown or reload), queue an empty snapshot behind
+/// its last batch so its series go in order, even if that batch is still
+/// waiting in the ingest queue. Best effort: a full queue skips it.
+pub fn forget_series(ctx: &SourceContext, key: Arc<str>) {
+    let _ = ctx.tx.try_send(Batch {
+        source: key,
+        mode: BatchMode::Snapshot,
+        samples: Vec::new(),
+    });
 }

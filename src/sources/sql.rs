@@ -240,8 +240,12 @@ impl SqlConfig {
     }
 }
 
-/// Per-query self-metrics, registered once per process.
+/// Per-query self-metrics of one source (constant label `source`),
+/// registered when the source starts and unregistered when it stops, so a
+/// source restarted by a reload registers cleanly and a removed one leaves
+/// no stale `up` behind.
 pub struct SqlMetrics {
+    registry: Registry,
     up: IntGaugeVec,
     duration: GaugeVec,
     last_success: GaugeVec,
@@ -250,62 +254,75 @@ pub struct SqlMetrics {
 }
 
 impl SqlMetrics {
-    pub fn register(registry: &Registry) -> Arc<SqlMetrics> {
-        let labels = &["source", "query"];
+    pub fn register(source: &str, registry: &Registry) -> Arc<SqlMetrics> {
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("source", source);
+        let query = &["query"];
         let m = SqlMetrics {
+            registry: registry.clone(),
             up: IntGaugeVec::new(
-                Opts::new(
+                opts(
                     "vitals_sql_query_up",
                     "Whether the last run of a SQL query succeeded (1) or not (0).",
                 ),
-                labels,
+                query,
             )
             .expect("valid metric"),
             duration: GaugeVec::new(
-                Opts::new(
+                opts(
                     "vitals_sql_query_duration_seconds",
                     "Wall time the last run of a SQL query took.",
                 ),
-                labels,
+                query,
             )
             .expect("valid metric"),
             last_success: GaugeVec::new(
-                Opts::new(
+                opts(
                     "vitals_sql_query_last_success_timestamp_seconds",
                     "Unix time of the last successful run of a SQL query.",
                 ),
-                labels,
+                query,
             )
             .expect("valid metric"),
             rows: IntGaugeVec::new(
-                Opts::new(
+                opts(
                     "vitals_sql_query_rows",
                     "Rows returned by the last successful run of a SQL query.",
                 ),
-                labels,
+                query,
             )
             .expect("valid metric"),
             errors: IntCounterVec::new(
-                Opts::new(
+                opts(
                     "vitals_sql_query_errors_total",
                     "Failed runs of a SQL query, by reason.",
                 ),
-                &["source", "query", "reason"],
+                &["query", "reason"],
             )
             .expect("valid metric"),
         };
-        for c in [
-            Box::new(m.up.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.duration.clone()),
-            Box::new(m.last_success.clone()),
-            Box::new(m.rows.clone()),
-            Box::new(m.errors.clone()),
-        ] {
-            if let Err(error) = registry.register(c) {
-                tracing::warn!(%error, "SQL self-metrics could not be registered.");
+        for c in m.collectors() {
+            if let Err(error) = m.registry.register(c) {
+                tracing::warn!(source, %error, "SQL self-metric not registered.");
             }
         }
         Arc::new(m)
+    }
+
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 5] {
+        [
+            Box::new(self.up.clone()),
+            Box::new(self.duration.clone()),
+            Box::new(self.last_success.clone()),
+            Box::new(self.rows.clone()),
+            Box::new(self.errors.clone()),
+        ]
+    }
+
+    fn unregister(&self) {
+        for c in self.collectors() {
+            // Not registered (a failed registration) is fine here.
+            let _ = self.registry.unregister(c);
+        }
     }
 }
 
@@ -727,18 +744,26 @@ impl Prepared {
 }
 
 /// Run the source until shutdown.
-pub async fn run(cfg: SqlConfig, ctx: SourceContext, metrics: Arc<SqlMetrics>) {
+pub async fn run(cfg: SqlConfig, ctx: SourceContext) {
     let name: Arc<str> = Arc::from(cfg.name.as_str());
+    let metrics = SqlMetrics::register(&name, ctx.telemetry.registry());
+    run_queries(&name, &cfg, &ctx, &metrics).await;
+    metrics.unregister();
+}
+
+async fn run_queries(
+    name: &Arc<str>,
+    cfg: &SqlConfig,
+    ctx: &SourceContext,
+    metrics: &Arc<SqlMetrics>,
+) {
     let queries: Vec<Arc<Prepared>> = cfg
         .queries
         .iter()
-        .map(|q| Arc::new(Prepared::new(&cfg.name, &cfg, q)))
+        .map(|q| Arc::new(Prepared::new(&cfg.name, cfg, q)))
         .collect();
     for q in &queries {
-        metrics
-            .up
-            .with_label_values(&[name.as_ref(), q.name.as_str()])
-            .set(0);
+        metrics.up.with_label_values(&[q.name.as_str()]).set(0);
     }
     let db = match resolve_secret(
         "dsn",
@@ -747,7 +772,7 @@ pub async fn run(cfg: SqlConfig, ctx: SourceContext, metrics: Arc<SqlMetrics>) {
         cfg.dsn_file.as_deref(),
     )
     .map_err(QueryError::Dsn)
-    .and_then(|dsn| Db::new(dsn.as_deref().unwrap_or(""), &cfg))
+    .and_then(|dsn| Db::new(dsn.as_deref().unwrap_or(""), cfg))
     {
         Ok(db) => db,
         Err(error) => {
@@ -757,7 +782,7 @@ pub async fn run(cfg: SqlConfig, ctx: SourceContext, metrics: Arc<SqlMetrics>) {
             for q in &queries {
                 metrics
                     .errors
-                    .with_label_values(&[name.as_ref(), q.name.as_str(), error.reason()])
+                    .with_label_values(&[q.name.as_str(), error.reason()])
                     .inc();
             }
             ctx.shutdown.cancelled().await;
@@ -766,13 +791,12 @@ pub async fn run(cfg: SqlConfig, ctx: SourceContext, metrics: Arc<SqlMetrics>) {
     };
     let mut tasks = JoinSet::new();
     for q in queries {
-        tasks.spawn(query_loop(
-            name.clone(),
-            q,
-            db.clone(),
-            ctx.clone(),
-            metrics.clone(),
-        ));
+        let (name, db, ctx, metrics) = (name.clone(), db.clone(), ctx.clone(), metrics.clone());
+        tasks.spawn(async move {
+            let key = q.key.clone();
+            query_loop(name, q, db, ctx.clone(), metrics).await;
+            super::forget_series(&ctx, key);
+        });
     }
     while let Some(done) = tasks.join_next().await {
         if let Err(error) = done {
@@ -796,7 +820,7 @@ async fn query_loop(
     let columns: Vec<&str> = q.columns.iter().map(String::as_str).collect();
     let mut tick = tokio::time::interval(q.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let labels = [source.as_ref(), q.name.as_str()];
+    let labels = [q.name.as_str()];
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -845,7 +869,7 @@ async fn query_loop(
                 metrics.up.with_label_values(&labels).set(0);
                 metrics
                     .errors
-                    .with_label_values(&[source.as_ref(), q.name.as_str(), error.reason()])
+                    .with_label_values(&[q.name.as_str(), error.reason()])
                     .inc();
                 if error.is_connection() {
                     ctx.telemetry.source_down(&source, "sql");
