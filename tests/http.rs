@@ -555,3 +555,185 @@ path = "n"
         assert!(!out.contains("very-secret"), "{out}");
     }
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (openssl CLI).
+fn make_certs(dir: &Path) {
+    let openssl = common::require("openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vitals http test CA",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        &["req"],
+        &ec[..],
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+}
+
+/// An HTTPS server answering every request with `body` (JSON), on its own
+/// thread for the rest of the test process.
+fn tls_server(dir: &Path, body: &'static str) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("leaf.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // Handshake failures (an untrusting client) just end here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+#[test]
+fn https_with_a_ca_file_or_insecure_skip_verify_and_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let addr = tls_server(dir.path(), r#"{"ok": 1}"#);
+    let source = |name: &str, tls: &str| {
+        format!(
+            r#"
+[[sources]]
+type = "http"
+name = "{name}"
+url = "https://{addr}/status"
+interval = "200ms"
+{tls}
+[[sources.mappings]]
+[[sources.mappings.metrics]]
+name = "{name}_ok"
+path = "ok"
+"#
+        )
+    };
+    let ca = dir.path().join("ca.pem");
+    let config = [
+        "[system]\nenabled = false\n".to_string(),
+        source(
+            "trusted",
+            &format!("tls = {{ ca_file = \"{}\" }}", ca.display()),
+        ),
+        source("insecure", "tls = { insecure_skip_verify = true }"),
+        source("untrusted", ""),
+    ]
+    .concat();
+    let v = Vitals::start(&config);
+    wait_value(&v, "trusted_ok", &[], 1.0);
+    wait_value(&v, "insecure_ok", &[], 1.0);
+    wait_for(WAIT, "the untrusted certificate to be refused", || {
+        let m = v.metrics();
+        (sample_value(
+            &m,
+            "vitals_source_errors_total",
+            &[r#"source="untrusted""#, r#"reason="tls""#],
+        )? >= 1.0)
+            .then_some(())
+    });
+    assert_eq!(
+        metric(&v, "vitals_source_up", &[r#"source="untrusted""#]),
+        Some(0.0)
+    );
+    assert!(metric(&v, "untrusted_ok", &[]).is_none());
+}

@@ -221,6 +221,8 @@ pub enum PollError {
     Timeout,
     #[error("The API cannot be reached: {0}")]
     Connect(String),
+    #[error("The TLS handshake failed: {0}")]
+    Tls(String),
     #[error("The API answered with status {0}.")]
     Status(u16),
     #[error("The response body could not be read: {0}")]
@@ -238,6 +240,7 @@ impl PollError {
             PollError::Secret(_) => "secret",
             PollError::Timeout => "timeout",
             PollError::Connect(_) => "connect",
+            PollError::Tls(_) => "tls",
             PollError::Status(_) => "http_status",
             PollError::Body(_) => "body",
             PollError::TooLarge(_) => "too_large",
@@ -251,7 +254,13 @@ impl PollError {
         if e.is_timeout() {
             PollError::Timeout
         } else if e.is_connect() {
-            PollError::Connect(chain(&e))
+            let text = chain(&e);
+            // rustls errors name the certificate or the handshake.
+            if text.contains("certificate") || text.contains("handshake") || text.contains("TLS") {
+                PollError::Tls(text)
+            } else {
+                PollError::Connect(text)
+            }
         } else if e.is_body() || e.is_decode() {
             PollError::Body(chain(&e))
         } else {
