@@ -107,26 +107,25 @@ async fn respond(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    match uri.path() {
+    let authorized = match uri.path() {
         // POST with a JSON body, a custom header and a bearer token.
         "/secure" => {
-            if method != Method::POST
-                || header("authorization") != "Bearer tok-1"
-                || header("x-tenant") != "acme"
-                || header("content-type") != "application/json"
-                || body.as_ref() != br#"{"report":"daily"}"#
-            {
-                return (StatusCode::UNAUTHORIZED, "no").into_response();
-            }
+            method == Method::POST
+                && header("authorization") == "Bearer tok-1"
+                && header("x-tenant") == "acme"
+                && header("content-type") == "application/json"
+                && body.as_ref() == br#"{"report":"daily"}"#
         }
-        "/basic" => {
-            // user:pw
-            if header("authorization") != "Basic dXNlcjpwdw==" {
-                return (StatusCode::UNAUTHORIZED, "no").into_response();
-            }
+        // user:pw
+        "/basic" => header("authorization") == "Basic dXNlcjpwdw==",
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            true
         }
-        "/slow" => tokio::time::sleep(Duration::from_secs(3)).await,
-        _ => {}
+        _ => true,
+    };
+    if !authorized {
+        return (StatusCode::UNAUTHORIZED, "no").into_response();
     }
     let found = fixtures.lock().unwrap().get(uri.path()).cloned();
     match found {
@@ -736,4 +735,26 @@ path = "ok"
         Some(0.0)
     );
     assert!(metric(&v, "untrusted_ok", &[]).is_none());
+}
+
+#[test]
+fn reload_removes_an_http_source_and_its_series() {
+    let api = Api::start();
+    api.json("/stats", STATS);
+    let with_source = format!(
+        "[system]\nenabled = false\n\n[[sources]]\ntype = \"http\"\nname = \"shop_api\"\nurl = \"{}\"\ninterval = \"200ms\"\n{}",
+        api.url("/stats"),
+        stats_mappings()
+    );
+    let v = Vitals::start(&with_source);
+    wait_value(&v, "shop_queue_depth", &[r#"queue="sms""#], 7.0);
+    std::fs::write(
+        v.config_dir().join("vitals.toml"),
+        "[system]\nenabled = false\n",
+    )
+    .unwrap();
+    let (status, body) = common::http(v.addr, "POST", "/-/reload", &[], b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    wait_absent(&v, "shop_queue_depth", &[]);
+    wait_absent(&v, "shop_server_load", &[]);
 }

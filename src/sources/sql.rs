@@ -777,8 +777,8 @@ async fn run_queries(
         Ok(db) => db,
         Err(error) => {
             // Nothing can run without a DSN: report it and wait for shutdown.
-            ctx.telemetry.source_down(&name, "sql");
-            ctx.telemetry.source_error(&name, error.reason(), &error);
+            ctx.telemetry.source_down(name, "sql");
+            ctx.telemetry.source_error(name, error.reason(), &error);
             for q in &queries {
                 metrics
                     .errors
