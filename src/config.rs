@@ -45,6 +45,10 @@ pub struct Config {
     /// Further sources (MQTT brokers, HTTP APIs, SQL queries, logs, webhooks),
     /// each a `[[sources]]` table with a `type` and a unique `name`.
     pub sources: Vec<SourceConfig>,
+    /// `[detect]`: anomaly detection on every series.
+    pub detect: crate::detect::DetectConfig,
+    /// `[[pipeline]]`: per-selector filters and unit conversion.
+    pub pipeline: Vec<crate::pipeline::filters::PipelineRule>,
 }
 
 /// One configured source; `type` selects the variant.
@@ -138,6 +142,8 @@ impl Default for Config {
             process_groups: default_process_groups(),
             store: StoreConfig::default(),
             sources: Vec::new(),
+            detect: crate::detect::DetectConfig::default(),
+            pipeline: Vec::new(),
         }
     }
 }
@@ -469,6 +475,14 @@ impl Config {
                     &key,
                     "needs at least one matcher: comm, exe, cmdline or pids",
                 ));
+            }
+        }
+        if let Err((key, reason)) = self.detect.validate() {
+            return Err(invalid(&key, &reason));
+        }
+        for (i, rule) in self.pipeline.iter().enumerate() {
+            if let Err((key, reason)) = rule.validate() {
+                return Err(invalid(&format!("pipeline[{i}].{key}"), &reason));
             }
         }
         let mut source_names = std::collections::HashSet::from(["system"]);

@@ -13,6 +13,7 @@
 //! - [`model`]: samples, label sets, batches — what flows between the parts.
 //! - [`sources`]: one module per source; each owns its loop.
 //! - [`pipeline`]: synchronous per-sample stages and the ingest task.
+//! - [`detect`]: streaming anomaly detectors, NAB scoring, `vitals backtest`.
 //! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod detect;
 pub mod events;
 pub mod expose;
 pub mod mapping;

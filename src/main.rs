@@ -32,6 +32,31 @@ enum Command {
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
     },
+    /// Replay CSV files (timestamp,value) through the pipeline and anomaly
+    /// detectors; with labels, print precision/recall and the NAB score.
+    Backtest(BacktestArgs),
+}
+
+#[derive(Args, Clone)]
+struct BacktestArgs {
+    /// NAB-style labels: JSON object of file key to [[start, end], ...] windows.
+    #[arg(long = "labels")]
+    labels: Option<PathBuf>,
+    /// Write results in NAB's layout (<DIR>/vitals/<category>/vitals_<file>.csv).
+    #[arg(long = "nab-results", value_name = "DIR")]
+    nab_results: Option<PathBuf>,
+    /// Write per-row timestamp,value,anomaly_score,flag files under DIR.
+    #[arg(long = "output", value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// Configuration file whose [detect] and [[pipeline]] sections are used.
+    #[arg(long = "config", short = 'c')]
+    config: Option<PathBuf>,
+    /// Rows reported per file at most (bad or skipped rows).
+    #[arg(long = "max-issues", default_value_t = 20)]
+    max_issues: usize,
+    /// CSV files or folders of them (walked recursively).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -60,6 +85,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Backtest(args)) => backtest(args),
         None => run(cli.run),
     }
 }
@@ -124,6 +150,45 @@ fn load(args: &RunArgs) -> Result<vitals::config::Config, String> {
         vitals::expose::webconfig::WebConfig::load(path).map_err(|e| e.to_string())?;
     }
     Ok(cfg)
+}
+
+fn backtest(args: BacktestArgs) -> ExitCode {
+    let config = match vitals::config::load(args.config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("vitals: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = vitals::detect::backtest::Options {
+        paths: args.paths,
+        labels: args.labels,
+        nab_results: args.nab_results,
+        output: args.output,
+        config,
+    };
+    match vitals::detect::backtest::run(&opts) {
+        Ok(report) => {
+            for f in &report.files {
+                for issue in f.issues.iter().take(args.max_issues) {
+                    eprintln!("{}:{}: {}", f.path.display(), issue.line, issue.reason);
+                }
+                if f.issues.len() > args.max_issues {
+                    eprintln!(
+                        "{}: {} more rows reported",
+                        f.path.display(),
+                        f.issues.len() - args.max_issues
+                    );
+                }
+            }
+            print!("{}", report.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vitals: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn run(args: RunArgs) -> ExitCode {

@@ -132,6 +132,10 @@ pub async fn run_until(
     let ready = Arc::new(AtomicBool::new(false));
     let tracker = TaskTracker::new();
     let (tx, rx) = tokio::sync::mpsc::channel(cfg.store.ingest_queue);
+    let events = EventBus::default();
+    store
+        .write()
+        .set_detector_scores(cfg.detect.detector_scores);
 
     // The ingest task runs until every sender is gone (sources stopped, the
     // HTTP server with its push routes drained), so a batch a webhook
@@ -140,12 +144,11 @@ pub async fn run_until(
     let ingest_stop = CancellationToken::new();
     tracker.spawn(pipeline::run_ingest(
         rx,
-        Pipeline::standard(),
+        Pipeline::from_config(&cfg, events.clone()),
         store.clone(),
         telemetry.clone(),
         ingest_stop.clone(),
     ));
-    let events = EventBus::default();
     let ctx = sources::SourceContext {
         tx: tx.clone(),
         telemetry: telemetry.clone(),

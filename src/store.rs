@@ -22,6 +22,8 @@ pub struct Series {
     /// Store generation of the last update; snapshot batches remove the
     /// series of their source that they did not touch.
     generation: u64,
+    /// Anomaly detector state, created by the pipeline's detect step.
+    pub detect: Option<Box<crate::detect::live::SeriesDetector>>,
 }
 
 /// All series of one metric family.
@@ -66,11 +68,18 @@ pub struct Store {
     sources: FxHashMap<Arc<str>, SourceBook>,
     generation: u64,
     series: usize,
+    /// Render per-detector scores (`vitals_anomaly_detector_score`).
+    detector_scores: bool,
 }
 
 impl Store {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Render per-detector anomaly scores as well as the ensemble's.
+    pub fn set_detector_scores(&mut self, on: bool) {
+        self.detector_scores = on;
     }
 
     /// Limit the number of series `source` may own.
@@ -141,6 +150,7 @@ impl Store {
                     timestamp_ms: sample.timestamp_ms,
                     source: source.clone(),
                     generation,
+                    detect: None,
                 },
             );
         }
@@ -280,6 +290,7 @@ impl Store {
                 }
             }
         }
+        crate::detect::live::render(self.families.values(), self.detector_scores, out);
     }
 }
 

@@ -4,7 +4,9 @@
 //! One task ([`run_ingest`]) owns the receiving end of the bounded ingest
 //! channel, so stages never need locks of their own and never block on I/O.
 
+pub mod filters;
 pub mod rules;
+pub mod select;
 pub mod validate;
 
 use std::sync::Arc;
@@ -34,11 +36,33 @@ pub trait Stage: Send {
 /// The ordered stages of the pipeline.
 pub struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
+    /// The anomaly detectors, run on every kept sample after the store update.
+    detect: Option<crate::detect::live::Detect>,
 }
 
 impl Pipeline {
     pub fn new(stages: Vec<Box<dyn Stage>>) -> Self {
-        Pipeline { stages }
+        Pipeline {
+            stages,
+            detect: None,
+        }
+    }
+
+    /// Validation, the `[[pipeline]]` filters and, when `[detect]` is
+    /// enabled, the anomaly detectors publishing on `events`.
+    pub fn from_config(cfg: &crate::config::Config, events: crate::events::EventBus) -> Self {
+        let mut p = Pipeline::new(vec![
+            Box::new(validate::Validate),
+            Box::new(filters::Filters::new(cfg.pipeline.clone())),
+        ]);
+        if cfg.detect.enabled {
+            p.detect = Some(crate::detect::live::Detect::new(
+                cfg.detect.clone(),
+                cfg.pipeline.clone(),
+                events,
+            ));
+        }
+        p
     }
 
     /// The default pipeline: validation only.
@@ -58,7 +82,12 @@ impl Pipeline {
                 }
             }
             match store.upsert(&batch.source, sample, generation) {
-                Ok(_) => ingested += 1,
+                Ok(series) => {
+                    ingested += 1;
+                    if let Some(detect) = &self.detect {
+                        detect.observe(&batch.source, sample, &mut series.detect);
+                    }
+                }
                 Err(refused) => {
                     telemetry.sample_dropped(&batch.source, refused.reason(), &sample.family.name)
                 }

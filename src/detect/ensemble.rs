@@ -1,0 +1,375 @@
+//! The ensemble: every member's raw score goes through its own likelihood
+//! layer; the exported score is the strongest member's likelihood. One
+//! threshold turns it into events, and after an event further events are
+//! suppressed for a while (one incident, one alert).
+
+use super::context::ContextNovelty;
+use super::likelihood::Likelihood;
+use super::robust::{Cusum, MedianMad};
+use super::seasonal::Seasonal;
+use super::threshold::{StaticThreshold, ThresholdSpec};
+use super::{Band, DetectConfig, Detector, DetectorKind};
+
+/// Samples after an event during which no new event fires.
+pub const DEFAULT_SUPPRESS: u32 = 80;
+/// Samples observed before the likelihood layer gives any score.
+pub const DEFAULT_LEARNING: u32 = 150;
+/// The threshold at the default sensitivity (0.5).
+pub const DEFAULT_THRESHOLD: f64 = 0.45;
+
+/// Threshold on the ensemble score for a sensitivity in [0, 1]: the
+/// default threshold at 0.5, 1 (never) at 0, its square at 1.
+pub fn threshold_for(sensitivity: f64) -> f64 {
+    DEFAULT_THRESHOLD.powf(sensitivity.clamp(0.0, 1.0) / 0.5)
+}
+
+/// Number of learned members (the `detector` label values besides `threshold`).
+pub const MEMBERS: usize = 4;
+
+/// What the ensemble decided for one sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Output {
+    /// Ensemble score in [0, 1]; at or above the threshold only on events
+    /// (suppressed samples are capped just below it).
+    pub score: f64,
+    /// A new anomaly event starts at this sample.
+    pub event: bool,
+    /// An event fired within the suppression period (the exported flag).
+    pub active: bool,
+    pub band: Option<Band>,
+    /// Likelihood per member, in [`DetectorKind`] order; negative when the
+    /// member is not in the ensemble.
+    pub members: [f32; MEMBERS],
+    /// Static threshold score, when one applies.
+    pub threshold: Option<f32>,
+}
+
+#[derive(Debug, Clone)]
+struct Member<D> {
+    det: D,
+    lik: Likelihood,
+}
+
+impl<D: Detector> Member<D> {
+    fn new(det: D, learning: u32) -> Self {
+        Member {
+            det,
+            lik: Likelihood::new(learning, 0.002, 0.02),
+        }
+    }
+
+    fn observe(&mut self, ts_ms: i64, value: f64) -> f64 {
+        let raw = self.det.observe(ts_ms, value);
+        self.lik.update(raw)
+    }
+}
+
+/// The per-series detector state behind the exported score.
+#[derive(Debug, Clone)]
+pub struct Ensemble {
+    median: Option<Member<MedianMad>>,
+    cusum: Option<Member<Cusum>>,
+    context: Option<Member<ContextNovelty>>,
+    seasonal: Option<Box<Member<Seasonal>>>,
+    statics: Vec<StaticThreshold>,
+    threshold: f64,
+    suppress: u32,
+    /// Samples left in the current suppression period.
+    quiet: u32,
+    last: Output,
+}
+
+impl Ensemble {
+    pub fn new(cfg: &DetectConfig, statics: &[ThresholdSpec]) -> Self {
+        let has = |k| cfg.detectors.contains(&k);
+        let l = cfg.learning;
+        Ensemble {
+            median: has(DetectorKind::MedianMad).then(|| Member::new(MedianMad::new(), l)),
+            cusum: has(DetectorKind::Cusum).then(|| Member::new(Cusum::default(), l)),
+            context: has(DetectorKind::Context).then(|| Member::new(ContextNovelty::new(), l)),
+            seasonal: has(DetectorKind::Seasonal)
+                .then(|| Box::new(Member::new(Seasonal::new(), l))),
+            statics: statics.iter().map(|s| StaticThreshold::new(*s)).collect(),
+            threshold: cfg.threshold(),
+            suppress: cfg.suppress,
+            quiet: 0,
+            last: Output::default(),
+        }
+    }
+
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// The decision for the last sample.
+    pub fn last(&self) -> &Output {
+        &self.last
+    }
+
+    /// Fold in one sample and return the full decision. Non-finite values
+    /// are ignored (the previous decision stands).
+    pub fn step(&mut self, ts_ms: i64, value: f64) -> Output {
+        if !value.is_finite() {
+            return self.last;
+        }
+        let mut members = [-1.0f32; MEMBERS];
+        let mut score: f64 = 0.0;
+        let mut band = None;
+        if let Some(m) = &mut self.median {
+            let s = m.observe(ts_ms, value);
+            members[0] = s as f32;
+            score = score.max(s);
+            band = band.or(m.det.band());
+        }
+        if let Some(m) = &mut self.cusum {
+            let s = m.observe(ts_ms, value);
+            members[1] = s as f32;
+            score = score.max(s);
+            band = band.or(m.det.band());
+        }
+        if let Some(m) = &mut self.context {
+            let s = m.observe(ts_ms, value);
+            members[2] = s as f32;
+            score = score.max(s);
+        }
+        if let Some(m) = &mut self.seasonal {
+            let s = m.observe(ts_ms, value);
+            members[3] = s as f32;
+            score = score.max(s);
+            band = band.or(m.det.band());
+        }
+        let mut threshold_score: Option<f32> = None;
+        for t in &mut self.statics {
+            let s = t.observe(ts_ms, value);
+            threshold_score = Some(threshold_score.map_or(s as f32, |p| p.max(s as f32)));
+            score = score.max(s);
+        }
+        let mut event = false;
+        if self.quiet > 0 {
+            self.quiet -= 1;
+            score = score.min(self.threshold * 0.999);
+        } else if score >= self.threshold {
+            event = true;
+            self.quiet = self.suppress;
+        }
+        self.last = Output {
+            score,
+            event,
+            active: event || self.quiet > 0,
+            band,
+            members,
+            threshold: threshold_score,
+        };
+        self.last
+    }
+
+    /// Bytes of state: the struct plus what it owns on the heap.
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .seasonal
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<Member<Seasonal>>())
+            + self.statics.capacity() * std::mem::size_of::<StaticThreshold>()
+    }
+}
+
+impl Detector for Ensemble {
+    fn observe(&mut self, ts_ms: i64, value: f64) -> f64 {
+        self.step(ts_ms, value).score
+    }
+
+    fn name(&self) -> &'static str {
+        "ensemble"
+    }
+
+    fn band(&self) -> Option<Band> {
+        self.last.band
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testdata::*;
+
+    fn run(series: &[f64]) -> (Vec<Output>, Ensemble) {
+        let mut e = Ensemble::new(&DetectConfig::default(), &[]);
+        let out = series
+            .iter()
+            .enumerate()
+            .map(|(i, v)| e.step(i as i64 * 60_000, *v))
+            .collect();
+        (out, e)
+    }
+
+    fn events(out: &[Output]) -> Vec<usize> {
+        out.iter()
+            .enumerate()
+            .filter(|(_, o)| o.event)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn noise_only_raises_rare_events() {
+        // The default threshold trades some false alarms on pure noise for
+        // recall on NAB: at most one event per 2000 samples.
+        let (out, _) = run(&noise(20_000, 11));
+        assert!(events(&out).len() <= 10, "{:?}", events(&out));
+    }
+
+    #[test]
+    fn a_step_raises_one_event_soon_after() {
+        let (out, _) = run(&step(2000, 1000, 8.0, 12));
+        let ev = events(&out);
+        assert!(
+            !ev.is_empty() && (1000..1020).contains(&ev[0]),
+            "{ev:?} {:?}",
+            out[998..1012]
+                .iter()
+                .map(|o| (o.score, o.members))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(ev.len(), 1, "suppression: one incident, one event: {ev:?}");
+        assert!(out[ev[0]].active && out[ev[0] + 1].active && !out[ev[0] + 1].event);
+    }
+
+    #[test]
+    fn a_spike_is_flagged_and_suppressed_events_stay_below_threshold() {
+        let mut s = noise(2000, 13);
+        s[1500] = 25.0;
+        let (out, e) = run(&s);
+        let ev = events(&out);
+        // The short average of the likelihood layer may take one more sample.
+        assert!(ev.iter().any(|i| (1500..=1502).contains(i)), "{ev:?}");
+        // Scores reach the threshold on event samples only.
+        let above: Vec<usize> = (0..out.len())
+            .filter(|i| out[*i].score >= e.threshold())
+            .collect();
+        assert_eq!(above, ev);
+    }
+
+    #[test]
+    fn a_drift_is_flagged_with_cusum_in_the_ensemble() {
+        let cfg = DetectConfig {
+            detectors: vec![
+                DetectorKind::MedianMad,
+                DetectorKind::Cusum,
+                DetectorKind::Context,
+            ],
+            ..DetectConfig::default()
+        };
+        let mut e = Ensemble::new(&cfg, &[]);
+        let out: Vec<Output> = drift(3000, 1500, 0.05, 14)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| e.step(i as i64 * 60_000, *v))
+            .collect();
+        let ev = events(&out);
+        assert!(ev.iter().any(|i| (1500..1800).contains(i)), "{ev:?}");
+    }
+
+    #[test]
+    fn a_clean_seasonal_pattern_raises_no_event_late() {
+        let (out, _) = run(&seasonal(4000, 60, 0.3, 15));
+        let late: Vec<usize> = events(&out).into_iter().filter(|i| *i > 1000).collect();
+        assert!(late.is_empty(), "{late:?}");
+    }
+
+    #[test]
+    fn sensitivity_moves_the_threshold_monotonically() {
+        assert_eq!(threshold_for(0.5), DEFAULT_THRESHOLD);
+        assert!(threshold_for(0.9) < threshold_for(0.5));
+        assert!(threshold_for(0.1) > threshold_for(0.5));
+        assert_eq!(threshold_for(0.0), 1.0);
+    }
+
+    #[test]
+    fn state_fits_in_four_kibibytes() {
+        let (_, e) = run(&noise(5000, 16));
+        assert!(e.state_bytes() <= 4096, "{}", e.state_bytes());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all_members() -> DetectConfig {
+        DetectConfig {
+            detectors: vec![
+                DetectorKind::MedianMad,
+                DetectorKind::Cusum,
+                DetectorKind::Context,
+                DetectorKind::Seasonal,
+            ],
+            ..DetectConfig::default()
+        }
+    }
+
+    fn statics() -> [ThresholdSpec; 1] {
+        [ThresholdSpec {
+            above: Some(50.0),
+            below: None,
+            hysteresis: 5.0,
+            for_ms: 600_000,
+        }]
+    }
+
+    fn run(e: &mut Ensemble, values: &[f64], from: usize) -> Vec<Output> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| e.step((from + i) as i64 * 300_000, *v))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The output at every sample depends only on the samples so far:
+        /// changing what comes later changes nothing before it.
+        #[test]
+        fn no_look_ahead(
+            prefix in prop::collection::vec(-1e3f64..1e3, 1..600),
+            a in prop::collection::vec(-1e6f64..1e6, 0..200),
+            b in prop::collection::vec(-1e6f64..1e6, 0..200),
+        ) {
+            let mut e1 = Ensemble::new(&all_members(), &statics());
+            let mut e2 = Ensemble::new(&all_members(), &statics());
+            let mut s1 = prefix.clone();
+            s1.extend(&a);
+            let mut s2 = prefix.clone();
+            s2.extend(&b);
+            let o1 = run(&mut e1, &s1, 0);
+            let o2 = run(&mut e2, &s2, 0);
+            prop_assert_eq!(&o1[..prefix.len()], &o2[..prefix.len()]);
+        }
+
+        /// State stays the same size whatever the values (extremes, NaN,
+        /// constants) and however long the series, and scores stay in [0, 1].
+        #[test]
+        fn bounded_memory_and_scores(
+            values in prop::collection::vec(
+                prop_oneof![
+                    -1e300f64..1e300,
+                    Just(f64::NAN),
+                    Just(f64::INFINITY),
+                    Just(0.0),
+                    -10.0f64..10.0,
+                ],
+                1..3000,
+            ),
+        ) {
+            let mut e = Ensemble::new(&all_members(), &statics());
+            let before = e.state_bytes();
+            for o in run(&mut e, &values, 0) {
+                prop_assert!((0.0..=1.0).contains(&o.score), "{o:?}");
+            }
+            prop_assert_eq!(e.state_bytes(), before);
+            prop_assert!(before <= 4096 + std::mem::size_of::<Member<Cusum>>(), "{before}");
+        }
+    }
+}

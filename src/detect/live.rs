@@ -1,0 +1,329 @@
+//! Detection on live series: the per-series state kept in the store, the
+//! anomaly events published on the [`EventBus`], and the `vitals_anomaly_*`
+//! families rendered from that state at scrape time.
+
+use super::threshold::ThresholdSpec;
+use super::{DetectConfig, DetectorKind, Ensemble};
+use crate::events::{Event, EventBus, Severity};
+use crate::model::{Labels, MetricKind, Sample, write_value};
+use crate::pipeline::filters::PipelineRule;
+use crate::store::Family;
+
+/// Per-series detector state, kept in the store next to the series.
+#[derive(Debug, Clone)]
+pub struct SeriesDetector {
+    /// `None` when detection is switched off for the series by a rule.
+    ensemble: Option<Ensemble>,
+    /// Labels of the anomaly families: `metric="<family>"` plus the series'
+    /// own labels (its `metric` label renamed `exported_metric`).
+    labels: Labels,
+    events: u64,
+    /// Counters are scored as per-second rates: the previous (ts, value).
+    previous: Option<(i64, f64)>,
+    /// Whether anything was scored yet (nothing is exported before).
+    scored: bool,
+}
+
+impl SeriesDetector {
+    /// Bytes of state: the struct and what it owns.
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.labels.as_str().len()
+            + self
+                .ensemble
+                .as_ref()
+                .map_or(0, |e| e.state_bytes() - std::mem::size_of::<Ensemble>())
+    }
+}
+
+/// Labels of the anomaly families for a series of `family`.
+pub fn anomaly_labels(family: &str, labels: &Labels) -> Labels {
+    let mut pairs: Vec<(String, String)> = labels
+        .pairs()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "metric" {
+                ("exported_metric".to_string(), v)
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    pairs.push(("metric".to_string(), family.to_string()));
+    Labels::from_pairs(&pairs)
+}
+
+/// The detection step of the pipeline.
+pub struct Detect {
+    cfg: DetectConfig,
+    /// The `[[pipeline]]` rules, for their `detect` switch.
+    rules: Vec<PipelineRule>,
+    events: EventBus,
+}
+
+impl Detect {
+    pub fn new(cfg: DetectConfig, rules: Vec<PipelineRule>, events: EventBus) -> Self {
+        Detect { cfg, rules, events }
+    }
+
+    fn new_state(&self, sample: &Sample) -> SeriesDetector {
+        let name = &sample.family.name;
+        let on = self
+            .rules
+            .iter()
+            .find(|r| r.matches(name, &sample.labels))
+            .is_none_or(|r| r.detect);
+        let statics: Vec<ThresholdSpec> = self
+            .cfg
+            .thresholds
+            .iter()
+            .filter(|t| t.matches(name, &sample.labels))
+            .map(|t| t.spec())
+            .collect();
+        SeriesDetector {
+            ensemble: on.then(|| Ensemble::new(&self.cfg, &statics)),
+            labels: anomaly_labels(name, &sample.labels),
+            events: 0,
+            previous: None,
+            scored: false,
+        }
+    }
+
+    /// Score `sample` with the series' state (created on first use) and
+    /// publish an event when an anomaly starts.
+    pub fn observe(&self, source: &str, sample: &Sample, slot: &mut Option<Box<SeriesDetector>>) {
+        // Histogram parts (buckets, sums, counts) are not scored one by one.
+        if sample.family.kind == MetricKind::Histogram {
+            return;
+        }
+        let state = slot.get_or_insert_with(|| Box::new(self.new_state(sample)));
+        let Some(ensemble) = &mut state.ensemble else {
+            return;
+        };
+        let value = match sample.family.kind {
+            MetricKind::Gauge => Some(sample.value),
+            MetricKind::Counter => {
+                let rate = state.previous.and_then(|(t0, v0)| {
+                    let dt = (sample.timestamp_ms - t0) as f64 / 1000.0;
+                    // A reset or a non-advancing clock gives no rate.
+                    (dt > 0.0 && sample.value >= v0).then(|| (sample.value - v0) / dt)
+                });
+                state.previous = Some((sample.timestamp_ms, sample.value));
+                rate
+            }
+            MetricKind::Histogram => None,
+        };
+        let Some(value) = value else { return };
+        let out = ensemble.step(sample.timestamp_ms, value);
+        state.scored = true;
+        if out.event {
+            state.events += 1;
+            let reason = strongest(&out.members, &self.cfg.detectors, out.threshold);
+            self.events.publish(Event {
+                kind: "anomaly",
+                severity: Severity::Warning,
+                timestamp_ms: sample.timestamp_ms,
+                source: source.to_string(),
+                metric: sample.family.name.to_string(),
+                labels: sample.labels.as_str().to_string(),
+                value,
+                expected: out.band.map(|b| b.expected),
+                lower: out.band.map(|b| b.lower),
+                upper: out.band.map(|b| b.upper),
+                score: out.score,
+                reason: reason.to_string(),
+            });
+        }
+    }
+}
+
+/// The member with the highest score (the event's `reason`).
+fn strongest(members: &[f32], kinds: &[DetectorKind], threshold: Option<f32>) -> &'static str {
+    if threshold.is_some_and(|t| t >= 1.0) {
+        return "threshold";
+    }
+    const ORDER: [DetectorKind; 4] = [
+        DetectorKind::MedianMad,
+        DetectorKind::Cusum,
+        DetectorKind::Context,
+        DetectorKind::Seasonal,
+    ];
+    ORDER
+        .iter()
+        .zip(members)
+        .filter(|(k, _)| kinds.contains(k))
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or("ensemble", |(k, _)| k.as_str())
+}
+
+struct Fam {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+}
+
+const FAMILIES: [Fam; 7] = [
+    Fam {
+        name: "vitals_anomaly_detector_score",
+        kind: "gauge",
+        help: "Anomaly likelihood of one detector of the ensemble (0..1).",
+    },
+    Fam {
+        name: "vitals_anomaly_events_total",
+        kind: "counter",
+        help: "Anomaly events (rising edges of vitals_anomaly_flag) of the series.",
+    },
+    Fam {
+        name: "vitals_anomaly_expected",
+        kind: "gauge",
+        help: "Value the detectors expected for the series.",
+    },
+    Fam {
+        name: "vitals_anomaly_flag",
+        kind: "gauge",
+        help: "1 while the series is in an anomaly (from an event until the suppression period ends).",
+    },
+    Fam {
+        name: "vitals_anomaly_lower",
+        kind: "gauge",
+        help: "Lower edge of the band of normal values of the series.",
+    },
+    Fam {
+        name: "vitals_anomaly_score",
+        kind: "gauge",
+        help: "Ensemble anomaly score of the series (0..1); at or above the threshold on events.",
+    },
+    Fam {
+        name: "vitals_anomaly_upper",
+        kind: "gauge",
+        help: "Upper edge of the band of normal values of the series.",
+    },
+];
+
+/// Render the `vitals_anomaly_*` families for every series with detector
+/// state, families in name order, each with HELP and TYPE.
+pub fn render<'a>(
+    families: impl Iterator<Item = &'a Family>,
+    detector_scores: bool,
+    out: &mut String,
+) {
+    let states: Vec<&SeriesDetector> = families
+        .flat_map(|f| f.series.values())
+        .filter_map(|s| s.detect.as_deref())
+        .filter(|d| d.scored && d.ensemble.is_some())
+        .collect();
+    if states.is_empty() {
+        return;
+    }
+    for fam in &FAMILIES {
+        if fam.name == "vitals_anomaly_detector_score" && !detector_scores {
+            continue;
+        }
+        let mut header = false;
+        let mut line = |labels: &str, v: f64, out: &mut String| {
+            if !header {
+                header = true;
+                out.push_str("# HELP ");
+                out.push_str(fam.name);
+                out.push(' ');
+                out.push_str(fam.help);
+                out.push_str("\n# TYPE ");
+                out.push_str(fam.name);
+                out.push(' ');
+                out.push_str(fam.kind);
+                out.push('\n');
+            }
+            out.push_str(fam.name);
+            out.push_str(labels);
+            out.push(' ');
+            write_value(v, out);
+            out.push('\n');
+        };
+        for s in &states {
+            let Some(e) = &s.ensemble else { continue };
+            let o = e.last();
+            let l = s.labels.as_str();
+            match fam.name {
+                "vitals_anomaly_score" => line(l, o.score, out),
+                "vitals_anomaly_flag" => line(l, if o.active { 1.0 } else { 0.0 }, out),
+                "vitals_anomaly_events_total" => line(l, s.events as f64, out),
+                "vitals_anomaly_expected" => {
+                    if let Some(b) = o.band {
+                        line(l, b.expected, out)
+                    }
+                }
+                "vitals_anomaly_lower" => {
+                    if let Some(b) = o.band {
+                        line(l, b.lower, out)
+                    }
+                }
+                "vitals_anomaly_upper" => {
+                    if let Some(b) = o.band {
+                        line(l, b.upper, out)
+                    }
+                }
+                _ => {
+                    const NAMES: [&str; 4] = ["median_mad", "cusum", "context", "seasonal"];
+                    for (name, v) in NAMES.iter().zip(o.members) {
+                        if v >= 0.0 {
+                            line(s.labels.with("detector", name).as_str(), v as f64, out);
+                        }
+                    }
+                    if let Some(t) = o.threshold {
+                        line(
+                            s.labels.with("detector", "threshold").as_str(),
+                            t as f64,
+                            out,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FamilyMeta;
+
+    #[test]
+    fn anomaly_labels_rename_a_metric_label() {
+        let l = anomaly_labels(
+            "x_total",
+            &Labels::from_pairs(&[("metric", "a"), ("cpu", "0")]),
+        );
+        assert_eq!(
+            l.as_str(),
+            r#"{cpu="0",exported_metric="a",metric="x_total"}"#
+        );
+    }
+
+    #[test]
+    fn events_are_published_on_the_rising_edge_only() {
+        let bus = EventBus::new(16);
+        let mut rx = bus.subscribe();
+        let d = Detect::new(DetectConfig::default(), vec![], bus);
+        let fam = FamilyMeta::new("load", MetricKind::Gauge, "l");
+        let mut slot = None;
+        let noise = crate::detect::testdata::noise(1200, 3);
+        for (i, v) in noise.iter().enumerate() {
+            let value = if i >= 1000 { v + 30.0 } else { *v };
+            let s = Sample {
+                family: fam.clone(),
+                labels: Labels::from_pairs(&[("host", "a")]),
+                value,
+                timestamp_ms: i as i64 * 1000,
+            };
+            d.observe("test", &s, &mut slot);
+        }
+        let ev = rx.try_recv().expect("one event");
+        assert_eq!(ev.kind, "anomaly");
+        assert_eq!(ev.metric, "load");
+        assert!(ev.timestamp_ms >= 1_000_000);
+        assert!(rx.try_recv().is_err(), "suppressed after the first");
+        let state = slot.unwrap();
+        assert_eq!(state.events, 1);
+        assert!(state.state_bytes() <= 4096, "{}", state.state_bytes());
+    }
+}

@@ -1,0 +1,187 @@
+//! Streaming anomaly detection: detectors, the likelihood layer, the
+//! ensemble whose score is exported, NAB scoring and the backtest replay.
+//!
+//! Every detector implements [`Detector`]: it sees one sample at a time,
+//! never looks ahead, keeps a fixed amount of state and does O(1) or
+//! O(log n) work per sample.
+//!
+//! - [`threshold`]: static limits with hysteresis and a minimum duration.
+//! - [`robust`]: rolling median/MAD z-score and an EWMA/CUSUM change detector.
+//! - [`context`]: the learned model, novelty of short contexts of quantised values.
+//! - [`seasonal`]: hour-of-week baseline for business series.
+//! - [`likelihood`]: turns a raw score into a calibrated, log-scaled likelihood.
+//! - [`ensemble`]: combines them, applies the threshold and alert suppression.
+//! - [`live`]: per-series state in the store, anomaly events and `/metrics` families.
+//! - [`nab`]: the Numenta Anomaly Benchmark scoring.
+//! - [`backtest`]: CSV replay through the same pipeline stages and ensemble.
+
+pub mod backtest;
+pub mod context;
+pub mod ensemble;
+pub mod likelihood;
+pub mod live;
+pub mod nab;
+pub mod robust;
+pub mod seasonal;
+pub mod stats;
+pub mod threshold;
+
+#[cfg(test)]
+pub(crate) mod testdata;
+
+use serde::Deserialize;
+
+pub use ensemble::{Ensemble, Output};
+
+/// One streaming detector.
+pub trait Detector {
+    /// Fold in one sample (`ts_ms` since the Unix epoch) and return its
+    /// anomaly score in [0, 1]. Never sees later samples.
+    fn observe(&mut self, ts_ms: i64, value: f64) -> f64;
+
+    /// Bounded name, used as the `detector` label value.
+    fn name(&self) -> &'static str;
+
+    /// Expected value and band, where the detector has them.
+    fn band(&self) -> Option<Band> {
+        None
+    }
+}
+
+/// Expected value and a band of normal values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Band {
+    pub expected: f64,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+/// The members the ensemble can be built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    MedianMad,
+    Cusum,
+    Context,
+    Seasonal,
+}
+
+impl DetectorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectorKind::MedianMad => "median_mad",
+            DetectorKind::Cusum => "cusum",
+            DetectorKind::Context => "context",
+            DetectorKind::Seasonal => "seasonal",
+        }
+    }
+}
+
+/// `[detect]`: the anomaly detection that runs on every series.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Run the ensemble on every gauge and counter (counters as rates),
+    /// except series whose `[[pipeline]]` rule says `detect = false`.
+    pub enabled: bool,
+    /// 0..1: higher flags more; moves the ensemble's one threshold.
+    pub sensitivity: f64,
+    /// Samples after an anomaly event during which no new event fires
+    /// (and `vitals_anomaly_flag` stays 1).
+    pub suppress: u32,
+    /// Samples a series is observed before it can be flagged.
+    pub learning: u32,
+    /// Members of the ensemble.
+    pub detectors: Vec<DetectorKind>,
+    /// Static thresholds for selected series; they join the ensemble and
+    /// fire without learning.
+    pub thresholds: Vec<ThresholdRule>,
+    /// Publish per-detector scores as `vitals_anomaly_detector_score`.
+    pub detector_scores: bool,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            enabled: true,
+            sensitivity: 0.5,
+            suppress: ensemble::DEFAULT_SUPPRESS,
+            learning: ensemble::DEFAULT_LEARNING,
+            // CUSUM is opt-in: on heavy-tailed real series its sums raise
+            // more false alarms than the changes it adds (see the README's
+            // NAB table).
+            detectors: vec![
+                DetectorKind::MedianMad,
+                DetectorKind::Context,
+                DetectorKind::Seasonal,
+            ],
+            thresholds: Vec::new(),
+            detector_scores: false,
+        }
+    }
+}
+
+impl DetectConfig {
+    /// The ensemble threshold for the configured sensitivity.
+    pub fn threshold(&self) -> f64 {
+        ensemble::threshold_for(self.sensitivity)
+    }
+
+    /// Problems as (key, reason), for the config validator.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(0.0..=1.0).contains(&self.sensitivity) {
+            return Err((
+                "detect.sensitivity".into(),
+                "must be between 0 and 1".into(),
+            ));
+        }
+        for (i, t) in self.thresholds.iter().enumerate() {
+            if t.above.is_none() && t.below.is_none() {
+                return Err((
+                    format!("detect.thresholds[{i}]"),
+                    "needs `above` or `below`".into(),
+                ));
+            }
+            if !t.hysteresis.is_finite() || t.hysteresis < 0.0 {
+                return Err((
+                    format!("detect.thresholds[{i}].hysteresis"),
+                    "must be a non-negative number".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A static threshold for the series a selector matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdRule {
+    /// Metric family name (anchored regex).
+    pub metric: crate::config::Pattern,
+    /// Label matchers (anchored regexes); all must match.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, crate::config::Pattern>,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+    #[serde(default)]
+    pub hysteresis: f64,
+    /// How long the limit must be breached before it fires.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub for_: Option<std::time::Duration>,
+}
+
+impl ThresholdRule {
+    pub fn matches(&self, family: &str, labels: &crate::model::Labels) -> bool {
+        crate::pipeline::select::matches(&self.metric, &self.labels, family, labels)
+    }
+
+    pub fn spec(&self) -> threshold::ThresholdSpec {
+        threshold::ThresholdSpec {
+            above: self.above,
+            below: self.below,
+            hysteresis: self.hysteresis,
+            for_ms: self.for_.map_or(0, |d| d.as_millis() as i64),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Anomaly detection end to end: the `vitals_anomaly_*` families on a real
+//! `vitals run` with default settings (checked by promtool), and `vitals
+//! backtest` on generated CSV files with labels.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Vitals, promtool_check_metrics, sample_value, vitals_bin, wait_for};
+
+const FAMILIES: [&str; 6] = [
+    "vitals_anomaly_score",
+    "vitals_anomaly_flag",
+    "vitals_anomaly_events_total",
+    "vitals_anomaly_expected",
+    "vitals_anomaly_lower",
+    "vitals_anomaly_upper",
+];
+
+#[test]
+fn anomaly_families_appear_for_system_series_with_defaults_and_pass_promtool() {
+    let v = Vitals::start("");
+    let body = wait_for(Duration::from_secs(60), "the anomaly families", || {
+        let m = v.metrics();
+        FAMILIES
+            .iter()
+            .all(|f| m.contains(&format!("# TYPE {f} ")))
+            .then_some(m)
+    });
+    // Every anomaly series names its source family and keeps its labels.
+    let score = body
+        .lines()
+        .find(|l| l.starts_with("vitals_anomaly_score{") && l.contains("metric=\""))
+        .expect("a score line");
+    let value: f64 = score.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((0.0..=1.0).contains(&value), "{score}");
+    assert_eq!(
+        sample_value(&body, "vitals_anomaly_flag", &["metric=\""]).map(|f| f == 0.0 || f == 1.0),
+        Some(true)
+    );
+    assert!(body.contains("# TYPE vitals_anomaly_events_total counter"));
+    assert!(
+        !body.contains("vitals_anomaly_detector_score"),
+        "per-detector scores are opt-in"
+    );
+    let (ok, findings) = promtool_check_metrics(&body);
+    assert!(ok, "promtool check metrics:\n{findings}");
+}
+
+#[test]
+fn per_detector_scores_are_exported_on_request_and_pass_promtool() {
+    let v = Vitals::start("[detect]\ndetector_scores = true\nsensitivity = 0.7\n");
+    let body = wait_for(Duration::from_secs(60), "per-detector scores", || {
+        let m = v.metrics();
+        m.contains("vitals_anomaly_detector_score{").then_some(m)
+    });
+    for d in ["median_mad", "context", "seasonal"] {
+        assert!(body.contains(&format!("detector=\"{d}\"")), "{d}");
+    }
+    let (ok, findings) = promtool_check_metrics(&body);
+    assert!(ok, "promtool check metrics:\n{findings}");
+}
+
+/// Noise around 50 (deterministic), with a jump to 120 from row `step`.
+fn csv(rows: usize, step: usize) -> String {
+    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = String::from("timestamp,value\n");
+    for i in 0..rows {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let noise = (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        let v = if i >= step { 120.0 } else { 50.0 } + 4.0 * noise;
+        let (d, rem) = (i / 288, i % 288);
+        out.push_str(&format!(
+            "2024-01-{:02} {:02}:{:02}:00,{v:.3}\n",
+            1 + d,
+            rem / 12,
+            (rem % 12) * 5
+        ));
+    }
+    out
+}
+
+#[test]
+fn backtest_scores_a_labelled_csv_and_writes_nab_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").join("synthetic");
+    std::fs::create_dir_all(&data).unwrap();
+    // 2000 rows of 5 minutes: day 1 00:00 to day 7 22:35; the jump at row 1500
+    // is day 6 05:00.
+    std::fs::write(data.join("jump.csv"), csv(2000, 1500)).unwrap();
+    let labels = dir.path().join("labels.json");
+    std::fs::write(
+        &labels,
+        r#"{"synthetic/jump.csv": [["2024-01-06 02:00:00.000000", "2024-01-06 08:00:00.000000"]]}"#,
+    )
+    .unwrap();
+    let results = dir.path().join("results");
+    let rows = dir.path().join("rows");
+    let out = Command::new(vitals_bin())
+        .arg("backtest")
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--nab-results")
+        .arg(&results)
+        .arg("--output")
+        .arg(&rows)
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The jump is detected inside its window and nothing else is flagged:
+    // every profile scores close to the perfect detector.
+    for profile in ["standard", "reward_low_FP_rate", "reward_low_FN_rate"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(profile))
+            .unwrap_or_else(|| panic!("no {profile} line in:\n{stdout}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let score: f64 = f[1].parse().unwrap();
+        assert!(score > 80.0, "{line}");
+        assert_eq!((f[4], f[5], f[6]), ("1", "0", "0"), "TP FP FN: {line}");
+    }
+    let nab = std::fs::read_to_string(results.join("vitals/synthetic/vitals_jump.csv")).unwrap();
+    let mut lines = nab.lines();
+    assert_eq!(lines.next(), Some("timestamp,value,anomaly_score,label"));
+    let body: Vec<&str> = lines.collect();
+    assert_eq!(body.len(), 2000);
+    assert!(
+        body.iter().filter(|l| l.ends_with(",1")).count() > 50,
+        "window rows labelled"
+    );
+    let per_row = std::fs::read_to_string(rows.join("synthetic/jump.csv")).unwrap();
+    assert!(per_row.starts_with("timestamp,value,anomaly_score,flag\n"));
+    let flags: Vec<usize> = per_row
+        .lines()
+        .skip(1)
+        .enumerate()
+        .filter(|(_, l)| l.ends_with(",1"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        flags.len() == 1 && (1500..1510).contains(&flags[0]),
+        "{flags:?}"
+    );
+}
+
+#[test]
+fn backtest_reports_bad_rows_by_line_and_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.csv");
+    std::fs::write(
+        &path,
+        "timestamp,value\n\
+         2024-01-01 00:00:00,1\n\
+         not a row\n\
+         2024-01-01 00:10:00,NaN\n\
+         2024-01-01 00:05:00,2\n\
+         2024-01-01 00:15:00,1e308\n\
+         2024-01-01 00:20:00,-1e308\n",
+    )
+    .unwrap();
+    let single = dir.path().join("single.csv");
+    std::fs::write(&single, "timestamp,value\n2024-01-01 00:00:00,3\n").unwrap();
+    let out = Command::new(vitals_bin())
+        .arg("backtest")
+        .arg(&path)
+        .arg(&single)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("bad.csv:3: "), "{stderr}");
+    assert!(
+        stderr.contains("bad.csv:4: ") && stderr.contains("nan"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.csv:5: ") && stderr.contains("earlier"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("files: 2"));
+}
