@@ -160,9 +160,12 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// One parsed CSV row: line number, timestamp as written, timestamp (ms), value.
+pub type ParsedRow = (usize, String, i64, f64);
+
 /// Parsed rows of a CSV text: the header picks the `timestamp` and `value`
 /// columns (the first two when they are not named).
-pub fn parse_csv(text: &str) -> (Vec<(usize, String, i64, f64)>, Vec<RowIssue>) {
+pub fn parse_csv(text: &str) -> (Vec<ParsedRow>, Vec<RowIssue>) {
     let mut rows = Vec::new();
     let mut issues = Vec::new();
     let mut cols = (0usize, 1usize);
@@ -217,7 +220,7 @@ pub fn parse_csv(text: &str) -> (Vec<(usize, String, i64, f64)>, Vec<RowIssue>) 
 /// Replay parsed rows through the pipeline stages and a fresh ensemble.
 pub fn replay(
     name: &str,
-    parsed: Vec<(usize, String, i64, f64)>,
+    parsed: Vec<ParsedRow>,
     cfg: &Config,
     issues: &mut Vec<RowIssue>,
 ) -> Vec<Row> {

@@ -60,7 +60,7 @@ impl ContextNovelty {
 
     fn level(&self, value: f64) -> u32 {
         let span = self.hi - self.lo;
-        if !(span > 0.0) {
+        if span.is_nan() || span <= 0.0 {
             return 0;
         }
         (((value - self.lo) / span) * LEVELS)

@@ -87,7 +87,7 @@ impl PipelineRule {
         {
             return Err(("min", format!("{a} is above max {b}")));
         }
-        if self.deadband.is_some_and(|d| !(d >= 0.0)) {
+        if self.deadband.is_some_and(|d| d.is_nan() || d < 0.0) {
             return Err(("deadband", "must be zero or more".into()));
         }
         match self.smoothing {
