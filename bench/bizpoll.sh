@@ -149,7 +149,7 @@ series() { curl -s "http://127.0.0.1:$1/metrics" | grep -c "^$2" || true; }
 python3 - "$DURATION" "$HZ" "$ROWS" \
   "${CPU[$P_IDLE]}" "${CPU[$P_SQLV]}" "${CPU[$P_SQLE]}" "${CPU[$P_HTTPV]}" \
   "${RSS[$P_IDLE]}" "${RSS[$P_SQLV]}" "${RSS[$P_SQLE]}" "${RSS[$P_HTTPV]}" \
-  "$(series "$SQLV" shop_orders)" "$(series "$SQLE" 'sql_orders{')" "$(series "$HTTPV" api_server_load)" <<'PY'
+  "$(series "$SQLV" shop_order)" "$(series "$SQLE" 'sql_orders{')" "$(series "$HTTPV" api_server_)" <<'PY'
 import sys
 d, hz, rows = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 ci, cs, ce, ch = (int(x) / hz for x in sys.argv[4:8])
