@@ -77,7 +77,7 @@ impl Matcher {
 fn one_line(s: &str) -> String {
     s.lines()
         .filter(|l| !l.trim().is_empty())
-        .last()
+        .next_back()
         .unwrap_or("")
         .trim()
         .to_string()
