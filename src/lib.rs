@@ -20,6 +20,7 @@
 //! - [`expose`]: serving with the web config file (TLS, basic auth, headers).
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
+//! - [`relay`]: `vitals relay`, Alertmanager/Grafana webhooks to e-mail and SMS.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod expose;
 pub mod mapping;
 pub mod model;
 pub mod pipeline;
+pub mod relay;
 pub mod run;
 pub mod server;
 pub mod sources;

@@ -35,6 +35,8 @@ enum Command {
     /// Replay CSV files (timestamp,value) through the pipeline and anomaly
     /// detectors; with labels, print precision/recall and the NAB score.
     Backtest(BacktestArgs),
+    /// Run the alert relay: Alertmanager/Grafana webhooks to e-mail and SMS.
+    Relay(RelayArgs),
 }
 
 #[derive(Args, Clone)]
@@ -57,6 +59,19 @@ struct BacktestArgs {
     /// CSV files or folders of them (walked recursively).
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct RelayArgs {
+    /// Relay configuration file (TOML with a top-level `[relay]` table).
+    #[arg(long = "config", short = 'c')]
+    config: PathBuf,
+    /// Address to listen on, overriding `relay.listen_address` (default port 9798).
+    #[arg(long = "web.listen-address")]
+    listen_address: Option<SocketAddr>,
+    /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG filter).
+    #[arg(long = "log.level", default_value = "info")]
+    log_level: String,
 }
 
 #[derive(Args, Clone, Default)]
@@ -86,6 +101,7 @@ fn main() -> ExitCode {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Run(args)) => run(args),
         Some(Command::Backtest(args)) => backtest(args),
+        Some(Command::Relay(args)) => relay(args),
         None => run(cli.run),
     }
 }
@@ -105,14 +121,22 @@ fn init_logging(level: &str) {
 fn check(paths: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for path in paths {
-        let checked = vitals::config::load(Some(path))
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| match &cfg.web.config_file {
-                Some(web) => vitals::expose::webconfig::WebConfig::load(web)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => Ok(()),
-            });
+        // A relay configuration has a top-level `[relay]` table.
+        let is_relay = std::fs::read_to_string(path)
+            .map(|t| vitals::relay::config::is_relay_config(&t))
+            .unwrap_or(false);
+        let checked = if is_relay {
+            vitals::relay::check(path).map_err(|e| e.to_string())
+        } else {
+            vitals::config::load(Some(path))
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| match &cfg.web.config_file {
+                    Some(web) => vitals::expose::webconfig::WebConfig::load(web)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => Ok(()),
+                })
+        };
         match checked {
             Ok(()) => println!("{}: OK", path.display()),
             Err(e) => {
@@ -215,6 +239,43 @@ fn run(args: RunArgs) -> ExitCode {
     let reload_args = args.clone();
     let loader: vitals::run::ConfigLoader = Box::new(move || load(&reload_args));
     match runtime.block_on(vitals::run::run(cfg, loader)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vitals: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn relay(args: RelayArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vitals: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = {
+        let _guard = rt.enter();
+        match vitals::relay::load(&args.config) {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("vitals: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    init_logging(&args.log_level);
+    match rt.block_on(vitals::relay::run(
+        args.config,
+        runtime,
+        args.listen_address,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vitals: {e}");

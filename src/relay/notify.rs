@@ -1,0 +1,506 @@
+//! Notifiers: e-mail over SMTP (lettre) and SMS through Twilio, Vonage or a
+//! generic HTTP gateway. Each send is classified as delivered, transient
+//! (retry with backoff, maybe after `Retry-After`) or permanent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use minijinja::Environment;
+
+use super::config::{AuthMechanism, SmsProviderConfig, SmsProviderKind, SmtpConfig, TlsMode};
+
+/// Why a send did not succeed; `reason` is a bounded metric label.
+#[derive(Debug, Clone)]
+pub struct DeliveryError {
+    pub permanent: bool,
+    pub reason: &'static str,
+    /// Wait at least this long before the next attempt (from `Retry-After`).
+    pub retry_after: Option<Duration>,
+    /// Human-readable detail for the log; never contains secrets.
+    pub detail: String,
+}
+
+impl DeliveryError {
+    fn transient(reason: &'static str, detail: String) -> Self {
+        DeliveryError {
+            permanent: false,
+            reason,
+            retry_after: None,
+            detail,
+        }
+    }
+    fn permanent(reason: &'static str, detail: String) -> Self {
+        DeliveryError {
+            permanent: true,
+            reason,
+            retry_after: None,
+            detail,
+        }
+    }
+}
+
+/// A rendered message ready to send.
+pub struct Outgoing<'a> {
+    pub subject: &'a str,
+    pub text: &'a str,
+    pub html: Option<&'a str>,
+    /// Unique per job: `<id@domain>`; also the SMS idempotency key.
+    pub message_id: &'a str,
+    /// The thread root of the alert group: `<group@domain>`.
+    pub thread_id: &'a str,
+    pub recipient: Option<&'a str>,
+    pub job_id: u64,
+}
+
+/// A channel's way out.
+pub enum Notifier {
+    Email(EmailNotifier),
+    Sms(SmsNotifier),
+}
+
+impl Notifier {
+    pub async fn send(&self, msg: &Outgoing<'_>) -> Result<(), DeliveryError> {
+        match self {
+            Notifier::Email(e) => e.send(msg).await,
+            Notifier::Sms(s) => s.send(msg).await,
+        }
+    }
+}
+
+pub struct EmailNotifier {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+}
+
+impl EmailNotifier {
+    pub fn new(smtp: &SmtpConfig, from: &str, to: &[String]) -> Result<EmailNotifier, String> {
+        let from: Mailbox = from
+            .parse()
+            .map_err(|e| format!("`from` {from:?} is not a mailbox: {e}"))?;
+        if to.is_empty() {
+            return Err("`to` needs at least one address".into());
+        }
+        let to = to
+            .iter()
+            .map(|t| {
+                t.parse::<Mailbox>()
+                    .map_err(|e| format!("`to` {t:?} is not a mailbox: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = if smtp.tls == TlsMode::None {
+            Tls::None
+        } else {
+            let mut b = TlsParameters::builder(smtp.host.clone());
+            if let Some(ca) = &smtp.ca_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+                b = b
+                    .certificate_store(CertificateStore::None)
+                    .add_root_certificate(cert);
+            }
+            let params = b.build_rustls().map_err(|e| format!("TLS set-up: {e}"))?;
+            match smtp.tls {
+                TlsMode::Implicit => Tls::Wrapper(params),
+                _ => Tls::Required(params),
+            }
+        };
+        let port = smtp.port.unwrap_or(match smtp.tls {
+            TlsMode::Implicit => 465,
+            TlsMode::Starttls => 587,
+            TlsMode::None => 25,
+        });
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+            .port(port)
+            .tls(tls)
+            .timeout(Some(smtp.timeout));
+        if let Some(user) = &smtp.username {
+            let password = match &smtp.password {
+                Some(s) => s.resolve().map_err(|e| format!("smtp.password: {e}"))?,
+                None => return Err("smtp.username is set but smtp.password is not".into()),
+            };
+            builder = builder.credentials(Credentials::new(user.clone(), password));
+            let mechanisms: Vec<Mechanism> = if smtp.auth.is_empty() {
+                vec![Mechanism::Plain, Mechanism::Login]
+            } else {
+                smtp.auth
+                    .iter()
+                    .map(|m| match m {
+                        AuthMechanism::Plain => Mechanism::Plain,
+                        AuthMechanism::Login => Mechanism::Login,
+                        AuthMechanism::Xoauth2 => Mechanism::Xoauth2,
+                    })
+                    .collect()
+            };
+            builder = builder.authentication(mechanisms);
+        }
+        Ok(EmailNotifier {
+            transport: builder.build(),
+            from,
+            to,
+        })
+    }
+
+    async fn send(&self, msg: &Outgoing<'_>) -> Result<(), DeliveryError> {
+        let mut b = Message::builder()
+            .from(self.from.clone())
+            .subject(msg.subject)
+            .message_id(Some(msg.message_id.to_string()))
+            .in_reply_to(msg.thread_id.to_string())
+            .references(msg.thread_id.to_string());
+        for to in &self.to {
+            b = b.to(to.clone());
+        }
+        let text = SinglePart::builder()
+            .header(ContentType::TEXT_PLAIN)
+            .body(msg.text.to_string());
+        let email = match msg.html {
+            Some(html) => b.multipart(
+                MultiPart::alternative().singlepart(text).singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html.to_string()),
+                ),
+            ),
+            None => b.singlepart(text),
+        }
+        .map_err(|e| DeliveryError::permanent("message", e.to_string()))?;
+        match self.transport.send(email).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => Err(DeliveryError::permanent("smtp_5xx", e.to_string())),
+            Err(e) if e.is_transient() => Err(DeliveryError::transient("smtp_4xx", e.to_string())),
+            Err(e) if e.is_timeout() => Err(DeliveryError::transient("timeout", e.to_string())),
+            Err(e) if e.is_tls() => Err(DeliveryError::transient("tls", e.to_string())),
+            Err(e) => Err(DeliveryError::transient("connect", e.to_string())),
+        }
+    }
+}
+
+pub struct SmsNotifier {
+    client: reqwest::Client,
+    provider: Provider,
+}
+
+enum Provider {
+    Twilio {
+        url: String,
+        account_sid: String,
+        auth_token: String,
+        from: Option<String>,
+        messaging_service_sid: Option<String>,
+    },
+    Vonage {
+        url: String,
+        api_key: String,
+        api_secret: String,
+        from: String,
+    },
+    Http {
+        method: reqwest::Method,
+        url: String,
+        headers: BTreeMap<String, String>,
+        bearer_token: Option<String>,
+        body: Environment<'static>,
+        content_type: String,
+        from: String,
+        retry_statuses: Vec<u16>,
+    },
+}
+
+impl SmsNotifier {
+    pub fn new(cfg: &SmsProviderConfig) -> Result<SmsNotifier, String> {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .user_agent(concat!("vitals-relay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let provider = match &cfg.kind {
+            SmsProviderKind::Twilio {
+                account_sid,
+                auth_token,
+                from,
+                messaging_service_sid,
+                base_url,
+            } => {
+                if from.is_none() == messaging_service_sid.is_none() {
+                    return Err("set exactly one of `from` and `messaging_service_sid`".into());
+                }
+                Provider::Twilio {
+                    url: format!(
+                        "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
+                        base_url.trim_end_matches('/')
+                    ),
+                    account_sid: account_sid.clone(),
+                    auth_token: auth_token
+                        .resolve()
+                        .map_err(|e| format!("auth_token: {e}"))?,
+                    from: from.clone(),
+                    messaging_service_sid: messaging_service_sid.clone(),
+                }
+            }
+            SmsProviderKind::Vonage {
+                api_key,
+                api_secret,
+                from,
+                base_url,
+            } => Provider::Vonage {
+                url: format!("{}/sms/json", base_url.trim_end_matches('/')),
+                api_key: api_key.clone(),
+                api_secret: api_secret
+                    .resolve()
+                    .map_err(|e| format!("api_secret: {e}"))?,
+                from: from.clone(),
+            },
+            SmsProviderKind::Http {
+                method,
+                url,
+                headers,
+                bearer_token,
+                body_template,
+                content_type,
+                from,
+                retry_statuses,
+            } => {
+                let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| format!("method {method:?} is not an HTTP method"))?;
+                reqwest::Url::parse(url).map_err(|e| format!("url {url:?}: {e}"))?;
+                let mut env = Environment::new();
+                if content_type.contains("json") {
+                    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Json);
+                }
+                env.add_template_owned("body", body_template.clone())
+                    .map_err(|e| format!("body_template: {e}"))?;
+                for (k, v) in headers {
+                    reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| format!("headers: {k:?} is not a header name"))?;
+                    reqwest::header::HeaderValue::from_str(v)
+                        .map_err(|_| format!("headers.{k}: not a valid header value"))?;
+                }
+                Provider::Http {
+                    method,
+                    url: url.clone(),
+                    headers: headers.clone(),
+                    bearer_token: bearer_token
+                        .as_ref()
+                        .map(|t| t.resolve().map_err(|e| format!("bearer_token: {e}")))
+                        .transpose()?,
+                    body: env,
+                    content_type: content_type.clone(),
+                    from: from.clone().unwrap_or_default(),
+                    retry_statuses: retry_statuses.clone(),
+                }
+            }
+        };
+        Ok(SmsNotifier { client, provider })
+    }
+
+    async fn send(&self, msg: &Outgoing<'_>) -> Result<(), DeliveryError> {
+        let to = msg.recipient.unwrap_or_default();
+        let key = msg.message_id.trim_matches(['<', '>']);
+        match &self.provider {
+            Provider::Twilio {
+                url,
+                account_sid,
+                auth_token,
+                from,
+                messaging_service_sid,
+            } => {
+                let mut form = vec![("To", to), ("Body", msg.text)];
+                if let Some(f) = from {
+                    form.push(("From", f));
+                }
+                if let Some(s) = messaging_service_sid {
+                    form.push(("MessagingServiceSid", s));
+                }
+                let resp = self
+                    .client
+                    .post(url)
+                    .basic_auth(account_sid, Some(auth_token))
+                    .header("I-Twilio-Idempotency-Token", key)
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                classify(resp, &[429, 500, 502, 503, 504]).await.map(|_| ())
+            }
+            Provider::Vonage {
+                url,
+                api_key,
+                api_secret,
+                from,
+            } => {
+                let form = [
+                    ("api_key", api_key.as_str()),
+                    ("api_secret", api_secret.as_str()),
+                    ("from", from.as_str()),
+                    ("to", to.trim_start_matches('+')),
+                    ("text", msg.text),
+                    ("client-ref", key),
+                ];
+                let resp = self
+                    .client
+                    .post(url)
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                let body = classify(resp, &[429, 500, 502, 503, 504]).await?;
+                vonage_result(&body)
+            }
+            Provider::Http {
+                method,
+                url,
+                headers,
+                bearer_token,
+                body,
+                content_type,
+                from,
+                retry_statuses,
+            } => {
+                let rendered = body
+                    .get_template("body")
+                    .and_then(|t| {
+                        t.render(minijinja::context! {
+                            to => to, from => from, text => msg.text, id => key,
+                            subject => msg.subject,
+                        })
+                    })
+                    .map_err(|e| DeliveryError::permanent("template", e.to_string()))?;
+                let mut req = self
+                    .client
+                    .request(method.clone(), url)
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .header("Idempotency-Key", key);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                if let Some(t) = bearer_token {
+                    req = req.bearer_auth(t);
+                }
+                let resp = req.body(rendered).send().await.map_err(transport_error)?;
+                classify(resp, retry_statuses).await.map(|_| ())
+            }
+        }
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> DeliveryError {
+    let reason = if e.is_timeout() { "timeout" } else { "connect" };
+    // Without the URL: it may carry credentials.
+    DeliveryError::transient(reason, e.without_url().to_string())
+}
+
+/// 2xx → the body; a retryable status → transient (with `Retry-After`);
+/// any other → permanent.
+async fn classify(resp: reqwest::Response, retry: &[u16]) -> Result<String, DeliveryError> {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let snippet: String = body.chars().take(200).collect();
+    let detail = format!("gateway answered {status}: {snippet}");
+    let code = status.as_u16();
+    if retry.contains(&code) {
+        let reason = if code == 429 {
+            "http_429"
+        } else if status.is_server_error() {
+            "http_5xx"
+        } else {
+            "http_4xx"
+        };
+        Err(DeliveryError {
+            permanent: false,
+            reason,
+            retry_after,
+            detail,
+        })
+    } else if status.is_server_error() {
+        Err(DeliveryError::permanent("http_5xx", detail))
+    } else {
+        Err(DeliveryError::permanent("http_4xx", detail))
+    }
+}
+
+/// Vonage's legacy API answers 200 with a status per message part.
+fn vonage_result(body: &str) -> Result<(), DeliveryError> {
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|_| DeliveryError::transient("bad_response", "unparsable Vonage answer".into()))?;
+    let messages = v
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| DeliveryError::transient("bad_response", "no messages in answer".into()))?;
+    for m in messages {
+        let status = m.get("status").and_then(|s| s.as_str()).unwrap_or("");
+        let text = m.get("error-text").and_then(|s| s.as_str()).unwrap_or("");
+        match status {
+            "0" => {}
+            "1" | "5" => {
+                return Err(DeliveryError::transient(
+                    "provider_status",
+                    format!("Vonage status {status}: {text}"),
+                ));
+            }
+            _ => {
+                return Err(DeliveryError::permanent(
+                    "provider_status",
+                    format!("Vonage status {status}: {text}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn vonage_statuses() {
+        assert!(vonage_result(r#"{"message-count":"1","messages":[{"status":"0"}]}"#).is_ok());
+        let e =
+            vonage_result(r#"{"messages":[{"status":"1","error-text":"Throttled"}]}"#).unwrap_err();
+        assert!(!e.permanent);
+        let e =
+            vonage_result(r#"{"messages":[{"status":"9","error-text":"Partner quota exceeded"}]}"#)
+                .unwrap_err();
+        assert!(e.permanent);
+        assert!(!vonage_result("oops").unwrap_err().permanent);
+    }
+}

@@ -1,0 +1,1230 @@
+//! `vitals relay` against real peers: an aiosmtpd SMTP server (STARTTLS or
+//! implicit TLS with AUTH, certificate signed by a test CA), a local HTTP
+//! server standing in for SMS gateways with scripted answers, and a real
+//! Alertmanager posting webhooks.
+
+mod common;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{free_port, get, http, promtool_check_metrics, require, sample_value, wait_for};
+
+const TOKEN: &str = "test-token-123";
+const LONG: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- helpers
+
+/// A test CA and a leaf certificate for localhost/127.0.0.1 it signed.
+struct Certs {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_certs(dir: &Path) -> Certs {
+    let openssl = require("openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vitals test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("leaf.pem"),
+        key: dir.join("leaf.key"),
+    }
+}
+
+/// A running aiosmtpd server storing mail under `dir`.
+struct Smtp {
+    child: Child,
+    dir: PathBuf,
+}
+
+const SMTP_USER: &str = "relay";
+const SMTP_PASSWORD: &str = "s3cret-pw";
+
+impl Smtp {
+    fn start(port: u16, dir: &Path, mode: &str, certs: &Certs) -> Smtp {
+        let python = PathBuf::from("/usr/bin/python3");
+        require("python3");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
+        std::fs::create_dir_all(dir).unwrap();
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir)
+            .arg(mode)
+            .arg(&certs.cert)
+            .arg(&certs.key)
+            .arg(SMTP_USER)
+            .arg(SMTP_PASSWORD)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start aiosmtpd (python3-aiosmtpd; run scripts/test)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "READY", "aiosmtpd did not start");
+        Smtp {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn mails(&self) -> Vec<serde_json::Value> {
+        read_mails(&self.dir)
+    }
+}
+
+fn read_mails(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("mails.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request the gateway stand-in received.
+#[derive(Clone, Debug)]
+struct Req {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP server standing in for an SMS gateway: records every request
+/// and answers from a script of (status, extra headers, body), then 200.
+struct Gateway {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Req>>>,
+    script: Arc<Mutex<VecDeque<(u16, Vec<(String, String)>, String)>>>,
+}
+
+impl Gateway {
+    fn start(delay: Duration, default_body: &'static str) -> Gateway {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::new()));
+        let (r, s) = (requests.clone(), script.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (r, s) = (r.clone(), s.clone());
+                std::thread::spawn(move || serve(stream, r, s, delay, default_body));
+            }
+        });
+        Gateway {
+            addr,
+            requests,
+            script,
+        }
+    }
+
+    fn push(&self, status: u16, headers: &[(&str, &str)], body: &str) {
+        self.script.lock().unwrap().push_back((
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body.to_string(),
+        ));
+    }
+
+    fn requests(&self) -> Vec<Req> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+type Script = Arc<Mutex<VecDeque<(u16, Vec<(String, String)>, String)>>>;
+
+fn serve(
+    stream: TcpStream,
+    requests: Arc<Mutex<Vec<Req>>>,
+    script: Script,
+    delay: Duration,
+    default_body: &str,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        std::thread::sleep(delay);
+        let (status, extra, resp_body) =
+            script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or((200, vec![], default_body.to_string()));
+        requests.lock().unwrap().push(Req {
+            method,
+            path,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        let mut resp = format!(
+            "HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            resp_body.len()
+        );
+        for (k, v) in extra {
+            resp.push_str(&format!("{k}: {v}\r\n"));
+        }
+        resp.push_str("\r\n");
+        resp.push_str(&resp_body);
+        if stream.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A running `vitals relay`; its data directory survives restarts.
+struct Relay {
+    child: Option<Child>,
+    addr: SocketAddr,
+    config: PathBuf,
+}
+
+impl Relay {
+    fn start(dir: &Path, config: &str) -> Relay {
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, config).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut r = Relay {
+            child: None,
+            addr,
+            config: path,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(common::vitals_bin())
+            .args(["relay", "--config"])
+            .arg(&self.config)
+            .arg("--web.listen-address")
+            .arg(self.addr.to_string())
+            .env_remove("RUST_LOG")
+            .env("RELAY_TEST_TOKEN", TOKEN)
+            .env("RELAY_SMTP_PASSWORD", SMTP_PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vitals relay");
+        let addr = self.addr;
+        wait_for(LONG, "the relay to answer /healthz", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("vitals relay exited early with {status}");
+            }
+            get(addr, "/healthz").filter(|(s, _)| *s == 200).map(|_| ())
+        });
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        let mut h = vec![("Content-Type", "application/json")];
+        h.extend_from_slice(headers);
+        http(self.addr, "POST", path, &h, body.as_bytes()).expect("POST to the relay")
+    }
+
+    fn post_auth(&self, path: &str, body: &str) -> (u16, String) {
+        let auth = format!("Bearer {TOKEN}");
+        self.post(path, &[("Authorization", &auth)], body)
+    }
+
+    fn metrics(&self) -> String {
+        let (s, body) = get(self.addr, "/metrics").expect("GET /metrics");
+        assert_eq!(s, 200);
+        body
+    }
+
+    fn metric(&self, name: &str, parts: &[&str]) -> f64 {
+        sample_value(&self.metrics(), name, parts).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An Alertmanager v4 payload of one group.
+fn am_payload(receiver: &str, group: &str, status: &str, alerts: &[(&str, &str, &str)]) -> String {
+    let alerts: Vec<serde_json::Value> = alerts
+        .iter()
+        .map(|(name, severity, instance)| {
+            serde_json::json!({
+                "status": status,
+                "labels": {"alertname": name, "severity": severity, "instance": instance},
+                "annotations": {"summary": format!("{name} on {instance}"), "description": "Details <here>."},
+                "startsAt": "2026-01-01T00:00:00Z",
+                "endsAt": if status == "resolved" { "2026-01-01T00:05:00Z" } else { "0001-01-01T00:00:00Z" },
+                "generatorURL": format!("http://prometheus:9090/graph?g0.expr={name}"),
+                "fingerprint": format!("{:016x}", name.len() * 1000 + instance.len()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"{group}\"}}"),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": {"alertname": group},
+        "commonLabels": {"alertname": group},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": alerts,
+    })
+    .to_string()
+}
+
+fn relay_head(dir: &Path) -> String {
+    format!(
+        r#"[relay]
+data_dir = "{}"
+dedup_window = "10m"
+message_id_domain = "relay.test"
+[relay.retry]
+initial_backoff = "100ms"
+max_backoff = "1s"
+multiplier = 2.0
+give_up_after = "1h"
+"#,
+        dir.join("data").display()
+    )
+}
+
+fn email_channel(name: &str, port: u16, tls: &str, auth: &str, certs: &Certs) -> String {
+    format!(
+        r#"
+[[relay.channels]]
+name = "{name}"
+type = "email"
+to = ["oncall@example.com", "Ops Team <ops@example.com>"]
+from = "vitals relay <alerts@example.com>"
+smtp = {{ host = "localhost", port = {port}, tls = "{tls}", ca_file = "{}", username = "{SMTP_USER}", password = "env:RELAY_SMTP_PASSWORD", auth = ["{auth}"], timeout = "5s" }}
+"#,
+        certs.ca.display()
+    )
+}
+
+fn bearer_receiver(name: &str, channels: &[&str]) -> String {
+    format!(
+        "\n[[relay.receivers]]\nname = \"{name}\"\nauth = {{ type = \"bearer\", token = \"env:RELAY_TEST_TOKEN\" }}\nchannels = {channels:?}\n"
+    )
+}
+
+fn http_provider(name: &str, url: &str) -> String {
+    format!(
+        r#"
+[[relay.sms_providers]]
+name = "{name}"
+type = "http"
+url = "{url}/send"
+headers = {{ "X-Test" = "yes" }}
+body_template = '{{"to": {{{{ to }}}}, "text": {{{{ text }}}}, "id": {{{{ id }}}}}}'
+timeout = "5s"
+"#
+    )
+}
+
+fn sms_channel(name: &str, provider: &str, to: &[&str], extra: &str) -> String {
+    format!(
+        "\n[[relay.channels]]\nname = \"{name}\"\ntype = \"sms\"\nprovider = \"{provider}\"\nto = {to:?}\n{extra}\n"
+    )
+}
+
+fn count_ok(resp: &(u16, String)) -> bool {
+    resp.0 == 200 && resp.1.contains("\"accepted\"")
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn delivers_threaded_multipart_mail_over_starttls_and_implicit_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let (p1, p2) = (free_port(), free_port());
+    let starttls = Smtp::start(p1, &dir.path().join("mail1"), "starttls", &certs);
+    let implicit = Smtp::start(p2, &dir.path().join("mail2"), "implicit", &certs);
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["mail-starttls", "mail-implicit"])
+        + &email_channel("mail-starttls", p1, "starttls", "plain", &certs)
+        + &email_channel("mail-implicit", p2, "implicit", "login", &certs);
+    let relay = Relay::start(dir.path(), &config);
+
+    let firing = am_payload(
+        "ops",
+        "DiskFull",
+        "firing",
+        &[
+            ("DiskFull", "critical", "host-a"),
+            ("DiskFull", "critical", "host-b"),
+        ],
+    );
+    assert!(count_ok(&relay.post_auth("/webhook", &firing)));
+    // Alertmanager HA: the same group from the peer is not delivered again.
+    let dup = relay.post_auth("/webhook/ops", &firing);
+    assert_eq!(dup.0, 200);
+    assert!(dup.1.contains("duplicate"), "{}", dup.1);
+    let resolved = am_payload(
+        "ops",
+        "DiskFull",
+        "resolved",
+        &[
+            ("DiskFull", "critical", "host-a"),
+            ("DiskFull", "critical", "host-b"),
+        ],
+    );
+    assert!(count_ok(&relay.post_auth("/webhook/ops", &resolved)));
+
+    for smtp in [&starttls, &implicit] {
+        let mails = wait_for(LONG, "two mails", || {
+            let m = smtp.mails();
+            (m.len() >= 2).then_some(m)
+        });
+        let first = mails
+            .iter()
+            .find(|m| m["subject"].as_str().unwrap().starts_with("[FIRING"))
+            .expect("a firing mail");
+        let second = mails
+            .iter()
+            .find(|m| m["subject"].as_str().unwrap().starts_with("[RESOLVED"))
+            .expect("a resolved mail");
+        assert_eq!(first["subject"], "[FIRING:2] DiskFull");
+        assert_eq!(second["subject"], "[RESOLVED] DiskFull");
+        let rcpts: BTreeSet<&str> = first["rcpt_tos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            rcpts,
+            BTreeSet::from(["oncall@example.com", "ops@example.com"])
+        );
+        assert!(first["to"].as_str().unwrap().contains("Ops Team"));
+        assert_eq!(first["content_type"], "multipart/alternative");
+        let text = first["text"].as_str().unwrap();
+        assert!(
+            text.contains("[FIRING] DiskFull since 2026-01-01T00:00:00Z"),
+            "{text}"
+        );
+        assert!(text.contains("Summary: DiskFull on host-b"));
+        assert!(text.contains("Source: http://prometheus:9090/graph?g0.expr=DiskFull"));
+        let html = first["html"].as_str().unwrap();
+        assert!(html.contains("<b>[FIRING] DiskFull</b>"), "{html}");
+        assert!(html.contains("Details &lt;here&gt;."));
+        assert!(second["text"].as_str().unwrap().starts_with("RESOLVED"));
+        // Threading: distinct Message-IDs, one shared thread root.
+        assert_ne!(first["message_id"], second["message_id"]);
+        assert!(
+            first["message_id"]
+                .as_str()
+                .unwrap()
+                .ends_with("@relay.test>")
+        );
+        assert_eq!(first["in_reply_to"], second["in_reply_to"]);
+        assert_eq!(first["references"], second["references"]);
+        assert_eq!(first["references"], first["in_reply_to"]);
+        assert!(first["references"].as_str().unwrap().starts_with('<'));
+        // Exactly two: the duplicate was not delivered.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(smtp.mails().len(), 2);
+    }
+    assert_eq!(
+        relay.metric(
+            "vitals_relay_notifications_deduplicated_total",
+            &["receiver=\"ops\""]
+        ),
+        1.0
+    );
+    wait_for(LONG, "delivered counters", || {
+        (relay.metric(
+            "vitals_relay_notifications_delivered_total",
+            &["channel=\"mail-implicit\""],
+        ) == 2.0)
+            .then_some(())
+    });
+    let (ok, findings) = promtool_check_metrics(&relay.metrics());
+    assert!(ok, "promtool check metrics: {findings}");
+}
+
+#[test]
+fn smtp_outage_then_recovery_delivers_each_mail_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let port = free_port();
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["mail"])
+        + &email_channel("mail", port, "starttls", "plain", &certs);
+    let relay = Relay::start(dir.path(), &config);
+    for i in 0..3 {
+        let body = am_payload(
+            "ops",
+            &format!("Outage{i}"),
+            "firing",
+            &[("Outage", "warning", "h")],
+        );
+        assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    }
+    // The server is down: attempts fail and are retried.
+    wait_for(LONG, "failed attempts while SMTP is down", || {
+        (relay.metric("vitals_relay_delivery_retries_total", &["channel=\"mail\""]) >= 3.0)
+            .then_some(())
+    });
+    assert_eq!(relay.metric("vitals_relay_outbox_pending", &[]), 3.0);
+    let smtp = Smtp::start(port, &dir.path().join("mail"), "starttls", &certs);
+    let mails = wait_for(LONG, "three mails after recovery", || {
+        let m = smtp.mails();
+        (m.len() >= 3).then_some(m)
+    });
+    wait_for(LONG, "an empty outbox", || {
+        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mails_after = smtp.mails();
+    assert_eq!(mails_after.len(), 3, "each notification exactly once");
+    let ids: BTreeSet<String> = mails
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+}
+
+#[test]
+fn sms_gateway_retries_honours_retry_after_and_records_permanent_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(Duration::ZERO, "{}");
+    gw.push(500, &[], "{\"error\":\"oops\"}");
+    gw.push(429, &[("Retry-After", "1")], "{}");
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["sms"])
+        + &sms_channel("sms", "gw", &["+15550001"], "")
+        + &http_provider("gw", &gw.url());
+    let relay = Relay::start(dir.path(), &config);
+    let body = am_payload("ops", "High", "firing", &[("HighLoad", "critical", "db-1")]);
+    assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    wait_for(LONG, "delivery after 500 and 429", || {
+        (relay.metric(
+            "vitals_relay_notifications_delivered_total",
+            &["channel=\"sms\""],
+        ) == 1.0)
+            .then_some(())
+    });
+    let reqs = gw.requests();
+    assert_eq!(reqs.len(), 3, "500, 429, then 200");
+    assert_eq!(reqs[2].method, "POST");
+    assert_eq!(reqs[2].path, "/send");
+    assert_eq!(reqs[2].header("X-Test"), Some("yes"));
+    let sent: serde_json::Value = serde_json::from_str(&reqs[2].body).unwrap();
+    assert_eq!(sent["to"], "+15550001");
+    assert_eq!(sent["text"], "FIRING:1 HighLoad db-1: HighLoad on db-1");
+    assert_eq!(sent["id"], reqs[0].header("Idempotency-Key").unwrap());
+    assert_eq!(
+        relay.metric(
+            "vitals_relay_delivery_retries_total",
+            &["reason=\"http_429\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        relay.metric(
+            "vitals_relay_delivery_retries_total",
+            &["reason=\"http_5xx\""]
+        ),
+        1.0
+    );
+
+    // A 400 is permanent: recorded and counted, never retried.
+    gw.push(400, &[], "{\"error\":\"bad number\"}");
+    let body = am_payload("ops", "Other", "firing", &[("Other", "critical", "db-2")]);
+    assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    wait_for(LONG, "the permanent failure to be counted", || {
+        (relay.metric(
+            "vitals_relay_notifications_failed_total",
+            &["channel=\"sms\"", "reason=\"http_4xx\""],
+        ) == 1.0)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gw.requests().len(), 4, "a 400 is not retried");
+    assert_eq!(relay.metric("vitals_relay_outbox_pending", &[]), 0.0);
+}
+
+#[test]
+fn twilio_and_vonage_requests_and_vonage_status_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let twilio = Gateway::start(Duration::ZERO, "{\"sid\":\"SM1\",\"status\":\"queued\"}");
+    let vonage = Gateway::start(
+        Duration::ZERO,
+        "{\"message-count\":\"1\",\"messages\":[{\"status\":\"0\"}]}",
+    );
+    // Vonage answers 200 with "throttled" first: retried.
+    vonage.push(
+        200,
+        &[],
+        "{\"message-count\":\"1\",\"messages\":[{\"status\":\"1\",\"error-text\":\"Throttled\"}]}",
+    );
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["tw", "vo"])
+        + &sms_channel("tw", "twilio-a", &["+15550001", "+15550002"], "")
+        + &sms_channel("vo", "vonage-a", &["+15550003"], "")
+        + &format!(
+            r#"
+[[relay.sms_providers]]
+name = "twilio-a"
+type = "twilio"
+account_sid = "AC123"
+auth_token = "env:RELAY_TEST_TOKEN"
+from = "+15550000"
+base_url = "{}"
+
+[[relay.sms_providers]]
+name = "vonage-a"
+type = "vonage"
+api_key = "key1"
+api_secret = "env:RELAY_TEST_TOKEN"
+from = "vitals"
+base_url = "{}"
+"#,
+            twilio.url(),
+            vonage.url()
+        );
+    let relay = Relay::start(dir.path(), &config);
+    let body = am_payload(
+        "ops",
+        "Temp",
+        "firing",
+        &[("TempHigh", "critical", "plant-ü")],
+    );
+    assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    wait_for(LONG, "all three SMS", || {
+        (twilio.requests().len() == 2 && vonage.requests().len() == 2).then_some(())
+    });
+    let t = twilio.requests();
+    assert_eq!(t[0].path, "/2010-04-01/Accounts/AC123/Messages.json");
+    assert!(t[0].header("Authorization").unwrap().starts_with("Basic "));
+    let tos: BTreeSet<bool> = t.iter().map(|r| r.body.contains("To=%2B1555000")).collect();
+    assert_eq!(tos, BTreeSet::from([true]));
+    assert!(t[0].body.contains("From=%2B15550000"));
+    assert!(t[0].body.contains("Body=FIRING%3A1+TempHigh"));
+    let v = vonage.requests();
+    assert_eq!(v[1].path, "/sms/json");
+    assert!(v[1].body.contains("api_key=key1"));
+    assert!(v[1].body.contains("to=15550003"));
+    wait_for(LONG, "vonage delivered", || {
+        (relay.metric(
+            "vitals_relay_notifications_delivered_total",
+            &["channel=\"vo\""],
+        ) == 1.0)
+            .then_some(())
+    });
+    assert_eq!(
+        relay.metric(
+            "vitals_relay_delivery_retries_total",
+            &["reason=\"provider_status\""]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn sigkill_mid_delivery_then_restart_delivers_every_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    // A slow gateway, so the relay is killed while deliveries are underway.
+    let gw = Gateway::start(Duration::from_millis(300), "{}");
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["sms"])
+        + &sms_channel("sms", "gw", &["+15550001"], "")
+        + &http_provider("gw", &gw.url());
+    let mut relay = Relay::start(dir.path(), &config);
+    const N: usize = 20;
+    for i in 0..N {
+        let body = am_payload(
+            "ops",
+            &format!("Kill{i}"),
+            "firing",
+            &[("Kill", "critical", "h")],
+        );
+        assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    }
+    wait_for(LONG, "a few deliveries", || {
+        (gw.requests().len() >= 3).then_some(())
+    });
+    relay.kill9();
+    let before = gw.requests().len();
+    assert!(before < N, "the relay was killed mid-way ({before} of {N})");
+    relay.spawn();
+    let keys = wait_for(
+        Duration::from_secs(120),
+        "every notification after restart",
+        || {
+            let keys: BTreeSet<String> = gw
+                .requests()
+                .iter()
+                .filter_map(|r| r.header("Idempotency-Key").map(str::to_string))
+                .collect();
+            (keys.len() >= N).then_some(keys)
+        },
+    );
+    assert_eq!(keys.len(), N, "none lost");
+    wait_for(LONG, "an empty outbox", || {
+        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
+    });
+    // At-least-once on the wire: only sends in flight at the kill (at most
+    // the channel's parallelism, 4) may be repeated, with the same key.
+    let total = gw.requests().len();
+    assert!(total <= N + 4, "{total} requests for {N} notifications");
+}
+
+#[test]
+fn flood_control_folds_excess_into_a_counted_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(Duration::ZERO, "{}");
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["sms"])
+        + &sms_channel(
+            "sms",
+            "gw",
+            &["+15550001"],
+            "rate_limit = { max = 2, per = \"3s\" }",
+        )
+        + &http_provider("gw", &gw.url());
+    let relay = Relay::start(dir.path(), &config);
+    for i in 0..5 {
+        let body = am_payload(
+            "ops",
+            &format!("Flood{i}"),
+            "firing",
+            &[("Flood", "critical", "h")],
+        );
+        assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    }
+    let reqs = wait_for(LONG, "two messages and a summary", || {
+        let r = gw.requests();
+        (r.len() >= 3).then_some(r)
+    });
+    let summary: serde_json::Value = serde_json::from_str(&reqs[2].body).unwrap();
+    let text = summary["text"].as_str().unwrap();
+    assert!(text.starts_with("3 notification(s)"), "{text}");
+    assert_eq!(
+        relay.metric(
+            "vitals_relay_notifications_folded_total",
+            &["channel=\"sms\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        relay.metric("vitals_relay_summaries_sent_total", &["channel=\"sms\""]),
+        1.0
+    );
+    wait_for(LONG, "an empty outbox", || {
+        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(gw.requests().len(), 3);
+}
+
+#[test]
+fn refuses_bad_input_and_bad_credentials_without_persisting() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(Duration::ZERO, "{}");
+    let hash = bcrypt_hash("am-password");
+    let config = relay_head(dir.path()).replace("[relay]\n", "[relay]\nmax_body_bytes = 4096\n")
+        + &bearer_receiver("ops", &["sms"])
+        + &format!(
+            "\n[[relay.receivers]]\nname = \"basic\"\nauth = {{ type = \"basic\", users = {{ alertmanager = \"{hash}\" }} }}\nchannels = [\"sms\"]\n"
+        )
+        + "\n[[relay.receivers]]\nname = \"grafana\"\nauth = { type = \"hmac\", secret = \"env:RELAY_TEST_TOKEN\", header = \"X-Grafana-Alerting-Signature\", timestamp_header = \"X-Grafana-Alerting-Signature-Timestamp\" }\nchannels = [\"sms\"]\n"
+        + &sms_channel("sms", "gw", &["+15550001"], "")
+        + &http_provider("gw", &gw.url());
+    let relay = Relay::start(dir.path(), &config);
+    let good = am_payload("ops", "Bad", "firing", &[("Bad", "critical", "h")]);
+    let check = |resp: (u16, String), status: u16, needle: &str| {
+        assert_eq!(resp.0, status, "{}", resp.1);
+        let v: serde_json::Value = serde_json::from_str(&resp.1).expect("a JSON error body");
+        let e = v["error"].as_str().expect("an error field");
+        assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+        assert!(!resp.1.contains(TOKEN), "the secret is never echoed");
+    };
+    check(
+        relay.post_auth("/webhook/ops", "{not json"),
+        400,
+        "not valid JSON",
+    );
+    check(
+        relay.post_auth(
+            "/webhook/ops",
+            &good.replace("\"version\":\"4\"", "\"version\":\"3\""),
+        ),
+        400,
+        "unsupported payload version",
+    );
+    check(
+        relay.post_auth(
+            "/webhook/ops",
+            r#"{"version":"4","status":"firing","receiver":"ops","alerts":[]}"#,
+        ),
+        400,
+        "groupKey",
+    );
+    check(
+        relay.post_auth("/webhook", &good.replace("\"ops\"", "\"nobody\"")),
+        404,
+        "nobody",
+    );
+    let big = format!("{{\"version\":\"4\",\"pad\":\"{}\"}}", "x".repeat(8192));
+    check(relay.post_auth("/webhook/ops", &big), 413, "larger than");
+    check(relay.post("/webhook/ops", &[], &good), 401, "unauthorized");
+    check(
+        relay.post("/webhook/ops", &[("Authorization", "Bearer wrong")], &good),
+        401,
+        "unauthorized",
+    );
+    use base64_encode as b64;
+    let bad_basic = format!("Basic {}", b64("alertmanager:wrong"));
+    check(
+        relay.post("/webhook/basic", &[("Authorization", &bad_basic)], &good),
+        401,
+        "unauthorized",
+    );
+    let unknown_user = format!("Basic {}", b64("mallory:am-password"));
+    check(
+        relay.post("/webhook/basic", &[("Authorization", &unknown_user)], &good),
+        401,
+        "unauthorized",
+    );
+    check(
+        relay.post(
+            "/webhook/grafana",
+            &[
+                ("X-Grafana-Alerting-Signature", "00ff"),
+                ("X-Grafana-Alerting-Signature-Timestamp", "1700000000"),
+            ],
+            &good,
+        ),
+        401,
+        "unauthorized",
+    );
+    assert_eq!(relay.metric("vitals_relay_outbox_pending", &[]), 0.0);
+    assert_eq!(
+        relay.metric(
+            "vitals_relay_requests_total",
+            &["receiver=\"ops\"", "code=\"401\""]
+        ),
+        2.0
+    );
+    assert!(gw.requests().is_empty(), "nothing refused was delivered");
+
+    // The same credentials done right are accepted.
+    let ok_basic = format!("Basic {}", b64("alertmanager:am-password"));
+    assert!(count_ok(&relay.post(
+        "/webhook/basic",
+        &[("Authorization", &ok_basic)],
+        &good
+    )));
+    let grafana = r#"{"version":"1","orgId":1,"state":"alerting","title":"[FIRING:1] Graf","message":"m",
+      "groupKey":"g","status":"firing","receiver":"x","alerts":[{"status":"firing",
+      "labels":{"alertname":"Graf"},"annotations":{},"startsAt":"2026-01-01T00:00:00Z","values":{"A":1}}]}"#;
+    let ts = "1700000000";
+    let sig = hmac_sha256_hex(TOKEN.as_bytes(), format!("{ts}:{grafana}").as_bytes());
+    assert!(count_ok(&relay.post(
+        "/webhook/grafana",
+        &[
+            ("X-Grafana-Alerting-Signature", &sig),
+            ("X-Grafana-Alerting-Signature-Timestamp", ts)
+        ],
+        grafana
+    )));
+    wait_for(LONG, "both accepted notifications delivered", || {
+        (gw.requests().len() == 2).then_some(())
+    });
+}
+
+#[test]
+fn reload_rejects_a_bad_config_and_keeps_the_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(Duration::ZERO, "{}");
+    let good = relay_head(dir.path())
+        + &bearer_receiver("ops", &["sms"])
+        + &sms_channel("sms", "gw", &["+15550001"], "")
+        + &http_provider("gw", &gw.url());
+    let relay = Relay::start(dir.path(), &good);
+    std::fs::write(
+        &relay.config,
+        good.replace("channels = [\"sms\"]", "channels = [\"nope\"]"),
+    )
+    .unwrap();
+    relay.signal("-HUP");
+    wait_for(LONG, "the rejected SIGHUP reload", || {
+        (relay.metric("vitals_relay_config_reloads_total", &["result=\"failure\""]) == 1.0)
+            .then_some(())
+    });
+    assert_eq!(
+        relay.metric("vitals_relay_config_last_reload_successful", &[]),
+        0.0
+    );
+    let (status, body) = relay.post("/-/reload", &[], "");
+    assert_eq!(status, 400);
+    assert!(body.contains("no channel is named \\\"nope\\\""), "{body}");
+    // The old configuration still works.
+    let p = am_payload("ops", "Reload", "firing", &[("Reload", "critical", "h")]);
+    assert!(count_ok(&relay.post_auth("/webhook/ops", &p)));
+    // A good change is applied.
+    std::fs::write(
+        &relay.config,
+        good.clone() + &bearer_receiver("second", &["sms"]),
+    )
+    .unwrap();
+    let (status, body) = relay.post("/-/reload", &[], "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        relay.metric("vitals_relay_config_last_reload_successful", &[]),
+        1.0
+    );
+    assert!(count_ok(
+        &relay.post_auth("/webhook/second", &p.replace("Reload", "Second"))
+    ));
+    wait_for(LONG, "both delivered", || {
+        (gw.requests().len() == 2).then_some(())
+    });
+}
+
+#[test]
+fn real_alertmanager_routes_critical_to_mail_and_sms_and_warning_to_mail() {
+    let am_bin = require("prometheus-alertmanager");
+    let amtool = require("amtool");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let smtp_port = free_port();
+    let smtp = Smtp::start(smtp_port, &dir.path().join("mail"), "starttls", &certs);
+    let gw = Gateway::start(Duration::ZERO, "{}");
+    let config = relay_head(dir.path())
+        + &bearer_receiver("critical", &["mail", "sms"])
+        + &bearer_receiver("warning", &["mail"])
+        + &email_channel("mail", smtp_port, "starttls", "plain", &certs)
+        + &sms_channel(
+            "sms",
+            "gw",
+            &["+15550001"],
+            "matchers = ['severity=\"critical\"']",
+        )
+        + &http_provider("gw", &gw.url());
+    let relay = Relay::start(dir.path(), &config);
+
+    // The shipped Alertmanager config, pointed at this relay.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("alerting/alertmanager/alertmanager.yml"),
+    )
+    .unwrap();
+    let token_file = dir.path().join("relay-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let am_config = shipped
+        .replace(
+            "http://vitals-relay:9798",
+            &format!("http://{}", relay.addr),
+        )
+        .replace(
+            "/etc/alertmanager/relay-token",
+            token_file.to_str().unwrap(),
+        )
+        .replace("group_wait: 30s", "group_wait: 1s")
+        .replace("group_interval: 5m", "group_interval: 2s");
+    let am_path = dir.path().join("alertmanager.yml");
+    std::fs::write(&am_path, am_config).unwrap();
+    let am_port = free_port();
+    let mut am = Command::new(am_bin)
+        .arg(format!("--config.file={}", am_path.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("am").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start alertmanager");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let am_addr: SocketAddr = format!("127.0.0.1:{am_port}").parse().unwrap();
+    wait_for(LONG, "alertmanager ready", || {
+        if let Ok(Some(s)) = am.try_wait() {
+            panic!("alertmanager exited with {s}");
+        }
+        get(am_addr, "/-/ready")
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ())
+    });
+    let _am = Kill(am);
+    let add = |labels: &[&str]| {
+        let out = Command::new(&amtool)
+            .args(["alert", "add"])
+            .args(labels)
+            .arg("--annotation=summary=Injected by the test")
+            .arg(format!("--alertmanager.url=http://{am_addr}"))
+            .output()
+            .expect("amtool");
+        assert!(
+            out.status.success(),
+            "amtool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    add(&[
+        "alertname=PumpFailure",
+        "severity=critical",
+        "instance=pump-1",
+    ]);
+    add(&["alertname=TankLow", "severity=warning", "instance=tank-2"]);
+
+    let mails = wait_for(
+        Duration::from_secs(90),
+        "both mails from Alertmanager",
+        || {
+            let m = smtp.mails();
+            (m.len() >= 2).then_some(m)
+        },
+    );
+    let subjects: BTreeSet<String> = mails
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        subjects.contains("[FIRING:1] PumpFailure instance=pump-1"),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.contains("[FIRING:1] TankLow instance=tank-2"),
+        "{subjects:?}"
+    );
+    let sms = wait_for(LONG, "the critical SMS", || {
+        let r = gw.requests();
+        (!r.is_empty()).then_some(r)
+    });
+    assert!(sms[0].body.contains("PumpFailure"), "{}", sms[0].body);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        gw.requests().iter().all(|r| !r.body.contains("TankLow")),
+        "warnings do not go to SMS"
+    );
+}
+
+#[test]
+fn shipped_relay_examples_and_alertmanager_config_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["examples/relay.toml", "examples/relay-sms.toml"] {
+        let out = Command::new(common::vitals_bin())
+            .args(["check", "--config"])
+            .arg(root.join(f))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A typo is rejected with the key and the file named.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(root.join("examples/relay.toml"))
+            .unwrap()
+            .replace("dedup_window", "dedup_windw"),
+    )
+    .unwrap();
+    let out = Command::new(common::vitals_bin())
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("bad.toml") && err.contains("dedup_windw"),
+        "{err}"
+    );
+    let amtool = require("amtool");
+    let out = Command::new(amtool)
+        .args(["check-config"])
+        .arg(root.join("alerting/alertmanager/alertmanager.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+// ------------------------------------------------------- small test utils
+
+/// A bcrypt hash (low cost, for speed) made with the relay's own bcrypt crate.
+fn bcrypt_hash(password: &str) -> String {
+    bcrypt::hash(password, 4).unwrap()
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(msg);
+    hex::encode(mac.finalize().into_bytes())
+}
