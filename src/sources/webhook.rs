@@ -761,6 +761,19 @@ pub async fn announce(source: Arc<Webhook>) {
 mod tests {
     use super::*;
 
+    /// Found by the `webhook` fuzz target (fuzz/corpus/webhook/json_empty_array):
+    /// an empty JSON array is an empty batch, CSV without a data row is refused.
+    #[test]
+    fn empty_json_array_is_an_empty_batch_and_header_only_csv_is_refused() {
+        let count = |format, body: &[u8]| parse_body(format, None, body, |_| {});
+        assert_eq!(count(EventFormat::Json, b"[\t\t]"), Ok(0));
+        assert_eq!(count(EventFormat::Json, b" \n"), Err("malformed_json"));
+        assert_eq!(count(EventFormat::Json, b"[1]"), Err("malformed_json"));
+        assert_eq!(count(EventFormat::Csv, b"a,b\n"), Err("malformed_csv"));
+        assert_eq!(count(EventFormat::Csv, b"a,b\n1,2\n"), Ok(1));
+        assert_eq!(count(EventFormat::Csv, b"\xff"), Err("malformed_csv"));
+    }
+
     #[test]
     fn hex_and_constant_time_compare() {
         assert_eq!(hex_decode("00ffA1"), Some(vec![0, 255, 161]));
