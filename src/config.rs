@@ -382,17 +382,41 @@ fn origin(path: Option<&Path>) -> String {
 /// Without a path, the built-in defaults plus environment overrides are used.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     let file = origin(path);
+    let Some(path) = path else {
+        return load_text(None, file);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        file: file.clone(),
+        reason: e.to_string(),
+    })?;
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("yml" | "yaml") => ConfigFormat::Yaml,
+        _ => ConfigFormat::Toml,
+    };
+    load_text(Some((&text, format)), file)
+}
+
+/// Syntax of a configuration text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    Toml,
+    Yaml,
+}
+
+/// Parse and validate a configuration text as [`load`] does a file (with
+/// `VITALS_` environment overrides); errors name `name` as the file.
+pub fn load_str(text: &str, format: ConfigFormat, name: &str) -> Result<Config, ConfigError> {
+    load_text(Some((text, format)), name.to_string())
+}
+
+fn load_text(text: Option<(&str, ConfigFormat)>, file: String) -> Result<Config, ConfigError> {
     let mut builder = config::Config::builder();
-    if let Some(path) = path {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
-        let format = match path.extension().and_then(|e| e.to_str()) {
-            Some("yml" | "yaml") => config::FileFormat::Yaml,
-            _ => config::FileFormat::Toml,
+    if let Some((text, format)) = text {
+        let format = match format {
+            ConfigFormat::Yaml => config::FileFormat::Yaml,
+            ConfigFormat::Toml => config::FileFormat::Toml,
         };
-        builder = builder.add_source(config::File::from_str(&text, format));
+        builder = builder.add_source(config::File::from_str(text, format));
     }
     builder = builder.add_source(
         config::Environment::with_prefix("VITALS")

@@ -167,8 +167,16 @@ impl WebConfig {
             file: file.clone(),
             reason: e.to_string(),
         })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::load_str(&text, &file, base)
+    }
+
+    /// Parse and validate web configuration text; `file` names it in
+    /// errors and relative certificate paths are resolved against `base`.
+    pub fn load_str(text: &str, file: &str, base: &Path) -> Result<WebConfig, WebConfigError> {
+        let file = file.to_string();
         let docs =
-            yaml_rust2::YamlLoader::load_from_str(&text).map_err(|e| WebConfigError::Yaml {
+            yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| WebConfigError::Yaml {
                 file: file.clone(),
                 reason: e.to_string(),
             })?;
@@ -185,7 +193,6 @@ impl WebConfig {
                 reason: e.into_inner().to_string(),
             })?
         };
-        let base = path.parent().unwrap_or(Path::new("."));
         Self::compile(raw, &file, base)
     }
 

@@ -657,6 +657,34 @@ impl Processor {
     }
 }
 
+/// Parse the complete lines of `bytes` as the tailer does with what it
+/// reads from one file (over-long lines counted, not parsed) and return the
+/// samples and events of the batch. Pure (no files, no state): the fuzz
+/// targets and the corpus replay test use it.
+pub fn process_lines(
+    cfg: &LogsConfig,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+    bytes: &[u8],
+    ts: i64,
+) -> (Vec<Sample>, Vec<Event>) {
+    let mut proc = Processor::new(cfg, telemetry);
+    let mut header = None;
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', bytes) {
+        let line = &bytes[start..nl];
+        if line.len() > cfg.max_line_bytes {
+            proc.counts.too_long += 1;
+            proc.counts.dirty = true;
+        } else {
+            proc.line(line, &mut header, ts);
+        }
+        start = nl + 1;
+    }
+    let mut out = Vec::new();
+    proc.flush(ts, 1, &mut out);
+    (out, std::mem::take(&mut proc.events))
+}
+
 /// Most bytes read from one file per poll, so one busy file cannot starve
 /// the others or make a batch huge; the next poll follows at once.
 const READ_PER_POLL: u64 = 4 << 20;

@@ -486,6 +486,19 @@ impl TopicPattern {
     }
 }
 
+/// Match `topic` against a subscription's `topic` pattern as the source
+/// does: `Ok(Some(labels))` with the captured labels when it matches,
+/// `Ok(None)` when not, `Err` when the pattern is invalid. Used by the fuzz
+/// targets and the corpus replay test.
+pub fn match_topic(pattern: &str, topic: &str) -> Result<Option<Vec<(String, String)>>, String> {
+    let p = TopicPattern::parse(pattern)?;
+    let mut values = vec![String::new(); p.labels.len()];
+    if !p.matches(topic, |slot, v| values[slot] = v.to_string()) {
+        return Ok(None);
+    }
+    Ok(Some(p.labels.iter().cloned().zip(values).collect()))
+}
+
 /// Silent-sensor state of one device.
 struct Device {
     labels: Labels,
