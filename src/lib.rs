@@ -17,12 +17,14 @@
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
 //! - [`expose`]: serving with the web config file (TLS, basic auth, headers).
+//! - [`dashboard`]: the live page at `/` and its WebSocket stream.
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dashboard;
 pub mod events;
 pub mod expose;
 pub mod mapping;
