@@ -49,8 +49,10 @@ fn start_driver() -> Driver {
         .spawn()
         .expect("spawn chromedriver");
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    common::wait_for(Duration::from_secs(20), "chromedriver /status", || {
-        common::get(addr, "/status").filter(|(s, _)| *s == 200)
+    // chromedriver keeps connections open, so probe the port rather than
+    // the harness' read-to-close HTTP helper.
+    common::wait_for(Duration::from_secs(20), "chromedriver to listen", || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
     });
     Driver {
         child,

@@ -247,6 +247,17 @@ impl Dashboard {
                 _ = poll.tick() => {
                     let changed = changes.load(Ordering::Acquire) != hub.last_seq
                         || !hub.pending.is_empty();
+                    if self.inner.ticks.receiver_count() == 0 {
+                        // Nobody watching: only keep the hub's view of the
+                        // store current (once a second, nothing rendered),
+                        // so the first tick after a connect stays small.
+                        if changed && last_tick.elapsed() >= SOURCES_EVERY {
+                            last_tick = Instant::now();
+                            hub.pending.clear();
+                            hub.scan(false);
+                        }
+                        continue;
+                    }
                     let sources_due = last_sources.elapsed() >= SOURCES_EVERY;
                     if (changed && last_tick.elapsed() >= interval) || sources_due {
                         last_tick = Instant::now();
@@ -254,7 +265,8 @@ impl Dashboard {
                             last_sources = Instant::now();
                             self.inner.sources_json()
                         });
-                        let tick = hub.tick(sources);
+                        let mut tick = hub.scan(true);
+                        tick.sources = sources;
                         let _ = self.inner.ticks.send(Arc::new(tick));
                     }
                 }
@@ -501,14 +513,14 @@ impl Hub {
         }
     }
 
-    /// Scan the store and build the next tick.
-    fn tick(&mut self, sources: Option<String>) -> Tick {
+    /// Scan the store and build the next tick (with `emit` false, only
+    /// bring the hub's bookkeeping up to date).
+    fn scan(&mut self, emit: bool) -> Tick {
         self.scan += 1;
         let scan = self.scan;
         let mut tick = Tick {
             now_ms: crate::model::now_ms(),
             events: std::mem::take(&mut self.pending),
-            sources,
             ..Tick::default()
         };
         let store = self.inner.store.read();
@@ -520,7 +532,9 @@ impl Hub {
                 if is_new {
                     let meta = Arc::new(render_meta(&family.meta, labels, series));
                     metas.insert(series.id, meta.clone());
-                    tick.new.push(meta.clone());
+                    if emit {
+                        tick.new.push(meta.clone());
+                    }
                     self.known.insert(
                         series.id,
                         Known {
@@ -534,20 +548,21 @@ impl Hub {
                     continue;
                 };
                 k.seen = scan;
-                if is_new || series.seq > self.last_seq {
+                let newest = series.history.points().next_back().map(|p| p.t);
+                if emit && (is_new || series.seq > self.last_seq) {
                     let last_t = k.last_t;
                     let points = series.history.points().filter(move |p| p.t >= last_t);
                     let mut json = String::with_capacity(96);
                     let _ = write!(json, r#"{{"id":{},"#, series.id);
                     stream::write_points(&mut json, points, series.timestamp_ms, series.value);
                     json.push('}');
-                    if let Some(p) = series.history.points().next_back() {
-                        k.last_t = p.t;
-                    }
                     tick.updates.push(Update {
                         meta: k.meta.clone(),
                         json,
                     });
+                }
+                if let Some(t) = newest {
+                    k.last_t = t;
                 }
             }
         }
@@ -555,7 +570,9 @@ impl Hub {
             if k.seen == scan {
                 true
             } else {
-                tick.gone.push(*id);
+                if emit {
+                    tick.gone.push(*id);
+                }
                 metas.remove(id);
                 false
             }

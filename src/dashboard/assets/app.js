@@ -107,6 +107,7 @@
         renderFeed(true);
         if (msg.sources) state.sources = msg.sources;
         state.structure++; state.data++;
+        lastTables = -1e9; frame.statsAt = -1e9;
         break;
       case "delta":
         stats.deltas++;
