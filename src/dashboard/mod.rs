@@ -259,8 +259,13 @@ impl Dashboard {
                         continue;
                     }
                     let sources_due = last_sources.elapsed() >= SOURCES_EVERY;
-                    if (changed && last_tick.elapsed() >= interval) || sources_due {
-                        last_tick = Instant::now();
+                    let data_due = changed && last_tick.elapsed() >= interval;
+                    if data_due || sources_due {
+                        // Only data ticks count for the batching interval:
+                        // a health-only tick must not delay the next data.
+                        if data_due {
+                            last_tick = Instant::now();
+                        }
                         let sources = sources_due.then(|| {
                             last_sources = Instant::now();
                             self.inner.sources_json()

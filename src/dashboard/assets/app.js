@@ -19,6 +19,7 @@
     filter: { source: "", metric: "", labels: "", text: "" },
     window: 900,
     skew: 0, // server clock minus local clock, ms
+    rtt: 0, // round trip of the best clock-offset probe, ms
     structure: 0, // bumped when the set of series changes
     data: 0, // bumped on every data change
   };
@@ -79,7 +80,14 @@
   function connect() {
     const base = location.pathname.replace(/[^/]*$/, "");
     ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + base + "api/ws");
-    ws.onopen = () => { retry = 0; setConn("live", "live"); subscribe(); };
+    const ping = () => { if (ws.readyState === 1) ws.send(JSON.stringify({ type: "ping", t: Date.now() })); };
+    ws.onopen = () => {
+      retry = 0; setConn("live", "live"); subscribe();
+      state.rtt = 0;
+      for (const d of [100, 400, 1000, 3000]) setTimeout(ping, d);
+    };
+    clearInterval(connect.pinger);
+    connect.pinger = setInterval(ping, 30000);
     ws.onclose = () => {
       setConn("down", "reconnecting…");
       setTimeout(connect, Math.min(10000, 500 * 2 ** retry++));
@@ -96,11 +104,19 @@
     switch (msg.type) {
       case "hello":
         state.hello = msg;
-        state.skew = msg.now - Date.now();
+        if (!state.rtt) state.skew = msg.now - Date.now();
         break;
+      case "pong": {
+        // Clock offset from the round trip with the smallest delay (NTP-style).
+        const rtt = Date.now() - msg.t;
+        if (msg.t && (!state.rtt || rtt <= state.rtt)) {
+          state.rtt = Math.max(rtt, 0.001);
+          state.skew = msg.now - (msg.t + rtt / 2);
+        }
+        break;
+      }
       case "snapshot":
         stats.snapshots++;
-        state.skew = msg.now - Date.now();
         state.series.clear();
         for (const s of msg.series) addSeries(s, s);
         state.events = msg.events.slice().reverse();
@@ -462,7 +478,7 @@
   }
 
   // ---- the frame loop ----------------------------------------------------
-  let lastCards = -1e9, lastTables = -1e9;
+  let lastCards = -1e9, lastTables = -1e9, cardsData = -1;
   function frame(ts) {
     stats.frames++;
     if (state.view === "overview") {
@@ -470,8 +486,9 @@
       if (ts - lastTables > 1000) { lastTables = ts; renderTables(); }
     } else {
       buildCards();
-      // Small charts redraw four times a second (their pixels move slowly).
-      if (ts - lastCards > 250) { lastCards = ts; drawCards(false); }
+      // Small charts redraw when data arrives, and otherwise four times a
+      // second to scroll (their pixels move slowly).
+      if (state.data !== cardsData || ts - lastCards > 250) { lastCards = ts; cardsData = state.data; drawCards(false); }
     }
     const lat = stats.latencies.slice(-200).sort((a, b) => a - b);
     if (ts - (frame.statsAt ?? -1e9) > 1000) {
