@@ -279,6 +279,13 @@ async fn dashboard_renders_updates_shows_alerts_and_filters_in_chromium() {
         "document.querySelectorAll('#feed li').length >= 2",
     )
     .await;
+    // Let half a minute of history build up so the picture shows a trend.
+    until(
+        &c,
+        "30 s of history",
+        "[...__vitals.state.series.values()].every(s => s.source !== 'plant' || s.t.length >= 30)",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let png = c.screenshot().await.expect("screenshot");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
