@@ -44,7 +44,7 @@ const VitalsChart = (() => {
       let i = 0, x = a;
       while (x >= 1000 && i < UNITS.length - 1) { x /= 1000; i++; }
       s = (x >= 100 ? x.toFixed(0) : x.toFixed(1)) + UNITS[i];
-    } else if (a >= 100 || a === 0) s = a.toFixed(0);
+    } else if (a >= 100 || Number.isInteger(a)) s = a.toFixed(0);
     else if (a >= 1) s = a.toFixed(a >= 10 ? 1 : 2);
     else s = a.toPrecision(2);
     return (v < 0 ? "-" : "") + s + (unit ? " " + unit : "");
