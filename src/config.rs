@@ -49,6 +49,8 @@ pub struct Config {
     pub detect: crate::detect::DetectConfig,
     /// `[[pipeline]]`: per-selector filters and unit conversion.
     pub pipeline: Vec<crate::pipeline::filters::PipelineRule>,
+    /// The built-in live dashboard at `/`.
+    pub dashboard: DashboardConfig,
 }
 
 /// One configured source; `type` selects the variant.
@@ -68,6 +70,9 @@ pub enum SourceConfig {
     Sql(crate::sources::sql::SqlConfig),
     /// A JSON API polled over HTTP(S).
     Http(crate::sources::http::HttpConfig),
+    /// Generated plant and business series with occasional anomalies (a
+    /// demo of the dashboard and the test/benchmark data generator).
+    Demo(crate::sources::demo::DemoConfig),
 }
 
 /// Separates the key path inside a source from the message in errors
@@ -102,8 +107,9 @@ impl<'de> Deserialize<'de> for SourceConfig {
             "mqtt" => variant(value).map(SourceConfig::Mqtt),
             "sql" => variant(value).map(SourceConfig::Sql),
             "http" => variant(value).map(SourceConfig::Http),
+            "demo" => variant(value).map(SourceConfig::Demo),
             other => Err(format!(
-                "type{SUBKEY}unknown variant `{other}`, expected one of `logs`, `webhook`, `mqtt`, `sql`, `http`"
+                "type{SUBKEY}unknown variant `{other}`, expected one of `logs`, `webhook`, `mqtt`, `sql`, `http`, `demo`"
             )),
         };
         parsed.map_err(D::Error::custom)
@@ -119,6 +125,7 @@ impl SourceConfig {
             SourceConfig::Mqtt(c) => &c.name,
             SourceConfig::Sql(c) => &c.name,
             SourceConfig::Http(c) => &c.name,
+            SourceConfig::Demo(c) => &c.name,
         }
     }
 
@@ -130,7 +137,63 @@ impl SourceConfig {
             SourceConfig::Mqtt(c) => c.validate(),
             SourceConfig::Sql(c) => c.validate(),
             SourceConfig::Http(c) => c.validate(),
+            SourceConfig::Demo(c) => c
+                .validate()
+                .map_err(|(k, r)| (k.to_string(), r.to_string())),
         }
+    }
+}
+
+/// `[dashboard]`: the live page at `/` and its WebSocket stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Serve the dashboard at `/` (otherwise a plain landing page) and
+    /// keep the per-series history ring.
+    pub enabled: bool,
+    /// How much recent history each series keeps in memory.
+    #[serde(with = "humantime_serde")]
+    pub history: Duration,
+    /// One history point per this interval (whole seconds).
+    #[serde(with = "humantime_serde")]
+    pub resolution: Duration,
+    /// Updates are pushed as they happen, at most once per this interval
+    /// per client (changes in between are batched).
+    #[serde(with = "humantime_serde")]
+    pub update_interval: Duration,
+    /// Connected dashboards allowed at once; more are refused with 503.
+    pub max_clients: usize,
+    /// A client that does not take a message within this is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Labels that make a series a sensor (grouped by these on the Sensors
+    /// view); other non-system series go to the Business view.
+    pub group_labels: Vec<String>,
+    /// Anomaly score from which a point is drawn as anomalous.
+    pub score_threshold: f64,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: true,
+            history: Duration::from_secs(15 * 60),
+            resolution: Duration::from_secs(1),
+            update_interval: Duration::from_millis(250),
+            max_clients: 64,
+            send_timeout: Duration::from_secs(5),
+            group_labels: ["line", "device", "machine", "sensor"]
+                .map(String::from)
+                .to_vec(),
+            score_threshold: 0.8,
+        }
+    }
+}
+
+impl DashboardConfig {
+    /// Points kept per series.
+    pub fn history_points(&self) -> usize {
+        (self.history.as_secs() / self.resolution.as_secs().max(1)) as usize
     }
 }
 
@@ -144,6 +207,7 @@ impl Default for Config {
             sources: Vec::new(),
             detect: crate::detect::DetectConfig::default(),
             pipeline: Vec::new(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -481,6 +545,34 @@ impl Config {
         }
         if self.store.ingest_queue == 0 {
             return Err(invalid("store.ingest_queue", "must be at least 1"));
+        }
+        let d = &self.dashboard;
+        if d.resolution.as_secs() < 1 || d.resolution.subsec_nanos() != 0 {
+            return Err(invalid(
+                "dashboard.resolution",
+                "must be a whole number of seconds, at least 1s",
+            ));
+        }
+        if d.history < d.resolution || d.history_points() > 86_400 {
+            return Err(invalid(
+                "dashboard.history",
+                "must hold between 1 and 86400 points of dashboard.resolution",
+            ));
+        }
+        if d.update_interval < Duration::from_millis(50) {
+            return Err(invalid(
+                "dashboard.update_interval",
+                "must be at least 50ms",
+            ));
+        }
+        if d.max_clients == 0 {
+            return Err(invalid("dashboard.max_clients", "must be at least 1"));
+        }
+        if d.send_timeout < Duration::from_millis(100) {
+            return Err(invalid("dashboard.send_timeout", "must be at least 100ms"));
+        }
+        if !(d.score_threshold > 0.0 && d.score_threshold <= 1.0) {
+            return Err(invalid("dashboard.score_threshold", "must be in (0, 1]"));
         }
         let mut names = std::collections::HashSet::new();
         for (i, g) in self.process_groups.iter().enumerate() {

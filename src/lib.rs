@@ -18,6 +18,7 @@
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
 //! - [`expose`]: serving with the web config file (TLS, basic auth, headers).
+//! - [`dashboard`]: the live page at `/` and its WebSocket stream.
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
 //! - [`relay`]: `vitals relay`, Alertmanager/Grafana webhooks to e-mail and SMS.
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dashboard;
 pub mod detect;
 pub mod events;
 pub mod expose;

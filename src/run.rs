@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::dashboard::Dashboard;
 use crate::events::EventBus;
 use crate::pipeline::{self, Pipeline};
 use crate::server::{self, AppState};
@@ -129,6 +130,11 @@ pub async fn run_until(
 
     let telemetry = Arc::new(Telemetry::new());
     let store = Arc::new(RwLock::new(Store::new()));
+    if cfg.dashboard.enabled {
+        store
+            .write()
+            .set_history(cfg.dashboard.history_points(), cfg.dashboard.resolution);
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let tracker = TaskTracker::new();
     let (tx, rx) = tokio::sync::mpsc::channel(cfg.store.ingest_queue);
@@ -174,6 +180,11 @@ pub async fn run_until(
     tracker.spawn(reload_on_sighup(reload_tx.clone(), shutdown.clone()));
     ready.store(true, Ordering::Release);
 
+    let page = cfg.dashboard.enabled.then(|| {
+        let dashboard = Dashboard::new(cfg.dashboard.clone(), store.clone(), telemetry.clone());
+        tracker.spawn(dashboard.clone().run_hub(events.clone(), shutdown.clone()));
+        dashboard.router(shutdown.clone())
+    });
     let state = AppState {
         store,
         telemetry,
@@ -181,14 +192,18 @@ pub async fn run_until(
         events,
         reload: Some(reload_tx),
     };
-    let app = server::app_with(state, cfg.web.max_requests, Vec::new())
+    let app = server::app_with_page(state, cfg.web.max_requests, Vec::new(), page)
         .fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push_routes));
     let scheme = if cfg.web.config_file.is_some() {
         "https or http per the web config"
     } else {
         "http"
     };
-    tracing::info!(address = %local, scheme, "Listening; metrics at /metrics.");
+    if cfg.dashboard.enabled {
+        tracing::info!(address = %local, scheme, "Listening; live dashboard at /, metrics at /metrics.");
+    } else {
+        tracing::info!(address = %local, scheme, "Listening; metrics at /metrics.");
+    }
     let drain = cfg.web.shutdown_timeout;
     let web = match &cfg.web.config_file {
         Some(path) => Some(Arc::new(

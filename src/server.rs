@@ -40,24 +40,36 @@ pub fn app(state: AppState, max_requests: usize) -> Router {
 /// [`app`] plus routes contributed by sources (webhook ingestion); each
 /// carries its own state.
 pub fn app_with(state: AppState, max_requests: usize, extra: Vec<Router>) -> Router {
-    let mut router = base(state, max_requests);
+    app_with_page(state, max_requests, extra, None)
+}
+
+/// [`app_with`] with `page` (the live dashboard's routes, which own `/`)
+/// in place of the plain landing page.
+pub fn app_with_page(
+    state: AppState,
+    max_requests: usize,
+    extra: Vec<Router>,
+    page: Option<Router>,
+) -> Router {
+    let mut router = base(state, max_requests, page);
     for r in extra {
         router = router.merge(r);
     }
     router
 }
 
-fn base(state: AppState, max_requests: usize) -> Router {
+fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .layer(GlobalConcurrencyLimitLayer::new(max_requests));
+    let root = page.unwrap_or_else(|| Router::new().route("/", get(landing)));
     Router::new()
-        .route("/", get(landing))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/-/reload", axum::routing::post(reload))
         .merge(metrics)
         .with_state(state)
+        .merge(root)
 }
 
 /// Render the store and the self-metrics.

@@ -24,6 +24,139 @@ pub struct Series {
     generation: u64,
     /// Anomaly detector state, created by the pipeline's detect step.
     pub detect: Option<Box<crate::detect::live::SeriesDetector>>,
+    /// Store-wide unique id, never reused (the live dashboard refers to
+    /// series by it).
+    pub id: u64,
+    /// Value of the store's change counter at the last update, so the
+    /// dashboard can find what changed since it last looked.
+    pub seq: u64,
+    /// Recent points for the live dashboard (empty when history is off).
+    pub history: History,
+}
+
+impl Series {
+    /// Attach an anomaly score (0..1) to the history point of `timestamp_ms`.
+    /// Call it in the same store write as the [`Store::upsert`] of that
+    /// sample (the dashboard then sends value and score together); later,
+    /// use [`Store::record_score`].
+    pub fn record_score(&mut self, timestamp_ms: i64, score: f64) -> bool {
+        self.history.set_score(timestamp_ms, score)
+    }
+}
+
+/// Seconds between the Unix epoch and the origin of history offsets
+/// (2020-01-01T00:00:00Z); `u32` offsets from it last until 2156.
+pub const HISTORY_EPOCH_S: i64 = 1_577_836_800;
+
+/// One history point: 12 bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Seconds since [`HISTORY_EPOCH_S`], rounded down to the resolution.
+    pub t: u32,
+    pub value: f32,
+    /// Anomaly score in [0, 1]; NaN when no detector scored the point.
+    pub score: f32,
+}
+
+impl Point {
+    /// The point's time in milliseconds since the Unix epoch.
+    pub fn unix_ms(&self) -> i64 {
+        (HISTORY_EPOCH_S + self.t as i64) * 1000
+    }
+}
+
+/// A bounded ring of recent points of one series, at most one point per
+/// `resolution` (a later sample in the same slot replaces the value).
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    points: std::collections::VecDeque<Point>,
+}
+
+/// Shape of every series' history, set once from the dashboard config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryShape {
+    /// Points kept per series; 0 disables history.
+    pub capacity: usize,
+    /// Slot width in seconds (at least 1).
+    pub resolution_s: u32,
+}
+
+/// History slot of a timestamp, `None` before the history epoch.
+pub fn history_slot(timestamp_ms: i64, resolution_s: u32) -> Option<u32> {
+    let s = timestamp_ms.div_euclid(1000) - HISTORY_EPOCH_S;
+    let res = resolution_s.max(1) as i64;
+    u32::try_from(s - s.rem_euclid(res)).ok()
+}
+
+impl History {
+    fn push(&mut self, shape: HistoryShape, timestamp_ms: i64, value: f64) {
+        if shape.capacity == 0 {
+            return;
+        }
+        let Some(t) = history_slot(timestamp_ms, shape.resolution_s) else {
+            return;
+        };
+        match self.points.back_mut() {
+            Some(last) if last.t == t => {
+                last.value = value as f32;
+                return;
+            }
+            // Out of order: the latest value still updates, the history
+            // only moves forward.
+            Some(last) if last.t > t => return,
+            _ => {}
+        }
+        if self.points.len() >= shape.capacity {
+            self.points.pop_front();
+        }
+        if self.points.capacity() == 0 {
+            // Grow gradually: a series that updates once a minute never
+            // needs the full ring.
+            self.points.reserve_exact(shape.capacity.min(64));
+        }
+        self.points.push_back(Point {
+            t,
+            value: value as f32,
+            score: f32::NAN,
+        });
+    }
+
+    fn set_score(&mut self, timestamp_ms: i64, score: f64) -> bool {
+        let Some(first) = self.points.front() else {
+            return false;
+        };
+        // The newest point at or before the timestamp holds it (the slot
+        // of a sample starts at or before the sample's second).
+        let s = timestamp_ms.div_euclid(1000) - HISTORY_EPOCH_S;
+        if s < first.t as i64 {
+            return false;
+        }
+        for p in self.points.iter_mut().rev() {
+            if (p.t as i64) <= s {
+                p.score = score as f32;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Points, oldest first.
+    pub fn points(&self) -> std::collections::vec_deque::Iter<'_, Point> {
+        self.points.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Bytes held by the ring (for tests and the memory estimate).
+    pub fn heap_bytes(&self) -> usize {
+        self.points.capacity() * std::mem::size_of::<Point>()
+    }
 }
 
 /// All series of one metric family.
@@ -70,6 +203,12 @@ pub struct Store {
     series: usize,
     /// Render per-detector scores (`vitals_anomaly_detector_score`).
     detector_scores: bool,
+    /// Shape of the per-series history ring (the live dashboard's).
+    history: HistoryShape,
+    next_id: u64,
+    /// Bumped on every change; shared so the dashboard can poll it without
+    /// taking the store lock.
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -80,6 +219,67 @@ impl Store {
     /// Render per-detector anomaly scores as well as the ensemble's.
     pub fn set_detector_scores(&mut self, on: bool) {
         self.detector_scores = on;
+    }
+
+    /// Keep up to `capacity` points per series at `resolution` (whole
+    /// seconds, at least 1) for the live dashboard. Memory is bounded by
+    /// `capacity * 12 bytes` times the series the budgets admit.
+    pub fn set_history(&mut self, capacity: usize, resolution: std::time::Duration) {
+        self.history = HistoryShape {
+            capacity,
+            resolution_s: resolution.as_secs().clamp(1, u32::MAX as u64) as u32,
+        };
+    }
+
+    pub fn history_shape(&self) -> HistoryShape {
+        self.history
+    }
+
+    /// The change counter: bumped on every upsert, removal and score.
+    pub fn changes(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.changes.clone()
+    }
+
+    fn bump(&self) -> u64 {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Release)
+            + 1
+    }
+
+    /// Current value of the change counter.
+    pub fn seq(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Attach an anomaly score to the history point of one series at
+    /// `timestamp_ms` (see [`Series::record_score`]). Returns whether the
+    /// series and point were found.
+    pub fn record_score(
+        &mut self,
+        family: &str,
+        labels: &str,
+        timestamp_ms: i64,
+        score: f64,
+    ) -> bool {
+        let seq = self.seq() + 1;
+        let Some(f) = self.families.get_mut(family) else {
+            return false;
+        };
+        let Some(series) = f
+            .series
+            .iter_mut()
+            .find(|(l, _)| l.as_str() == labels)
+            .map(|(_, s)| s)
+        else {
+            return false;
+        };
+        if series.record_score(timestamp_ms, score) {
+            series.seq = seq;
+            self.bump();
+            true
+        } else {
+            false
+        }
     }
 
     /// Limit the number of series `source` may own.
@@ -143,6 +343,7 @@ impl Store {
             }
             book.series += 1;
             self.series += 1;
+            self.next_id += 1;
             family.series.insert(
                 sample.labels.clone(),
                 Series {
@@ -151,9 +352,16 @@ impl Store {
                     source: source.clone(),
                     generation,
                     detect: None,
+                    id: self.next_id,
+                    seq: 0,
+                    history: History::default(),
                 },
             );
         }
+        let seq = self
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::Release)
+            + 1;
         let series = family
             .series
             .get_mut(&sample.labels)
@@ -161,6 +369,10 @@ impl Store {
         series.value = sample.value;
         series.timestamp_ms = sample.timestamp_ms;
         series.generation = generation;
+        series.seq = seq;
+        series
+            .history
+            .push(self.history, sample.timestamp_ms, sample.value);
         Ok(series)
     }
 
@@ -216,6 +428,9 @@ impl Store {
         }
         self.families.retain(|_, f| !f.series.is_empty());
         self.series -= removed;
+        if removed > 0 {
+            self.bump();
+        }
         removed
     }
 

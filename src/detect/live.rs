@@ -90,15 +90,21 @@ impl Detect {
     }
 
     /// Score `sample` with the series' state (created on first use) and
-    /// publish an event when an anomaly starts.
-    pub fn observe(&self, source: &str, sample: &Sample, slot: &mut Option<Box<SeriesDetector>>) {
+    /// publish an event when an anomaly starts. Returns the ensemble score
+    /// when the sample was scored.
+    pub fn observe(
+        &self,
+        source: &str,
+        sample: &Sample,
+        slot: &mut Option<Box<SeriesDetector>>,
+    ) -> Option<f64> {
         // Histogram parts (buckets, sums, counts) are not scored one by one.
         if sample.family.kind == MetricKind::Histogram {
-            return;
+            return None;
         }
         let state = slot.get_or_insert_with(|| Box::new(self.new_state(sample)));
         let Some(ensemble) = &mut state.ensemble else {
-            return;
+            return None;
         };
         let value = match sample.family.kind {
             MetricKind::Gauge => Some(sample.value),
@@ -113,7 +119,7 @@ impl Detect {
             }
             MetricKind::Histogram => None,
         };
-        let Some(value) = value else { return };
+        let value = value?;
         let out = ensemble.step(sample.timestamp_ms, value);
         state.scored = true;
         if out.event {
@@ -134,6 +140,7 @@ impl Detect {
                 reason: reason.to_string(),
             });
         }
+        Some(out.score)
     }
 }
 

@@ -84,8 +84,12 @@ impl Pipeline {
             match store.upsert(&batch.source, sample, generation) {
                 Ok(series) => {
                     ingested += 1;
-                    if let Some(detect) = &self.detect {
-                        detect.observe(&batch.source, sample, &mut series.detect);
+                    if let Some(detect) = &self.detect
+                        && let Some(score) =
+                            detect.observe(&batch.source, sample, &mut series.detect)
+                    {
+                        // The live dashboard draws the score under the value.
+                        series.record_score(sample.timestamp_ms, score);
                     }
                 }
                 Err(refused) => {

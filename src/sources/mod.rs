@@ -3,6 +3,7 @@
 //! itself through self-metrics and never fails a scrape.
 
 pub mod aggregate;
+pub mod demo;
 pub mod http;
 pub mod logs;
 pub mod mqtt;
@@ -60,6 +61,7 @@ pub fn spawn_one(
         SourceConfig::Mqtt(c) => (Some(tracker.spawn(mqtt::run(c.clone(), ctx.clone()))), None),
         SourceConfig::Sql(c) => (Some(tracker.spawn(sql::run(c.clone(), ctx.clone()))), None),
         SourceConfig::Http(c) => (Some(tracker.spawn(http::run(c.clone(), ctx.clone()))), None),
+        SourceConfig::Demo(c) => (Some(tracker.spawn(demo::run(c.clone(), ctx.clone()))), None),
     }
 }
 
