@@ -261,7 +261,9 @@ fn check_datasource(where_: &str, ds: &Value, provisioned: &BTreeMap<String, Str
     if ds.is_null() {
         return;
     }
-    let uid = ds["uid"].as_str().unwrap_or_else(|| panic!("{where_}: datasource without uid"));
+    let uid = ds["uid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{where_}: datasource without uid"));
     if uid == "-- Grafana --" {
         return;
     }
@@ -276,26 +278,48 @@ fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
     let provisioned = provisioned_datasources();
     assert!(provisioned.values().any(|t| t == "prometheus"));
     let provider = yaml(&root().join("grafana/provisioning/dashboards/vitals.yml"));
-    let path = provider["providers"][0]["options"]["path"].as_str().unwrap();
+    let path = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
     assert_eq!(path, "/var/lib/grafana/dashboards", "provider path");
 
     let mut uids = HashSet::new();
     let mut titles = HashSet::new();
     let all = dashboards();
-    assert!(all.len() >= 5, "System, Sensors, Business, Anomalies, health");
+    assert!(
+        all.len() >= 5,
+        "System, Sensors, Business, Anomalies, health"
+    );
     for (file, d) in &all {
         let f = file.file_name().unwrap().to_string_lossy();
-        assert!(uids.insert(d["uid"].as_str().expect("uid").to_string()), "{f}: uid");
-        assert!(titles.insert(d["title"].as_str().expect("title").to_string()), "{f}: title");
-        assert!(d["schemaVersion"].as_i64().unwrap_or(0) >= 36, "{f}: schemaVersion");
+        assert!(
+            uids.insert(d["uid"].as_str().expect("uid").to_string()),
+            "{f}: uid"
+        );
+        assert!(
+            titles.insert(d["title"].as_str().expect("title").to_string()),
+            "{f}: title"
+        );
+        assert!(
+            d["schemaVersion"].as_i64().unwrap_or(0) >= 36,
+            "{f}: schemaVersion"
+        );
         assert!(d["id"].is_null(), "{f}: provisioned dashboards carry no id");
         let vars = d["templating"]["list"].as_array().expect("templating.list");
         assert!(!vars.is_empty(), "{f}: template variables");
         for v in vars {
-            check_datasource(&format!("{f} variable {}", v["name"]), &v["datasource"], &provisioned);
+            check_datasource(
+                &format!("{f} variable {}", v["name"]),
+                &v["datasource"],
+                &provisioned,
+            );
         }
         for a in d["annotations"]["list"].as_array().expect("annotations") {
-            check_datasource(&format!("{f} annotation {}", a["name"]), &a["datasource"], &provisioned);
+            check_datasource(
+                &format!("{f} annotation {}", a["name"]),
+                &a["datasource"],
+                &provisioned,
+            );
         }
         let mut ids = HashSet::new();
         // Cells covered so far, to catch overlapping panels.
@@ -303,7 +327,10 @@ fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
         for p in panels(d) {
             let title = p["title"].as_str().unwrap_or("");
             let at = format!("{f} panel {title:?}");
-            assert!(ids.insert(p["id"].as_i64().expect("id")), "{at}: duplicate id");
+            assert!(
+                ids.insert(p["id"].as_i64().expect("id")),
+                "{at}: duplicate id"
+            );
             assert!(p["type"].as_str().is_some(), "{at}: type");
             let g = &p["gridPos"];
             let (x, y, w, h) = (
@@ -312,7 +339,10 @@ fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
                 g["w"].as_i64().expect("w"),
                 g["h"].as_i64().expect("h"),
             );
-            assert!(w > 0 && h > 0 && x >= 0 && y >= 0 && x + w <= 24, "{at}: gridPos");
+            assert!(
+                w > 0 && h > 0 && x >= 0 && y >= 0 && x + w <= 24,
+                "{at}: gridPos"
+            );
             for cx in x..x + w {
                 for cy in y..y + h {
                     assert!(cells.insert((cx, cy)), "{at}: overlaps another panel");
@@ -323,7 +353,10 @@ fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
                 check_datasource(&at, &t["datasource"], &provisioned);
                 assert!(t["refId"].as_str().is_some(), "{at}: refId");
                 if p["type"] != "row" {
-                    assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()), "{at}: expr");
+                    assert!(
+                        t["expr"].as_str().is_some_and(|e| !e.is_empty()),
+                        "{at}: expr"
+                    );
                 }
             }
             if !matches!(p["type"].as_str(), Some("row" | "alertlist" | "text")) {
@@ -400,7 +433,10 @@ impl Prometheus {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
@@ -413,14 +449,18 @@ impl Prometheus {
             _dir: dir,
         };
         let child = &mut p.child;
-        wait_for(Duration::from_secs(30), "Prometheus to become ready", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("prometheus exited early with {status}");
-            }
-            common::get(addr, "/-/ready")
-                .filter(|(s, _)| *s == 200)
-                .map(|_| ())
-        });
+        wait_for(
+            Duration::from_secs(30),
+            "Prometheus to become ready",
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("prometheus exited early with {status}");
+                }
+                common::get(addr, "/-/ready")
+                    .filter(|(s, _)| *s == 200)
+                    .map(|_| ())
+            },
+        );
         p
     }
 
@@ -489,9 +529,14 @@ fn substitute(expr: &str, vars: &[String]) -> String {
     let mut names: Vec<&String> = vars.iter().collect();
     names.sort_by_key(|n| std::cmp::Reverse(n.len()));
     for n in names {
-        e = e.replace(&format!("${{{n}}}"), ".*").replace(&format!("${n}"), ".*");
+        e = e
+            .replace(&format!("${{{n}}}"), ".*")
+            .replace(&format!("${n}"), ".*");
     }
-    assert!(!e.contains('$') || e.contains("\"$1\""), "unsubstituted variable in {e}");
+    assert!(
+        !e.contains('$') || e.contains("\"$1\""),
+        "unsubstituted variable in {e}"
+    );
     e
 }
 
@@ -535,8 +580,12 @@ fn every_dashboard_query_runs_against_prometheus_scraping_vitals() {
             let inner = q
                 .strip_prefix("label_values(")
                 .and_then(|r| r.strip_suffix(')'))
-                .unwrap_or_else(|| panic!("{f}: variable {} is not label_values(): {q}", v["name"]));
-            let (selector, label) = inner.rsplit_once(',').expect("label_values(selector, label)");
+                .unwrap_or_else(|| {
+                    panic!("{f}: variable {} is not label_values(): {q}", v["name"])
+                });
+            let (selector, label) = inner
+                .rsplit_once(',')
+                .expect("label_values(selector, label)");
             label_vars.push((
                 f.clone(),
                 v["name"].as_str().unwrap().to_string(),
@@ -546,7 +595,11 @@ fn every_dashboard_query_runs_against_prometheus_scraping_vitals() {
         }
         for a in d["annotations"]["list"].as_array().unwrap() {
             if let Some(expr) = a["expr"].as_str() {
-                queries.push((f.clone(), format!("annotation {}", a["name"]), substitute(expr, &vars)));
+                queries.push((
+                    f.clone(),
+                    format!("annotation {}", a["name"]),
+                    substitute(expr, &vars),
+                ));
             }
         }
         for p in panels(&d) {
@@ -645,7 +698,7 @@ fn docker_compose_config_accepts_the_stack() {
     let services: BTreeSet<&str> = out.lines().collect();
     for want in [
         "vitals",
-        "relay",
+        "vitals-relay",
         "demo",
         "prometheus",
         "alertmanager",
@@ -653,7 +706,10 @@ fn docker_compose_config_accepts_the_stack() {
         "mosquitto",
         "mailpit",
     ] {
-        assert!(services.contains(want), "service {want} missing: {services:?}");
+        assert!(
+            services.contains(want),
+            "service {want} missing: {services:?}"
+        );
     }
 }
 
