@@ -20,7 +20,7 @@ set -u
 
 MQTT_HOST="${MQTT_HOST:-mosquitto}"
 MQTT_PORT="${MQTT_PORT:-1883}"
-WEBHOOK_URL="${WEBHOOK_URL:-http://vitals:9797/webhook/payments}"
+WEBHOOK_URL="${WEBHOOK_URL:-http://vitals:9797/ingest/payments}"
 TICK="${TICK:-2}"
 ANOMALY_EVERY="${ANOMALY_EVERY:-300}"
 SILENT_EVERY="${SILENT_EVERY:-900}"
