@@ -816,7 +816,7 @@ fn docker_compose_config_accepts_the_stack() {
     let services: BTreeSet<&str> = out.lines().collect();
     for want in [
         "vitals",
-        "job=\"vitals-relay\"",
+        "vitals-relay",
         "demo",
         "prometheus",
         "alertmanager",
