@@ -1164,3 +1164,12 @@ fn fraud_and_overheating_alert_end_to_end_through_alertmanager() {
         resolve_time.as_secs_f64()
     );
 }
+
+#[test]
+fn the_compose_vitals_config_passes_check() {
+    let (ok, out) = run(Command::new(common::vitals_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(root().join("deploy/vitals.toml")));
+    assert!(ok, "vitals check deploy/vitals.toml:\n{out}");
+}
