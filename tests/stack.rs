@@ -375,8 +375,7 @@ fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
     }
 }
 
-/// Families produced by parts not merged yet (detectors, the relay) or only
-/// in some states (drops, hardware sensors, swap). A query mentioning one of
+/// Families produced by another process (the relay) or only in some states (drops, hardware sensors, swap). A query mentioning one of
 /// them must parse; it is not required to return data.
 const NOT_ALWAYS_PRESENT: &[&str] = &[
     // detectors: events, set flags and bands exist only once something is
@@ -386,7 +385,7 @@ const NOT_ALWAYS_PRESENT: &[&str] = &[
     "vitals_anomaly_expected",
     "vitals_anomaly_lower",
     "vitals_anomaly_upper",
-    // relay (issue 6): its own metrics and its scrape job
+    // the relay: its own metrics and its scrape job (this test runs no relay)
     "vitals_relay_",
     "job=\"vitals-relay\"",
     // state- or machine-dependent
@@ -860,10 +859,6 @@ fn every_file_the_compose_stack_mounts_exists() {
             if !host.starts_with("./") {
                 continue; // a named volume
             }
-            // Written by the relay work (issue 6) and merged with it.
-            if host == "./alerting/alertmanager/alertmanager.yml" {
-                continue;
-            }
             mounts += 1;
             assert!(
                 root().join(host).exists(),
@@ -1000,8 +995,8 @@ impl Drop for Alertmanager {
 
 /// Alertmanager routing by severity, as the shipped configuration does
 /// (critical and warning receivers), with test timings: group_wait 1s.
-/// TO DO once the relay is merged: load alerting/alertmanager/alertmanager.yml
-/// itself with its URLs pointed at a real `vitals relay` and an SMTP server.
+/// (The shipped file itself, with a real relay and SMTP server, is run by
+/// `alerts_are_emailed_and_texted_through_the_relay`.)
 fn alertmanager_config(receiver: std::net::SocketAddr) -> String {
     format!(
         r#"route:
@@ -1330,7 +1325,6 @@ fn regex_replace(text: &str, key: &str, value: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs the relay branch merged (alerting/alertmanager/alertmanager.yml); remove this line then"]
 fn alertmanager_routes_every_shipped_alert_by_its_severity() {
     let amtool = require("amtool");
     let config = root().join("alerting/alertmanager/alertmanager.yml");
@@ -1373,7 +1367,6 @@ fn mail_with(smtp: &Smtp, subject_part: &str) -> Option<Value> {
 /// (compose configuration) → SMTP server that stores mail, and the SMS
 /// gateway stand-in.
 #[test]
-#[ignore = "needs the relay branch merged (`vitals relay`, alertmanager.yml, tests/support/smtp_server.py); remove this line then"]
 fn alerts_are_emailed_and_texted_through_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("relay-token");
