@@ -194,16 +194,6 @@ pub async fn run_until(
     };
     let app = server::app_with_page(state, cfg.web.max_requests, Vec::new(), page)
         .fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push_routes));
-    let scheme = if cfg.web.config_file.is_some() {
-        "https or http per the web config"
-    } else {
-        "http"
-    };
-    if cfg.dashboard.enabled {
-        tracing::info!(address = %local, scheme, "Listening; live dashboard at /, metrics at /metrics.");
-    } else {
-        tracing::info!(address = %local, scheme, "Listening; metrics at /metrics.");
-    }
     let drain = cfg.web.shutdown_timeout;
     let web = match &cfg.web.config_file {
         Some(path) => Some(Arc::new(
@@ -211,6 +201,22 @@ pub async fn run_until(
         )),
         None => None,
     };
+    let scheme = match &web {
+        Some(w) if w.current().tls.is_some() => "https",
+        _ => "http",
+    };
+    // A wildcard address is not something to type into a browser.
+    let host = match local.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("{scheme}://{host}:{}/", local.port());
+    if cfg.dashboard.enabled {
+        tracing::info!(address = %local, "Listening; live dashboard at {url}, metrics at {url}metrics.");
+    } else {
+        tracing::info!(address = %local, "Listening; metrics at {url}metrics.");
+    }
     let serve = crate::expose::serve(listener, app, web, shutdown.clone());
     let result = tokio::select! {
         r = serve => r.map_err(RunError::Serve),
