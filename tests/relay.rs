@@ -1552,6 +1552,72 @@ fn full_disk_answers_503_and_loses_nothing_already_accepted() {
 }
 
 #[test]
+fn deliveries_during_a_full_disk_are_recorded_and_not_repeated_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _tmpfs = match Tmpfs::mount(&data, "4m") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED deliveries_during_a_full_disk...: cannot mount a tmpfs for the \
+                 outbox ({e}); this test needs root or CAP_SYS_ADMIN"
+            );
+            return;
+        }
+    };
+    let certs = make_certs(dir.path());
+    let port = free_port();
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["mail"])
+        + &email_channel("mail", port, "starttls", "plain", &certs);
+    let mut relay = Relay::start(dir.path(), &config);
+    const N: usize = 4;
+    for i in 0..N {
+        let body = am_payload(
+            "ops",
+            &format!("Mark{i}"),
+            "firing",
+            &[("Mark", "critical", "h")],
+        );
+        assert!(count_ok(&relay.post_auth("/webhook/ops", &body)));
+    }
+    // Fill the disk until the outbox refuses to commit.
+    let filler = data.join("filler");
+    fill(&filler);
+    let mut n = N;
+    let mut attempt = 0;
+    wait_for(LONG, "a 503 on the full disk", || {
+        attempt += 1;
+        let g = format!("Full{attempt}");
+        let body = am_payload("ops", &g, "firing", &[("Full", "critical", "h")]);
+        match relay.post_auth("/webhook/ops", &body).0 {
+            503 => Some(()),
+            _ => {
+                n += 1;
+                None
+            }
+        }
+    });
+    // The SMTP server comes up while the disk is full: everything is
+    // delivered; recording that may fail (the marks are kept and committed
+    // again, every second, without new traffic) or fit in freed pages.
+    let smtp = Smtp::start(port, &dir.path().join("mail"), "starttls", &certs);
+    wait_for(LONG, "every mail delivered", || {
+        (smtp.mails().len() >= n).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(LONG, "the deliveries recorded", || {
+        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
+    });
+    relay.kill9();
+    relay.spawn();
+    assert_eq!(relay.metric("vitals_relay_outbox_pending", &[]), 0.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(smtp.mails().len(), n, "nothing delivered twice");
+}
+
+#[test]
 fn xoauth2_login_with_a_token_file_and_a_refused_token_retried_until_reloaded() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path());
