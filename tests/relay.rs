@@ -211,7 +211,7 @@ impl Req {
 struct Gateway {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Req>>>,
-    script: Arc<Mutex<VecDeque<(u16, Vec<(String, String)>, String)>>>,
+    script: Script,
 }
 
 impl Gateway {

@@ -219,7 +219,8 @@ enum Provider {
         url: String,
         headers: BTreeMap<String, String>,
         bearer_token: Option<String>,
-        body: Environment<'static>,
+        /// Boxed: an `Environment` is large next to the other providers.
+        body: Box<Environment<'static>>,
         content_type: String,
         from: String,
         retry_statuses: Vec<u16>,
@@ -303,7 +304,7 @@ impl SmsNotifier {
                         .as_ref()
                         .map(|t| t.resolve().map_err(|e| format!("bearer_token: {e}")))
                         .transpose()?,
-                    body: env,
+                    body: Box::new(env),
                     content_type: content_type.clone(),
                     from: from.clone().unwrap_or_default(),
                     retry_statuses: retry_statuses.clone(),
