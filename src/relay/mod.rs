@@ -8,6 +8,9 @@
 //!                                  (backoff, Retry-After, flood control) ─▶ SMTP / SMS gateway
 //! ```
 //!
+//! With `--web.config.file` the listener takes the exporter's web
+//! configuration ([`crate::expose`]): TLS, basic auth, response headers.
+//!
 //! Module map:
 //! - [`config`]: the `[relay]` file format.
 //! - [`runtime`]: validated config with compiled matchers, templates, notifiers.
