@@ -69,6 +69,10 @@ struct RelayArgs {
     /// Address to listen on, overriding `relay.listen_address` (default port 9798).
     #[arg(long = "web.listen-address")]
     listen_address: Option<SocketAddr>,
+    /// Web configuration file (TLS, basic auth, response headers), the
+    /// format node_exporter and Prometheus take; re-read when it changes.
+    #[arg(long = "web.config.file")]
+    web_config_file: Option<PathBuf>,
     /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG filter).
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
@@ -270,11 +274,22 @@ fn relay(args: RelayArgs) -> ExitCode {
             }
         }
     };
+    let web = match &args.web_config_file {
+        Some(path) => match vitals::expose::webconfig::WebConfigWatcher::new(path) {
+            Ok(w) => Some(std::sync::Arc::new(w)),
+            Err(e) => {
+                eprintln!("vitals: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     init_logging(&args.log_level);
-    match rt.block_on(vitals::relay::run(
+    match rt.block_on(vitals::relay::run_with_web(
         args.config,
         runtime,
         args.listen_address,
+        web,
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -116,6 +116,19 @@ const SMTP_PASSWORD: &str = "s3cret-pw";
 
 impl Smtp {
     fn start(port: u16, dir: &Path, mode: &str, certs: &Certs) -> Smtp {
+        Smtp::start_with(port, dir, mode, certs, SMTP_PASSWORD, &[])
+    }
+
+    /// `password` is also the XOAUTH2 bearer token the server accepts;
+    /// `env` sets options such as `SMTP_REJECT_RCPT`.
+    fn start_with(
+        port: u16,
+        dir: &Path,
+        mode: &str,
+        certs: &Certs,
+        password: &str,
+        env: &[(&str, &str)],
+    ) -> Smtp {
         let python = PathBuf::from("/usr/bin/python3");
         require("python3");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
@@ -128,7 +141,8 @@ impl Smtp {
             .arg(&certs.cert)
             .arg(&certs.key)
             .arg(SMTP_USER)
-            .arg(SMTP_PASSWORD)
+            .arg(password)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -147,6 +161,16 @@ impl Smtp {
     fn mails(&self) -> Vec<serde_json::Value> {
         read_mails(&self.dir)
     }
+}
+
+/// The records of one of the server's JSON-lines logs (`mails.jsonl`,
+/// `rejects.jsonl`, `auths.jsonl`).
+fn read_log(dir: &Path, name: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn read_mails(dir: &Path) -> Vec<serde_json::Value> {
@@ -187,7 +211,7 @@ impl Req {
 struct Gateway {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Req>>>,
-    script: Arc<Mutex<VecDeque<(u16, Vec<(String, String)>, String)>>>,
+    script: Script,
 }
 
 impl Gateway {
@@ -305,10 +329,33 @@ struct Relay {
     child: Option<Child>,
     addr: SocketAddr,
     config: PathBuf,
+    /// Extra command-line arguments.
+    args: Vec<String>,
+    /// Set when the listener is HTTPS with basic auth (readiness via curl).
+    tls: Option<TlsClient>,
+    /// Where stderr goes when it is to be read by the test.
+    log: Option<PathBuf>,
+}
+
+/// How curl reaches a relay behind a web configuration file.
+struct TlsClient {
+    ca: PathBuf,
+    user: String,
+    password: String,
 }
 
 impl Relay {
     fn start(dir: &Path, config: &str) -> Relay {
+        Relay::start_with(dir, config, &[], None, None)
+    }
+
+    fn start_with(
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+        tls: Option<TlsClient>,
+        log: Option<PathBuf>,
+    ) -> Relay {
         let path = dir.join("relay.toml");
         std::fs::write(&path, config).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -316,22 +363,36 @@ impl Relay {
             child: None,
             addr,
             config: path,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            tls,
+            log,
         };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
+        let stderr = match &self.log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap(),
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(common::vitals_bin())
             .args(["relay", "--config"])
             .arg(&self.config)
             .arg("--web.listen-address")
             .arg(self.addr.to_string())
+            .args(&self.args)
             .env_remove("RUST_LOG")
             .env("RELAY_TEST_TOKEN", TOKEN)
             .env("RELAY_SMTP_PASSWORD", SMTP_PASSWORD)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn vitals relay");
         let addr = self.addr;
@@ -339,9 +400,38 @@ impl Relay {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("vitals relay exited early with {status}");
             }
-            get(addr, "/healthz").filter(|(s, _)| *s == 200).map(|_| ())
+            match &self.tls {
+                None => get(addr, "/healthz").filter(|(s, _)| *s == 200).map(|_| ()),
+                Some(t) => {
+                    let user = format!("{}:{}", t.user, t.password);
+                    (self.curl(t, &["-u", &user, "/healthz"]).0 == 200).then_some(())
+                }
+            }
         });
         self.child = Some(child);
+    }
+
+    /// curl over HTTPS with the client's CA and credentials; the last
+    /// argument is the path. Returns (status, headers + body).
+    fn curl(&self, t: &TlsClient, args: &[&str]) -> (u32, String) {
+        let (path, rest) = args.split_last().expect("a path");
+        let url = format!("https://127.0.0.1:{}{path}", self.addr.port());
+        let out = Command::new(require("curl"))
+            .args(["-s", "-S", "-i", "--max-time", "10", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(&t.ca)
+            .args(rest)
+            .arg(url)
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let code = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        (code, text)
     }
 
     fn kill9(&mut self) {
@@ -982,9 +1072,16 @@ fn refuses_bad_input_and_bad_credentials_without_persisting() {
         ],
         grafana
     )));
-    wait_for(LONG, "both accepted notifications delivered", || {
-        (gw.requests().len() == 2).then_some(())
+    let reqs = wait_for(LONG, "both accepted notifications delivered", || {
+        let r = gw.requests();
+        (r.len() == 2).then_some(r)
     });
+    // The Grafana notification was read as such, not just accepted.
+    assert!(
+        reqs.iter().any(|r| r.body.contains("Graf")),
+        "{:?}",
+        reqs.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -1207,6 +1304,477 @@ fn shipped_relay_examples_and_alertmanager_config_are_valid() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn smtp_550_is_recorded_as_failed_not_retried_and_other_mail_keeps_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let port = free_port();
+    let mail_dir = dir.path().join("mail");
+    let smtp = Smtp::start_with(
+        port,
+        &mail_dir,
+        "starttls",
+        &certs,
+        SMTP_PASSWORD,
+        &[("SMTP_REJECT_RCPT", "gone@example.com")],
+    );
+    let gone = email_channel("mail-gone", port, "starttls", "plain", &certs).replace(
+        r#"to = ["oncall@example.com", "Ops Team <ops@example.com>"]"#,
+        r#"to = ["gone@example.com"]"#,
+    );
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["mail-gone", "mail"])
+        + &gone
+        + &email_channel("mail", port, "starttls", "plain", &certs);
+    let mut relay = Relay::start(dir.path(), &config);
+    for i in 0..2 {
+        let body = am_payload(
+            "ops",
+            &format!("Gone{i}"),
+            "firing",
+            &[("Gone", "critical", "h")],
+        );
+        assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    }
+    wait_for(LONG, "both permanent failures counted", || {
+        (relay.metric(
+            "vitals_relay_notifications_failed_total",
+            &["channel=\"mail-gone\"", "reason=\"smtp_5xx\""],
+        ) == 2.0)
+            .then_some(())
+    });
+    // The refused channel's next notification was still tried, and the
+    // other channel delivered both.
+    wait_for(LONG, "both mails on the working channel", || {
+        (smtp.mails().len() >= 2).then_some(())
+    });
+    // More arrive after the failures and still flow.
+    let body = am_payload("ops", "Gone2", "firing", &[("Gone", "critical", "h")]);
+    assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    wait_for(LONG, "the third mail and failure", || {
+        (smtp.mails().len() >= 3
+            && relay.metric(
+                "vitals_relay_notifications_failed_total",
+                &["channel=\"mail-gone\""],
+            ) == 3.0)
+            .then_some(())
+    });
+    // Not retried: retries back off from 100 ms, so two seconds would show them.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        read_log(&mail_dir, "rejects.jsonl").len(),
+        3,
+        "one RCPT each"
+    );
+    assert_eq!(
+        relay.metric(
+            "vitals_relay_delivery_retries_total",
+            &["channel=\"mail-gone\""]
+        ),
+        0.0
+    );
+    assert_eq!(relay.metric("vitals_relay_outbox_pending", &[]), 0.0);
+    let subjects: BTreeSet<String> = smtp
+        .mails()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects.len(), 3, "{subjects:?}");
+    assert!(
+        smtp.mails()
+            .iter()
+            .all(|m| !m["rcpt_tos"].to_string().contains("gone@")),
+        "the refused recipient got nothing"
+    );
+
+    // The failures are recorded in the outbox file with reason and detail.
+    relay.kill9();
+    let db = redb::Database::open(dir.path().join("data/outbox.redb")).expect("open the outbox");
+    let read = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let failed = read
+        .open_table(redb::TableDefinition::<u64, &[u8]>::new("failed"))
+        .unwrap();
+    let records: Vec<serde_json::Value> = redb::ReadableTable::iter(&failed)
+        .unwrap()
+        .map(|row| serde_json::from_slice(row.unwrap().1.value()).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert_eq!(r["reason"], "smtp_5xx");
+        assert_eq!(r["job"]["channel"], "mail-gone");
+        assert!(r["detail"].as_str().unwrap().contains("550"), "{r}");
+    }
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("vitals-test")
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Tmpfs(at.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Write to `path` until the filesystem is full.
+fn fill(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut total = 0u64;
+    for chunk in [1 << 16, 4096, 512, 1] {
+        let buf = vec![0xa5u8; chunk];
+        while f.write_all(&buf).is_ok() {
+            total += chunk as u64;
+        }
+    }
+    let _ = f.sync_all();
+    total
+}
+
+#[test]
+fn full_disk_answers_503_and_loses_nothing_already_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The outbox lives on a small tmpfs the test can fill (needs root, as
+    // scripts/test runs in CI; elsewhere the test says why it did not run).
+    let data = dir.path().join("data");
+    let _tmpfs = match Tmpfs::mount(&data, "4m") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED full_disk_answers_503...: cannot mount a tmpfs for the outbox ({e}); \
+                 this test needs root or CAP_SYS_ADMIN"
+            );
+            return;
+        }
+    };
+    let certs = make_certs(dir.path());
+    // The SMTP server stays down until the end, so everything accepted
+    // must come out of the outbox file after a SIGKILL and restart.
+    let port = free_port();
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["mail"])
+        + &email_channel("mail", port, "starttls", "plain", &certs);
+    let mut relay = Relay::start(dir.path(), &config);
+    let post = |relay: &Relay, group: &str| {
+        let body = am_payload("ops", group, "firing", &[("Full", "critical", "h")]);
+        relay.post_auth("/webhook/ops", &body)
+    };
+    let mut accepted = BTreeSet::new();
+    for i in 0..5 {
+        let g = format!("Before{i}");
+        assert!(count_ok(&post(&relay, &g)));
+        accepted.insert(g);
+    }
+
+    let filler = data.join("filler");
+    let filled = fill(&filler);
+    assert!(filled > 0, "the tmpfs took some filler");
+    let mut refused = None;
+    for i in 0..1000 {
+        let g = format!("During{i}");
+        let resp = post(&relay, &g);
+        match resp.0 {
+            200 => {
+                assert!(count_ok(&resp), "{}", resp.1);
+                accepted.insert(g);
+            }
+            503 => {
+                refused = Some(resp.1);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", resp.1),
+        }
+    }
+    let refused = refused.expect("a 503 once the disk is full");
+    let v: serde_json::Value = serde_json::from_str(&refused).expect("a JSON error body");
+    assert!(
+        v["error"].as_str().unwrap().contains("cannot persist"),
+        "{refused}"
+    );
+    // Still full: still refused, and counted.
+    assert_eq!(post(&relay, "StillFull").0, 503);
+    assert!(relay.metric("vitals_relay_persist_errors_total", &[]) >= 2.0);
+
+    // Space again: new notifications are accepted again.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(LONG, "the relay to accept again", || {
+        (post(&relay, "After0").0 == 200).then_some(())
+    });
+    accepted.insert("After0".to_string());
+    assert!(count_ok(&post(&relay, "After1")));
+    accepted.insert("After1".to_string());
+
+    // Nothing accepted was lost: kill the relay, start the SMTP server,
+    // restart the relay from its outbox file.
+    relay.kill9();
+    let smtp = Smtp::start(port, &dir.path().join("mail"), "starttls", &certs);
+    relay.spawn();
+    let n = accepted.len();
+    wait_for(LONG, "every accepted notification delivered", || {
+        (smtp.mails().len() >= n).then_some(())
+    });
+    wait_for(LONG, "an empty outbox", || {
+        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let delivered: Vec<String> = smtp
+        .mails()
+        .iter()
+        .map(|m| {
+            let subject = m["subject"].as_str().unwrap();
+            subject
+                .strip_prefix("[FIRING:1] ")
+                .unwrap_or(subject)
+                .to_string()
+        })
+        .collect();
+    assert_eq!(delivered.len(), n, "each exactly once: {delivered:?}");
+    let delivered: BTreeSet<String> = delivered.into_iter().collect();
+    assert_eq!(delivered, accepted, "exactly the accepted ones");
+}
+
+#[test]
+fn deliveries_during_a_full_disk_are_recorded_and_not_repeated_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _tmpfs = match Tmpfs::mount(&data, "4m") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED deliveries_during_a_full_disk...: cannot mount a tmpfs for the \
+                 outbox ({e}); this test needs root or CAP_SYS_ADMIN"
+            );
+            return;
+        }
+    };
+    let certs = make_certs(dir.path());
+    let port = free_port();
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["mail"])
+        + &email_channel("mail", port, "starttls", "plain", &certs);
+    let mut relay = Relay::start(dir.path(), &config);
+    const N: usize = 4;
+    for i in 0..N {
+        let body = am_payload(
+            "ops",
+            &format!("Mark{i}"),
+            "firing",
+            &[("Mark", "critical", "h")],
+        );
+        assert!(count_ok(&relay.post_auth("/webhook/ops", &body)));
+    }
+    // Fill the disk until the outbox refuses to commit.
+    let filler = data.join("filler");
+    fill(&filler);
+    let mut n = N;
+    let mut attempt = 0;
+    wait_for(LONG, "a 503 on the full disk", || {
+        attempt += 1;
+        let g = format!("Full{attempt}");
+        let body = am_payload("ops", &g, "firing", &[("Full", "critical", "h")]);
+        match relay.post_auth("/webhook/ops", &body).0 {
+            503 => Some(()),
+            _ => {
+                n += 1;
+                None
+            }
+        }
+    });
+    // The SMTP server comes up while the disk is full: everything is
+    // delivered; recording that may fail (the marks are kept and committed
+    // again, every second, without new traffic) or fit in freed pages.
+    let smtp = Smtp::start(port, &dir.path().join("mail"), "starttls", &certs);
+    wait_for(LONG, "every mail delivered", || {
+        (smtp.mails().len() >= n).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(LONG, "the deliveries recorded", || {
+        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
+    });
+    relay.kill9();
+    relay.spawn();
+    assert_eq!(relay.metric("vitals_relay_outbox_pending", &[]), 0.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(smtp.mails().len(), n, "nothing delivered twice");
+}
+
+#[test]
+fn xoauth2_login_with_a_token_file_and_a_refused_token_retried_until_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let port = free_port();
+    let mail_dir = dir.path().join("mail");
+    const FRESH: &str = "ya29.fresh-access-token";
+    const EXPIRED: &str = "ya29.expired-access-token";
+    let smtp = Smtp::start_with(port, &mail_dir, "starttls", &certs, FRESH, &[]);
+    let token_file = dir.path().join("smtp-token");
+    std::fs::write(&token_file, format!("{EXPIRED}\n")).unwrap();
+    let config = relay_head(dir.path())
+        + &bearer_receiver("ops", &["mail"])
+        + &email_channel("mail", port, "starttls", "xoauth2", &certs).replace(
+            "password = \"env:RELAY_SMTP_PASSWORD\"",
+            &format!("password = \"file:{}\"", token_file.display()),
+        );
+    let log = dir.path().join("relay.log");
+    let relay = Relay::start_with(
+        dir.path(),
+        &config,
+        &["--log.level", "debug"],
+        None,
+        Some(log.clone()),
+    );
+    let body = am_payload("ops", "OAuth", "firing", &[("OAuth", "warning", "h")]);
+    assert!(count_ok(&relay.post_auth("/webhook", &body)));
+    // The server refuses the expired token (535): retried, not dropped.
+    wait_for(LONG, "refused logins retried", || {
+        (relay.metric(
+            "vitals_relay_delivery_retries_total",
+            &["channel=\"mail\"", "reason=\"smtp_auth\""],
+        ) >= 2.0)
+            .then_some(())
+    });
+    assert_eq!(relay.metric("vitals_relay_outbox_pending", &[]), 1.0);
+    assert!(smtp.mails().is_empty());
+    // The token is refreshed in its file; a reload picks it up.
+    std::fs::write(&token_file, format!("{FRESH}\n")).unwrap();
+    let (status, resp) = relay.post("/-/reload", &[], "");
+    assert_eq!(status, 200, "{resp}");
+    let mails = wait_for(LONG, "the mail after the reload", || {
+        let m = smtp.mails();
+        (!m.is_empty()).then_some(m)
+    });
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["subject"], "[FIRING:1] OAuth");
+    let auths = read_log(&mail_dir, "auths.jsonl");
+    assert!(
+        auths.iter().all(|a| a["mechanism"] == "XOAUTH2"),
+        "only XOAUTH2 was used: {auths:?}"
+    );
+    assert_eq!(auths.last().unwrap()["ok"], true);
+    assert!(auths.iter().any(|a| a["ok"] == false));
+    assert_eq!(
+        relay.metric(
+            "vitals_relay_notifications_failed_total",
+            &["channel=\"mail\""]
+        ),
+        0.0
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Delivery failed; will retry."), "{text}");
+    for secret in [FRESH, EXPIRED, TOKEN] {
+        assert!(!text.contains(secret), "a token reached the log");
+    }
+}
+
+#[test]
+fn web_config_file_serves_webhooks_over_tls_with_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let gw = Gateway::start(Duration::ZERO, "{}");
+    const PW: &str = "am-over-tls";
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: leaf.pem\n  key_file: leaf.key\n  min_version: TLS12\nhttp_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\nbasic_auth_users:\n  alertmanager: {}\n",
+            bcrypt_hash(PW)
+        ),
+    )
+    .unwrap();
+    // The listener does the authentication, so the receiver needs none.
+    let config = relay_head(dir.path())
+        + "\n[[relay.receivers]]\nname = \"ops\"\nauth = { type = \"none\" }\nchannels = [\"sms\"]\n"
+        + &sms_channel("sms", "gw", &["+15550001"], "")
+        + &http_provider("gw", &gw.url());
+    let client = TlsClient {
+        ca: certs.ca.clone(),
+        user: "alertmanager".into(),
+        password: PW.into(),
+    };
+    let relay = Relay::start_with(
+        dir.path(),
+        &config,
+        &["--web.config.file", web.to_str().unwrap()],
+        Some(client),
+        None,
+    );
+    let t = relay.tls.as_ref().unwrap();
+    let body = am_payload("ops", "Tls", "firing", &[("Tls", "critical", "h")]);
+    let post = |creds: Option<&str>| {
+        let mut args = vec!["-H", "Content-Type: application/json", "-d", &body];
+        if let Some(c) = creds {
+            args.extend(["-u", c]);
+        }
+        args.push("/webhook/ops");
+        relay.curl(t, &args)
+    };
+    let (code, text) = post(None);
+    assert_eq!(code, 401, "{text}");
+    let (code, text) = post(Some("alertmanager:wrong"));
+    assert_eq!(code, 401, "{text}");
+    let (code, text) = post(Some(&format!("mallory:{PW}")));
+    assert_eq!(code, 401, "{text}");
+    let (code, text) = post(Some(&format!("alertmanager:{PW}")));
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("\"accepted\""), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff"),
+        "{text}"
+    );
+    let (code, text) = relay.curl(t, &["-u", &format!("alertmanager:{PW}"), "/metrics"]);
+    assert_eq!(code, 200);
+    assert!(text.contains("vitals_relay_requests_total"));
+    // Plain HTTP to the TLS port gets a clear 400.
+    let (status, answer) = get(relay.addr, "/healthz").expect("an answer to plain HTTP");
+    assert_eq!(status, 400);
+    assert!(
+        answer.contains("HTTP request to an HTTPS server"),
+        "{answer}"
+    );
+    wait_for(LONG, "the one authenticated notification delivered", || {
+        (gw.requests().len() == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(gw.requests().len(), 1, "refused requests delivered nothing");
+
+    // A bad web configuration stops the relay at start with the key named.
+    let bad = dir.path().join("bad-web.yml");
+    std::fs::write(&bad, "basic_auth_users:\n  am: plain-text\n").unwrap();
+    let out = Command::new(common::vitals_bin())
+        .args(["relay", "--config"])
+        .arg(&relay.config)
+        .arg("--web.config.file")
+        .arg(&bad)
+        .arg("--web.listen-address")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .env("RELAY_TEST_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad-web.yml") && err.contains("basic_auth_users.am"),
+        "{err}"
     );
 }
 

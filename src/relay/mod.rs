@@ -8,6 +8,9 @@
 //!                                  (backoff, Retry-After, flood control) ─▶ SMTP / SMS gateway
 //! ```
 //!
+//! With `--web.config.file` the listener takes the exporter's web
+//! configuration ([`crate::expose`]): TLS, basic auth, response headers.
+//!
 //! Module map:
 //! - [`config`]: the `[relay]` file format.
 //! - [`runtime`]: validated config with compiled matchers, templates, notifiers.
@@ -47,6 +50,7 @@ use self::outbox::Outbox;
 use self::runtime::Runtime;
 use self::server::RelayState;
 use crate::config::ConfigError;
+use crate::expose::webconfig::WebConfigWatcher;
 
 /// Validate a relay configuration file for `vitals check` (secrets and CA
 /// files are not read).
@@ -82,6 +86,18 @@ pub async fn run(
     config_path: PathBuf,
     runtime: Runtime,
     listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    run_with_web(config_path, runtime, listen, None).await
+}
+
+/// Run the relay until SIGINT/SIGTERM, its listener secured by a web
+/// configuration file (TLS, basic auth, headers; re-read when it changes)
+/// when one is given, as the exporter's is.
+pub async fn run_with_web(
+    config_path: PathBuf,
+    runtime: Runtime,
+    listen: Option<SocketAddr>,
+    web: Option<Arc<WebConfigWatcher>>,
 ) -> anyhow::Result<()> {
     let listen = listen.unwrap_or(runtime.cfg.listen_address);
     let data_dir = runtime.cfg.data_dir.clone();
@@ -121,15 +137,21 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    info!(address = %listen, "Relay listening.");
+    let scheme = if web.is_some() {
+        "https or http per the web config"
+    } else {
+        "http"
+    };
+    info!(address = %listen, scheme, "Relay listening.");
 
     tracker.spawn(signals(state.clone(), shutdown.clone()));
     let app = server::app(state);
-    let token = shutdown.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        token.cancelled().await;
+    let serve = crate::expose::serve(listener, app, web, shutdown.clone());
+    let server = tokio::spawn(async move {
+        if let Err(error) = serve.await {
+            error!(%error, "The relay's listener failed; stopping.");
+        }
     });
-    let server = tokio::spawn(async move { serve.await });
     shutdown.cancelled().await;
     tracker.close();
     let drained = tokio::time::timeout(shutdown_timeout, async {

@@ -174,6 +174,11 @@ impl EmailNotifier {
         .map_err(|e| DeliveryError::permanent("message", e.to_string()))?;
         match self.transport.send(email).await {
             Ok(_) => Ok(()),
+            // A refused login is a configuration problem (or an expired
+            // OAuth token), not a bad message: retry until it is fixed.
+            Err(e) if e.status().is_some_and(|c| is_auth_failure(c.into())) => {
+                Err(DeliveryError::transient("smtp_auth", e.to_string()))
+            }
             Err(e) if e.is_permanent() => Err(DeliveryError::permanent("smtp_5xx", e.to_string())),
             Err(e) if e.is_transient() => Err(DeliveryError::transient("smtp_4xx", e.to_string())),
             Err(e) if e.is_timeout() => Err(DeliveryError::transient("timeout", e.to_string())),
@@ -181,6 +186,13 @@ impl EmailNotifier {
             Err(e) => Err(DeliveryError::transient("connect", e.to_string())),
         }
     }
+}
+
+/// SMTP replies that refuse the login rather than the message: 530 (auth
+/// required), 534 (mechanism too weak), 535 (credentials invalid) and 538
+/// (encryption required), RFC 4954.
+fn is_auth_failure(code: u16) -> bool {
+    matches!(code, 530 | 534 | 535 | 538)
 }
 
 pub struct SmsNotifier {
@@ -207,7 +219,8 @@ enum Provider {
         url: String,
         headers: BTreeMap<String, String>,
         bearer_token: Option<String>,
-        body: Environment<'static>,
+        /// Boxed: an `Environment` is large next to the other providers.
+        body: Box<Environment<'static>>,
         content_type: String,
         from: String,
         retry_statuses: Vec<u16>,
@@ -291,7 +304,7 @@ impl SmsNotifier {
                         .as_ref()
                         .map(|t| t.resolve().map_err(|e| format!("bearer_token: {e}")))
                         .transpose()?,
-                    body: env,
+                    body: Box::new(env),
                     content_type: content_type.clone(),
                     from: from.clone().unwrap_or_default(),
                     retry_statuses: retry_statuses.clone(),
@@ -480,6 +493,16 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_logins_are_told_from_refused_messages() {
+        for code in [530, 534, 535, 538] {
+            assert!(is_auth_failure(code), "{code}");
+        }
+        for code in [550, 551, 552, 553, 554, 421, 450] {
+            assert!(!is_auth_failure(code), "{code}");
+        }
+    }
 
     #[test]
     fn retry_after_seconds_and_dates() {

@@ -5,16 +5,21 @@
 //! One writer thread owns all write transactions and commits whatever
 //! arrived while the previous commit ran in one go (group commit), so many
 //! concurrent webhooks share one fsync.
+//!
+//! When a commit fails (a full disk, say), the webhooks of that batch get
+//! 503 and nothing of them is kept; the file is opened again before the
+//! next commit, which brings it back to its last durable state, and the
+//! delivered/failed marks of the failed batch are committed again later.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::payload::Notification;
 
@@ -29,6 +34,8 @@ pub enum OutboxError {
     Store(#[from] redb::Error),
     #[error("outbox record is corrupt: {0}")]
     Corrupt(String),
+    #[error("the outbox cannot persist right now: {0}")]
+    Unavailable(String),
     #[error("the outbox writer has stopped")]
     Stopped,
 }
@@ -65,13 +72,22 @@ pub enum Accepted {
 }
 
 enum Op {
-    Accept {
-        dedup_key: String,
-        window: Duration,
-        notification: Arc<Notification>,
-        jobs: Vec<NewJob>,
-        reply: oneshot::Sender<Result<Accepted, OutboxError>>,
-    },
+    Accept(AcceptOp),
+    Mark(Mark),
+}
+
+struct AcceptOp {
+    dedup_key: String,
+    window: Duration,
+    notification: Arc<Notification>,
+    jobs: Vec<NewJob>,
+    reply: oneshot::Sender<Result<Accepted, OutboxError>>,
+}
+
+/// The end of a job. Kept and committed again after a failed commit, so a
+/// delivery is not repeated after a restart because its mark was lost.
+#[derive(Clone)]
+enum Mark {
     Done {
         id: u64,
     },
@@ -85,7 +101,7 @@ enum Op {
 /// Handle to the outbox; cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Op>,
+    tx: mpsc::Sender<Op>,
     depth: Arc<AtomicI64>,
 }
 
@@ -146,12 +162,15 @@ impl Outbox {
         drop(read);
 
         let depth = Arc::new(AtomicI64::new(pending.len() as i64));
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let writer = Writer {
-            db,
+            path: path.to_path_buf(),
+            db: Some(db),
             next_id: AtomicU64::new(next_id),
             dedup,
             depth: depth.clone(),
+            carry: Vec::new(),
+            failing: false,
         };
         std::thread::Builder::new()
             .name("relay-outbox".into())
@@ -170,36 +189,36 @@ impl Outbox {
     ) -> Result<Accepted, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Accept {
+            .send(Op::Accept(AcceptOp {
                 dedup_key: notification.dedup_key(),
                 window,
                 notification,
                 jobs,
                 reply,
-            })
+            }))
             .map_err(|_| OutboxError::Stopped)?;
         rx.await.map_err(|_| OutboxError::Stopped)?
     }
 
     /// The job was delivered: remove it.
     pub fn done(&self, id: u64) {
-        let _ = self.tx.send(Op::Done { id });
+        let _ = self.tx.send(Op::Mark(Mark::Done { id }));
     }
 
     /// The job failed permanently: move it to the failed records.
     pub fn failed(&self, job: Job, reason: &'static str, detail: String) {
-        let _ = self.tx.send(Op::Failed {
+        let _ = self.tx.send(Op::Mark(Mark::Failed {
             job: Box::new(job),
             reason,
             detail,
-        });
+        }));
     }
 
     /// A handle whose writer has stopped: every accept fails (tests of the
     /// 503 path).
     #[doc(hidden)]
     pub fn stopped() -> Outbox {
-        let (tx, _) = mpsc::unbounded_channel();
+        let (tx, _) = mpsc::channel();
         Outbox {
             tx,
             depth: Arc::new(AtomicI64::new(0)),
@@ -213,22 +232,44 @@ impl Outbox {
 }
 
 struct Writer {
-    db: Database,
+    path: PathBuf,
+    /// `None` after a failed commit: redb refuses every later transaction
+    /// once a write failed, so the file is opened again (which recovers it
+    /// to the last durable commit) before the next one.
+    db: Option<Database>,
     next_id: AtomicU64,
     /// Key → expiry (Unix ms); mirrors the `dedup` table.
     dedup: HashMap<String, u64>,
     depth: Arc<AtomicI64>,
+    /// Marks whose commit failed, committed again with the next batch.
+    carry: Vec<Mark>,
+    /// The last commit failed (state changes are logged, not every batch).
+    failing: bool,
 }
 
 /// How many queued operations one commit takes at most.
 const BATCH: usize = 4096;
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// How soon carried marks are committed again when nothing else arrives.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
         let mut last_prune = std::time::Instant::now();
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
+        loop {
+            let first = if self.carry.is_empty() {
+                match rx.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut batch: Vec<Op> = first.into_iter().collect();
             while batch.len() < BATCH {
                 match rx.try_recv() {
                     Ok(op) => batch.push(op),
@@ -241,122 +282,163 @@ impl Writer {
             }
             self.commit(batch, prune);
         }
+        // Every handle is gone: one last try for marks still carried.
+        if !self.carry.is_empty() {
+            self.commit(Vec::new(), false);
+        }
     }
 
     fn commit(&mut self, batch: Vec<Op>, prune: bool) {
         let now = now_ms();
-        let mut replies = Vec::new();
+        let mut accepts = Vec::new();
+        let mut marks = std::mem::take(&mut self.carry);
+        for op in batch {
+            match op {
+                Op::Accept(a) => accepts.push(a),
+                Op::Mark(m) => marks.push(m),
+            }
+        }
         let mut new_keys: Vec<(String, u64)> = Vec::new();
         let mut depth_delta = 0i64;
-        let result = (|| -> Result<(), OutboxError> {
-            let txn = self.db.begin_write().map_err(redb::Error::from)?;
-            {
-                let mut jobs_t = txn.open_table(JOBS).map_err(redb::Error::from)?;
-                let mut failed_t = txn.open_table(FAILED).map_err(redb::Error::from)?;
-                let mut dedup_t = txn.open_table(DEDUP).map_err(redb::Error::from)?;
-                let mut batch_keys = HashSet::new();
-                for op in batch {
-                    match op {
-                        Op::Accept {
-                            dedup_key,
-                            window,
-                            notification,
-                            jobs,
-                            reply,
-                        } => {
-                            let seen = self.dedup.get(&dedup_key).is_some_and(|&exp| exp > now)
-                                || batch_keys.contains(&dedup_key);
-                            if seen {
-                                replies.push((reply, Ok(Vec::new()), true));
-                                continue;
-                            }
-                            let expiry = now + window.as_millis() as u64;
-                            dedup_t
-                                .insert(dedup_key.as_str(), expiry)
-                                .map_err(redb::Error::from)?;
-                            let mut made = Vec::with_capacity(jobs.len());
-                            for j in jobs {
-                                let job = Job {
-                                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                                    channel: j.channel,
-                                    recipient: j.recipient,
-                                    dedup_key: dedup_key.clone(),
-                                    accepted_ms: now,
-                                    notification: notification.clone(),
-                                };
-                                let bytes = serde_json::to_vec(&job)
-                                    .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-                                jobs_t
-                                    .insert(job.id, bytes.as_slice())
-                                    .map_err(redb::Error::from)?;
-                                made.push(job);
-                            }
-                            depth_delta += made.len() as i64;
-                            batch_keys.insert(dedup_key.clone());
-                            new_keys.push((dedup_key, expiry));
-                            replies.push((reply, Ok(made), false));
-                        }
-                        Op::Done { id } => {
-                            if jobs_t.remove(id).map_err(redb::Error::from)?.is_some() {
-                                depth_delta -= 1;
-                            }
-                        }
-                        Op::Failed {
-                            job,
-                            reason,
-                            detail,
-                        } => {
-                            let rec = FailedRecord {
-                                job: &job,
-                                reason,
-                                detail: &detail,
-                                failed_ms: now,
-                            };
-                            let bytes = serde_json::to_vec(&rec)
-                                .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-                            failed_t
-                                .insert(job.id, bytes.as_slice())
-                                .map_err(redb::Error::from)?;
-                            if jobs_t.remove(job.id).map_err(redb::Error::from)?.is_some() {
-                                depth_delta -= 1;
-                            }
-                        }
-                    }
-                }
-                if prune {
-                    dedup_t
-                        .retain(|_, exp| exp > now)
-                        .map_err(redb::Error::from)?;
-                    self.dedup.retain(|_, exp| *exp > now);
-                }
-            }
-            txn.commit().map_err(redb::Error::from)?;
-            Ok(())
-        })();
+        // Per accept: the jobs made, or `None` for a duplicate.
+        let mut outcomes: Vec<Option<Vec<Job>>> = Vec::with_capacity(accepts.len());
+        let result = self.transaction(
+            now,
+            prune,
+            &accepts,
+            &marks,
+            &mut outcomes,
+            &mut new_keys,
+            &mut depth_delta,
+        );
         match result {
             Ok(()) => {
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("Outbox commits succeed again.");
+                }
                 self.dedup.extend(new_keys);
+                if prune {
+                    self.dedup.retain(|_, exp| *exp > now);
+                }
                 self.depth.fetch_add(depth_delta, Ordering::Relaxed);
-                for (reply, jobs, dup) in replies {
-                    let outcome = jobs.map(|j| {
-                        if dup {
-                            Accepted::Duplicate
-                        } else {
-                            Accepted::Jobs(j)
-                        }
-                    });
-                    let _ = reply.send(outcome);
+                for (a, outcome) in accepts.into_iter().zip(outcomes) {
+                    let _ = a.reply.send(Ok(match outcome {
+                        Some(jobs) => Accepted::Jobs(jobs),
+                        None => Accepted::Duplicate,
+                    }));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "Outbox commit failed; the webhooks of this batch get 503.");
-                for (reply, _, _) in replies {
-                    let _ = reply.send(Err(OutboxError::Corrupt(
-                        "commit failed; see the relay log".into(),
-                    )));
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!(error = %e, "Outbox commit failed; webhooks get 503 until commits succeed again.");
+                } else {
+                    tracing::debug!(error = %e, "Outbox commit failed again.");
+                }
+                // Reopened (and so recovered) before the next commit.
+                self.db = None;
+                self.carry = marks;
+                for a in accepts {
+                    let _ = a.reply.send(Err(OutboxError::Unavailable(e.to_string())));
                 }
             }
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transaction(
+        &mut self,
+        now: u64,
+        prune: bool,
+        accepts: &[AcceptOp],
+        marks: &[Mark],
+        outcomes: &mut Vec<Option<Vec<Job>>>,
+        new_keys: &mut Vec<(String, u64)>,
+        depth_delta: &mut i64,
+    ) -> Result<(), OutboxError> {
+        if self.db.is_none() {
+            self.db = Some(Database::create(&self.path).map_err(redb::Error::from)?);
+        }
+        let Some(db) = &self.db else {
+            return Err(OutboxError::Stopped);
+        };
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut jobs_t = txn.open_table(JOBS).map_err(redb::Error::from)?;
+            let mut failed_t = txn.open_table(FAILED).map_err(redb::Error::from)?;
+            let mut dedup_t = txn.open_table(DEDUP).map_err(redb::Error::from)?;
+            let mut batch_keys = HashSet::new();
+            for a in accepts {
+                let seen = self.dedup.get(&a.dedup_key).is_some_and(|&exp| exp > now)
+                    || batch_keys.contains(&a.dedup_key);
+                if seen {
+                    outcomes.push(None);
+                    continue;
+                }
+                let expiry = now + a.window.as_millis() as u64;
+                dedup_t
+                    .insert(a.dedup_key.as_str(), expiry)
+                    .map_err(redb::Error::from)?;
+                let mut made = Vec::with_capacity(a.jobs.len());
+                for j in &a.jobs {
+                    let job = Job {
+                        id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                        channel: j.channel.clone(),
+                        recipient: j.recipient.clone(),
+                        dedup_key: a.dedup_key.clone(),
+                        accepted_ms: now,
+                        notification: a.notification.clone(),
+                    };
+                    let bytes = serde_json::to_vec(&job)
+                        .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
+                    jobs_t
+                        .insert(job.id, bytes.as_slice())
+                        .map_err(redb::Error::from)?;
+                    made.push(job);
+                }
+                *depth_delta += made.len() as i64;
+                batch_keys.insert(a.dedup_key.clone());
+                new_keys.push((a.dedup_key.clone(), expiry));
+                outcomes.push(Some(made));
+            }
+            for m in marks {
+                match m {
+                    Mark::Done { id } => {
+                        if jobs_t.remove(*id).map_err(redb::Error::from)?.is_some() {
+                            *depth_delta -= 1;
+                        }
+                    }
+                    Mark::Failed {
+                        job,
+                        reason,
+                        detail,
+                    } => {
+                        let rec = FailedRecord {
+                            job,
+                            reason,
+                            detail,
+                            failed_ms: now,
+                        };
+                        let bytes = serde_json::to_vec(&rec)
+                            .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
+                        failed_t
+                            .insert(job.id, bytes.as_slice())
+                            .map_err(redb::Error::from)?;
+                        if jobs_t.remove(job.id).map_err(redb::Error::from)?.is_some() {
+                            *depth_delta -= 1;
+                        }
+                    }
+                }
+            }
+            if prune {
+                dedup_t
+                    .retain(|_, exp| exp > now)
+                    .map_err(redb::Error::from)?;
+            }
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
     }
 }
 

@@ -234,7 +234,9 @@ async fn accept(
         }
         Err(e) => {
             s.metrics.persist_errors.inc();
-            tracing::error!(receiver = %label, error = %e, "Cannot persist a notification; answering 503.");
+            // The outbox logs when commits start and stop failing; this
+            // path only counts, so a full disk does not flood the log.
+            tracing::debug!(receiver = %label, error = %e, "Cannot persist a notification; answering 503.");
             (
                 label,
                 error(

@@ -5,6 +5,13 @@ mails.jsonl in that directory (envelope, threading headers and decoded
 bodies), so tests can check what was delivered.
 
 usage: smtp_server.py PORT MAILDIR MODE(starttls|implicit|plain) [CERT KEY USER PASSWORD]
+
+With AUTH, PLAIN and LOGIN take USER/PASSWORD and XOAUTH2 takes USER with
+PASSWORD as the bearer token; each attempt is appended to auths.jsonl
+(mechanism and outcome, never the secret).
+
+SMTP_REJECT_RCPT: comma-separated addresses answered "550 5.1.1" at RCPT
+TO; each refusal is appended to rejects.jsonl.
 """
 import email
 import email.policy
@@ -14,17 +21,54 @@ import os
 import ssl
 import sys
 import time
+from base64 import b64decode
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 
+def append(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        if not os.environ.get("SMTP_NO_FSYNC"):
+            os.fsync(f.fileno())
+
+
 class Store:
-    def __init__(self, path):
+    def __init__(self, path, user=None, token=None):
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         self.box = mailbox.Maildir(path, create=True)
+        self.dir = path
         self.log = os.path.join(path, "mails.jsonl")
+        self.user, self.token = user, token
+        self.reject = {a.strip().lower() for a in os.environ.get("SMTP_REJECT_RCPT", "").split(",") if a.strip()}
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower() in self.reject:
+            append(os.path.join(self.dir, "rejects.jsonl"), {"rcpt": address})
+            return "550 5.1.1 Mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def auth_XOAUTH2(self, server, args):
+        """RFC-less but widely used: base64 of
+        "user=<user>\x01auth=Bearer <token>\x01\x01" (Gmail, Microsoft 365)."""
+        if len(args) == 2:
+            try:
+                blob = b64decode(args[1], validate=True)
+            except ValueError:
+                return AuthResult(success=False, handled=False)
+        else:
+            blob = await server.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        expected = f"user={self.user}\x01auth=Bearer {self.token}\x01\x01".encode()
+        ok = self.token is not None and blob == expected
+        append(os.path.join(self.dir, "auths.jsonl"), {"mechanism": "XOAUTH2", "ok": ok})
+        return AuthResult(success=ok, handled=False, auth_data=self.user if ok else None)
 
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content or envelope.content
@@ -50,11 +94,7 @@ class Store:
             "text": text,
             "html": html,
         }
-        with open(self.log, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            if not os.environ.get("SMTP_NO_FSYNC"):
-                os.fsync(f.fileno())
+        append(self.log, record)
         return "250 Message accepted for delivery"
 
 
@@ -68,6 +108,7 @@ def main():
 
         def authenticator(server, session, envelope, mechanism, auth_data):
             ok = auth_data.login.decode() == user and auth_data.password.decode() == password
+            append(os.path.join(path, "auths.jsonl"), {"mechanism": mechanism, "ok": ok})
             return AuthResult(success=ok)
 
         kwargs.update(authenticator=authenticator, auth_required=True)
@@ -75,7 +116,8 @@ def main():
             kwargs.update(tls_context=ctx, require_starttls=True, auth_require_tls=True)
         else:
             kwargs.update(ssl_context=ctx, auth_require_tls=False)
-    controller = Controller(Store(path), hostname="127.0.0.1", port=port,
+    store = Store(path, *sys.argv[6:8]) if mode != "plain" else Store(path)
+    controller = Controller(store, hostname="127.0.0.1", port=port,
                             server_hostname="localhost", ready_timeout=30, **kwargs)
     controller.start()
     print("READY", flush=True)
