@@ -128,6 +128,11 @@ struct Auth {
     bcrypt: Semaphore,
 }
 
+/// How much of a refused request's body is read before the 401, and for
+/// how long at most.
+const REJECT_DRAIN_BYTES: usize = 64 * 1024;
+const REJECT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Cached verified credentials; cleared when full.
 const CACHE_MAX: usize = 1024;
 
@@ -203,6 +208,14 @@ async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Respo
         if ok {
             next.run(req).await
         } else {
+            // Take in (a bounded part of) the body first: an HTTP/2 client
+            // still sending it would otherwise see its stream reset instead
+            // of the 401 (curl: "Stream error in the HTTP/2 framing layer").
+            let _ = tokio::time::timeout(
+                REJECT_DRAIN_TIMEOUT,
+                axum::body::to_bytes(req.into_body(), REJECT_DRAIN_BYTES),
+            )
+            .await;
             let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
