@@ -305,3 +305,80 @@ async fn dashboard_renders_updates_shows_alerts_and_filters_in_chromium() {
     c.close().await.unwrap();
     drop(vitals);
 }
+
+/// The status of a WebSocket upgrade request to `/api/ws`, as a browser
+/// sends it (the handshake is all these tests need).
+fn ws_upgrade(addr: std::net::SocketAddr) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /api/ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    // The status line is all that is needed; the socket may stay open.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {line:?}"))
+}
+
+#[test]
+fn dashboard_disabled_serves_a_plain_page_and_no_stream() {
+    let v = Vitals::start(&CONFIG.replace("[dashboard]\n", "[dashboard]\nenabled = false\n"));
+    let (status, page) = common::get(v.addr, "/").expect("an answer at /");
+    assert_eq!(status, 200);
+    assert!(page.contains("href=\"metrics\""), "{page}");
+    assert!(
+        !page.contains("<script") && !page.contains("api/ws"),
+        "no dashboard code on the plain page: {page}"
+    );
+    assert_eq!(
+        ws_upgrade(v.addr),
+        404,
+        "no WebSocket when the dashboard is off"
+    );
+    for path in ["/api/ws", "/api/series", "/assets/app.js"] {
+        let (status, _) = common::get(v.addr, path).expect("an answer");
+        assert_eq!(status, 404, "{path}");
+    }
+    // The data keeps flowing to /metrics.
+    common::wait_for(Duration::from_secs(30), "demo series on /metrics", || {
+        v.metrics()
+            .contains("demo_temperature_celsius")
+            .then_some(())
+    });
+}
+
+#[test]
+fn dashboard_routes_are_read_only() {
+    let v = Vitals::start(CONFIG);
+    // Serving: the stream upgrades, the page and the JSON answer GET.
+    assert_eq!(ws_upgrade(v.addr), 101, "the dashboard stream is on");
+    for path in ["/", "/api/series", "/assets/app.js"] {
+        let (status, _) = common::get(v.addr, path).expect("an answer");
+        assert_eq!(status, 200, "GET {path}");
+    }
+    // No route of the dashboard takes a state-changing method.
+    for path in ["/", "/api/series", "/api/ws", "/assets/app.js"] {
+        for method in ["POST", "PUT", "PATCH", "DELETE"] {
+            let (status, _) = common::http(
+                v.addr,
+                method,
+                path,
+                &[("Content-Type", "application/json")],
+                b"{}",
+            )
+            .expect("an answer");
+            assert_eq!(status, 405, "{method} {path}");
+        }
+    }
+}

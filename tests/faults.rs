@@ -1,6 +1,6 @@
 //! Fault tests against real processes: the broker killed while messages
-//! flow, a flood of distinct device ids, slow and many concurrent scrapers,
-//! SIGTERM under heavy ingest.
+//! flow, PostgreSQL stopped while queries run, a flood of distinct device
+//! ids, slow and many concurrent scrapers, SIGTERM under heavy ingest.
 //!
 //! Covered elsewhere (not repeated here):
 //! - a log file deleted and recreated: `tests/logs.rs`,
@@ -9,6 +9,8 @@
 //!   `reconnects_after_broker_restart` (this file kills it mid-stream).
 
 mod common;
+#[path = "support/postgres.rs"]
+mod postgres;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -473,4 +475,171 @@ name = "flood_value"
         .expect("vitals did not exit within the drain timeout after SIGTERM");
     publisher.finish();
     assert_eq!(status.code(), Some(0), "exit status {status}");
+}
+
+/// Every `reason` label of `family` samples whose labels hold all `parts`,
+/// with the sum of their values.
+fn reasons(metrics: &str, family: &str, parts: &[&str]) -> (Vec<String>, f64) {
+    let mut found = Vec::new();
+    let mut total = 0.0;
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(family) else {
+            continue;
+        };
+        if !rest.starts_with('{') || !parts.iter().all(|p| rest.contains(p)) {
+            continue;
+        }
+        let (labels, value) = rest.rsplit_once(' ').expect("sample line");
+        total += value.parse::<f64>().expect("sample value");
+        if let Some(r) = labels.split("reason=\"").nth(1) {
+            found.push(r.split('"').next().unwrap_or_default().to_string());
+        }
+    }
+    (found, total)
+}
+
+#[test]
+fn postgres_stopped_during_a_query_loop_marks_queries_down_others_keep_running_and_it_recovers() {
+    let pg = postgres::Postgres::start();
+    pg.psql("CREATE TABLE t (v int8); INSERT INTO t VALUES (7);");
+    // `slow` is in flight most of the time (0.3 s per run every 0.1 s), so
+    // the stop usually lands in the middle of a query.
+    let mut v = Vitals::start(&format!(
+        r#"
+[system]
+enabled = false
+
+[[sources]]
+type = "demo"
+name = "demo"
+interval = "100ms"
+lines = 1
+devices_per_line = 1
+business = false
+anomaly_every = "0s"
+silent_device = false
+
+[[sources]]
+type = "sql"
+name = "db"
+dsn = "{dsn}"
+interval = "100ms"
+timeout = "5s"
+connect_timeout = "1s"
+
+[[sources.queries]]
+name = "fast"
+sql = "SELECT v FROM t"
+[[sources.queries.metrics]]
+name = "db_value"
+column = "v"
+
+[[sources.queries]]
+name = "slow"
+sql = "SELECT v * 2 AS doubled FROM t, pg_sleep(0.3) AS s"
+[[sources.queries.metrics]]
+name = "db_doubled"
+column = "doubled"
+"#,
+        dsn = pg.dsn()
+    ));
+    let db_up = |v: &Vitals| value(v, "vitals_source_up", &[r#"source="db""#]);
+    let query_up =
+        |v: &Vitals, q: &str| value(v, "vitals_sql_query_up", &[&format!(r#"query="{q}""#)]);
+    let healthy = |v: &Vitals| {
+        (value(v, "db_value", &[]) == Some(7.0)
+            && value(v, "db_doubled", &[]) == Some(14.0)
+            && db_up(v) == Some(1.0)
+            && query_up(v, "fast") == Some(1.0)
+            && query_up(v, "slow") == Some(1.0))
+        .then_some(())
+    };
+    wait_for(WAIT, "both queries to succeed", || healthy(&v));
+    let demo_success = |v: &Vitals| {
+        value(
+            v,
+            "vitals_source_last_success_timestamp_seconds",
+            &[r#"source="demo""#],
+        )
+    };
+    let db_errors = |v: &Vitals| {
+        reasons(
+            &v.metrics(),
+            "vitals_source_errors_total",
+            &[r#"source="db""#],
+        )
+        .1
+    };
+    let mut errors_seen = vec![db_errors(&v)];
+
+    pg.stop();
+    wait_for(
+        WAIT,
+        "the source and both queries to be marked down",
+        || {
+            errors_seen.push(db_errors(&v));
+            (db_up(&v) == Some(0.0)
+                && query_up(&v, "fast") == Some(0.0)
+                && query_up(&v, "slow") == Some(0.0))
+            .then_some(())
+        },
+    );
+    wait_for(WAIT, "the failed queries' series to go away", || {
+        let m = v.metrics();
+        (sample_value(&m, "db_value", &[]).is_none()
+            && sample_value(&m, "db_doubled", &[]).is_none())
+        .then_some(())
+    });
+    // While PostgreSQL is away the other source keeps collecting, /metrics
+    // keeps answering and the errors keep being counted.
+    let demo_before = demo_success(&v).expect("the demo source has succeeded");
+    let errors_down = db_errors(&v);
+    wait_for(
+        WAIT,
+        "the demo source to keep collecting and errors to be counted",
+        || {
+            alive(&mut v);
+            errors_seen.push(db_errors(&v));
+            (demo_success(&v)? > demo_before + 0.5 && db_errors(&v) > errors_down).then_some(())
+        },
+    );
+    let m = v.metrics();
+    assert!(
+        sample_value(&m, "demo_temperature_celsius", &[]).is_some(),
+        "the demo source's series stay exported"
+    );
+    assert_eq!(
+        sample_value(&m, "vitals_source_up", &[r#"source="demo""#]),
+        Some(1.0)
+    );
+    // Counted by bounded reason, never by error text.
+    let allowed = ["connect", "query", "timeout"];
+    let (source_reasons, _) = reasons(&m, "vitals_source_errors_total", &[r#"source="db""#]);
+    let (query_reasons, query_errors) = reasons(&m, "vitals_sql_query_errors_total", &[]);
+    assert!(
+        source_reasons.iter().any(|r| r == "connect"),
+        "{source_reasons:?}"
+    );
+    assert!(query_errors >= 2.0, "each query counts its failures");
+    for r in source_reasons.iter().chain(&query_reasons) {
+        assert!(allowed.contains(&r.as_str()), "unexpected reason {r:?}");
+    }
+
+    pg.pg_ctl_start();
+    wait_for(WAIT, "both queries to recover by themselves", || {
+        alive(&mut v);
+        errors_seen.push(db_errors(&v));
+        healthy(&v)
+    });
+    assert!(
+        errors_seen.windows(2).all(|w| w[0] <= w[1]),
+        "vitals_source_errors_total went backwards: {errors_seen:?}"
+    );
+    let status = v
+        .terminate(Duration::from_secs(30))
+        .expect("exit after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status} (a panic exits non-zero)"
+    );
 }

@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("config", config),
     ("webconfig", webconfig),
     ("mqtt_topic", mqtt_topic),
+    ("relay_payload", relay_payload),
 ];
 
 const NOW_MS: i64 = 1_700_000_000_000;
@@ -288,6 +289,50 @@ pub fn mqtt_topic(data: &[u8]) {
         assert!(
             topic.contains(value.as_str()),
             "{value:?} is part of {topic:?}"
+        );
+    }
+}
+
+/// The relay's webhook bodies (Alertmanager version "4", Grafana version
+/// "1"): the whole input is the body. An accepted one goes on through what
+/// the relay does with it before delivery: de-duplication and group keys,
+/// the built-in e-mail templates and the length-aware SMS summary.
+pub fn relay_payload(data: &[u8]) {
+    use vitals::relay::payload;
+    use vitals::relay::templates::{self, Templates};
+    static T: OnceLock<Templates> = OnceLock::new();
+    let Ok(n) = payload::parse(data) else {
+        return;
+    };
+    assert!(!n.alerts.is_empty(), "an accepted payload holds an alert");
+    assert!(n.status == "firing" || n.status == "resolved");
+    for a in &n.alerts {
+        assert!(a.status == "firing" || a.status == "resolved");
+        assert!(!a.fingerprint.is_empty());
+        assert!(
+            !a.labels
+                .keys()
+                .any(|k| k.starts_with("__") && k.ends_with("__")),
+            "internal labels are stripped: {:?}",
+            a.labels
+        );
+        let _ = a.name();
+    }
+    assert_eq!(n.dedup_key().len(), 32);
+    assert_eq!(n.group_hash().len(), 16);
+    let t = T.get_or_init(|| Templates::new(None, None, None, None).expect("built-in templates"));
+    let (subject, _text, _html) = t
+        .email(&n)
+        .expect("the built-in e-mail templates render any accepted payload");
+    assert!(!subject.contains('\n'), "the subject is one line");
+    for segments in [1, 3] {
+        let sms = t
+            .sms(&n, segments)
+            .expect("the built-in SMS summary never fails");
+        assert!(
+            templates::fits(&sms, segments),
+            "{} units do not fit {segments} segment(s)",
+            sms.len()
         );
     }
 }

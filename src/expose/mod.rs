@@ -14,7 +14,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
@@ -129,8 +128,10 @@ struct Auth {
     bcrypt: Semaphore,
 }
 
-/// The most of a refused request's body that is read before answering.
-const REFUSED_BODY_MAX: usize = 64 * 1024;
+/// How much of a refused request's body is read before the 401, and for
+/// how long at most.
+const REJECT_DRAIN_BYTES: usize = 64 * 1024;
+const REJECT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Cached verified credentials; cleared when full.
 const CACHE_MAX: usize = 1024;
@@ -207,11 +208,14 @@ async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Respo
         if ok {
             next.run(req).await
         } else {
-            // Read the refused request's body first (bounded in size and
-            // time): an HTTP/2 client still sending one would otherwise see
-            // its stream reset instead of the 401.
-            let body = http_body_util::Limited::new(req.into_body(), REFUSED_BODY_MAX);
-            let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
+            // Take in (a bounded part of) the body first: an HTTP/2 client
+            // still sending it would otherwise see its stream reset instead
+            // of the 401 (curl: "Stream error in the HTTP/2 framing layer").
+            let _ = tokio::time::timeout(
+                REJECT_DRAIN_TIMEOUT,
+                axum::body::to_bytes(req.into_body(), REJECT_DRAIN_BYTES),
+            )
+            .await;
             let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
