@@ -221,6 +221,11 @@ pub enum BatchMode {
     Snapshot,
     /// The batch only adds or updates series; others stay until they expire.
     Update,
+    /// The source stopped (removed or changed by a reload): remove every
+    /// series of it, including its `<source>/<part>` sub-keys. Sent by the
+    /// supervisor as the source's last message, so batches it queued before
+    /// stopping cannot bring its series back; carries no samples.
+    Remove,
 }
 
 /// The samples of one read of one source.

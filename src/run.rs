@@ -148,8 +148,11 @@ pub async fn run_until(
     // acknowledged with 2xx during shutdown is still applied; `ingest_stop`
     // only ends it if something still holds a sender at the timeout.
     let ingest_stop = CancellationToken::new();
-    tracker.spawn(pipeline::run_ingest(
+    // Reloads hand the ingest task a rebuilt pipeline on this channel.
+    let (pipeline_tx, pipeline_rx) = tokio::sync::mpsc::channel(1);
+    tracker.spawn(pipeline::run_ingest_with_control(
         rx,
+        pipeline_rx,
         Pipeline::from_config(&cfg, events.clone()),
         store.clone(),
         telemetry.clone(),
@@ -164,7 +167,8 @@ pub async fn run_until(
     };
     drop(tx);
     let push_routes = PushRoutes::default();
-    let supervisor = Supervisor::start(cfg.clone(), ctx, tracker.clone(), push_routes.clone());
+    let supervisor = Supervisor::start(cfg.clone(), ctx, tracker.clone(), push_routes.clone())
+        .with_pipeline_control(pipeline_tx);
     telemetry.reload_succeeded();
 
     // Reload requests (SIGHUP and POST /-/reload) are applied one at a time

@@ -410,6 +410,17 @@ impl Store {
         })
     }
 
+    /// Drop the anomaly detector state of every series (the detectors were
+    /// reconfigured by a reload); the next sample of a series starts afresh.
+    pub fn reset_detectors(&mut self) {
+        for family in self.families.values_mut() {
+            for s in family.series.values_mut() {
+                s.detect = None;
+            }
+        }
+        self.bump();
+    }
+
     fn remove_where(&mut self, mut pred: impl FnMut(&Series) -> bool) -> usize {
         let mut removed = 0;
         let sources = &mut self.sources;

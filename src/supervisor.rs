@@ -4,6 +4,13 @@
 //! or changed ones. Unchanged sources keep running untouched, so their series
 //! (and any per-series state) survive the reload.
 //!
+//! A stopped source's series are removed by a [`BatchMode::Remove`] message
+//! queued on the ingest channel after its task ended, so batches it queued
+//! before stopping are applied first and cannot bring its series back.
+//!
+//! The `[[pipeline]]` filters and `[detect]` are rebuilt by handing the
+//! ingest task a new [`Pipeline`] when they changed.
+//!
 //! Push sources (webhooks) contribute routes; they live in [`PushRoutes`],
 //! which the HTTP server consults for every path it does not know itself, so
 //! a reload can add or remove them without rebuilding the server.
@@ -22,6 +29,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::{Config, SourceConfig};
+use crate::model::{Batch, BatchMode};
+use crate::pipeline::{Pipeline, Reconfigure};
 use crate::sources::{self, SourceContext};
 
 /// Routes contributed by push sources, swapped as a whole on reload.
@@ -61,6 +70,8 @@ pub struct ReloadSummary {
     pub started: Vec<String>,
     pub restarted: Vec<String>,
     pub stopped: Vec<String>,
+    /// Sections rebuilt in the running pipeline (`pipeline`, `detect`).
+    pub rebuilt: Vec<&'static str>,
     /// Settings that changed but only take effect after a restart.
     pub needs_restart: Vec<&'static str>,
 }
@@ -75,6 +86,9 @@ impl std::fmt::Display for ReloadSummary {
             self.restarted.join(", "),
             self.stopped.join(", ")
         )?;
+        if !self.rebuilt.is_empty() {
+            write!(f, ", rebuilt [{}]", self.rebuilt.join(", "))?;
+        }
         if !self.needs_restart.is_empty() {
             write!(
                 f,
@@ -86,8 +100,8 @@ impl std::fmt::Display for ReloadSummary {
     }
 }
 
-/// How long a stopped source may take to finish before its series are
-/// removed anyway.
+/// How long a stopped source may take to finish before it is aborted and
+/// its series are removed anyway.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The name under which the system source is supervised.
@@ -100,6 +114,8 @@ pub struct Supervisor {
     running: BTreeMap<String, Running>,
     routes: PushRoutes,
     config: Config,
+    /// Hands a rebuilt pipeline to the ingest task; `None`: no rebuilds.
+    pipeline: Option<tokio::sync::mpsc::Sender<Reconfigure>>,
 }
 
 impl Supervisor {
@@ -116,6 +132,7 @@ impl Supervisor {
             running: BTreeMap::new(),
             routes,
             config: config.clone(),
+            pipeline: None,
         };
         if config.system.enabled {
             s.spawn_system(&config);
@@ -125,6 +142,16 @@ impl Supervisor {
         }
         s.publish_routes();
         s
+    }
+
+    /// Let reloads rebuild the pipeline of the ingest task fed by `control`
+    /// (see [`crate::pipeline::run_ingest_with_control`]).
+    pub fn with_pipeline_control(
+        mut self,
+        control: tokio::sync::mpsc::Sender<Reconfigure>,
+    ) -> Self {
+        self.pipeline = Some(control);
+        self
     }
 
     /// The configuration in force.
@@ -180,15 +207,84 @@ impl Supervisor {
         self.routes.set(router);
     }
 
-    /// Stop a source, wait for its task (bounded) and remove its series.
+    /// Stop a source, wait for its task (bounded) and queue the removal of
+    /// its series behind everything it sent.
     async fn stop(&mut self, name: &str) {
         if let Some(mut r) = self.running.remove(name) {
             r.token.cancel();
-            r.router = None;
-            if let Some(handle) = r.handle.take() {
-                let _ = tokio::time::timeout(STOP_TIMEOUT, handle).await;
+            if r.router.take().is_some() {
+                // No new request reaches a removed webhook from here on.
+                self.publish_routes();
             }
-            self.ctx.store.write().remove_source(name);
+            if let Some(mut handle) = r.handle.take()
+                && tokio::time::timeout(STOP_TIMEOUT, &mut handle)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(source = %name, timeout = ?STOP_TIMEOUT, "Source did not stop in time; aborting it.");
+                handle.abort();
+                // An async task ends at its next await point; a blocking one
+                // (logs) cannot be aborted, so it is not waited for again.
+                let _ = tokio::time::timeout(Duration::from_secs(1), handle).await;
+            }
+            // The channel is FIFO and the task has ended: every batch it
+            // queued is ahead of this one. Fails only when ingest has ended.
+            let _ = self
+                .ctx
+                .tx
+                .send(Batch {
+                    source: name.into(),
+                    mode: BatchMode::Remove,
+                    samples: Vec::new(),
+                })
+                .await;
+        }
+    }
+
+    /// Fingerprint of what the per-series detector state is built from
+    /// (`detector_scores` only changes what is rendered).
+    fn detector_fingerprint(config: &Config) -> String {
+        let mut detect = config.detect.clone();
+        detect.detector_scores = false;
+        format!("{detect:?}{:?}", config.pipeline)
+    }
+
+    /// Hand the ingest task a pipeline built from `new` when `[[pipeline]]`
+    /// or `[detect]` changed; detector state is reset when what it is built
+    /// from changed. False when they changed but could not be applied.
+    async fn rebuild_pipeline(&mut self, new: &Config, summary: &mut ReloadSummary) -> bool {
+        let old = &self.config;
+        let pipeline_changed = format!("{:?}", old.pipeline) != format!("{:?}", new.pipeline);
+        let detect_changed = format!("{:?}", old.detect) != format!("{:?}", new.detect);
+        if !pipeline_changed && !detect_changed {
+            return true;
+        }
+        let Some(control) = &self.pipeline else {
+            summary.needs_restart.push(if pipeline_changed {
+                "pipeline"
+            } else {
+                "detect"
+            });
+            return false;
+        };
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let request = Reconfigure {
+            pipeline: Pipeline::from_config(new, self.ctx.events.clone()),
+            reset_detectors: Self::detector_fingerprint(old) != Self::detector_fingerprint(new),
+            detector_scores: new.detect.detector_scores,
+            done,
+        };
+        // Both fail only when the ingest task has ended (shutdown).
+        if control.send(request).await.is_ok() && applied.await.is_ok() {
+            if pipeline_changed {
+                summary.rebuilt.push("pipeline");
+            }
+            if detect_changed {
+                summary.rebuilt.push("detect");
+            }
+            true
+        } else {
+            false
         }
     }
 
@@ -263,11 +359,76 @@ impl Supervisor {
             }
         }
         self.publish_routes();
+        let rebuilt = self.rebuild_pipeline(&new, &mut summary).await;
         // Settings that need a restart stay as they are in the running config.
         let mut applied = new;
+        if !rebuilt {
+            applied.pipeline = self.config.pipeline.clone();
+            applied.detect = self.config.detect.clone();
+        }
         applied.web = self.config.web.clone();
         applied.store = self.config.store.clone();
         self.config = applied;
         summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigFormat, load_str};
+    use crate::events::EventBus;
+    use crate::store::Store;
+    use crate::telemetry::Telemetry;
+
+    fn config(sources: &str) -> Config {
+        let text = format!("[system]\nenabled = false\n{sources}");
+        load_str(&text, ConfigFormat::Toml, "test.toml").expect("valid test config")
+    }
+
+    /// The race a reload used to lose: the removed source's batches are
+    /// still queued when it stops (here: nothing drains the queue until the
+    /// reload is done). Its series must stay gone once the queue is applied.
+    #[tokio::test]
+    async fn removed_source_leaves_no_series_even_with_its_batches_still_queued() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let store = Arc::new(RwLock::new(Store::new()));
+        let telemetry = Arc::new(Telemetry::new());
+        let shutdown = CancellationToken::new();
+        let ctx = SourceContext {
+            tx: tx.clone(),
+            telemetry: telemetry.clone(),
+            events: EventBus::default(),
+            shutdown: shutdown.clone(),
+            store: store.clone(),
+        };
+        let demo = "[[sources]]\ntype = \"demo\"\nname = \"gone\"\ninterval = \"100ms\"\n";
+        let mut supervisor =
+            Supervisor::start(config(demo), ctx, TaskTracker::new(), PushRoutes::default());
+        // Wait until the source has queued at least one batch.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while tx.capacity() == tx.max_capacity() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the demo source queued a batch");
+
+        let summary = supervisor.apply(config("")).await;
+        assert_eq!(summary.stopped, vec!["gone".to_string()]);
+
+        let mut pipeline = Pipeline::standard();
+        let mut applied = 0;
+        while let Ok(batch) = rx.try_recv() {
+            applied += 1;
+            pipeline.apply(batch, &mut store.write(), &telemetry);
+        }
+        assert!(
+            applied >= 2,
+            "at least one batch and the removal were queued"
+        );
+        assert_eq!(store.read().source_len("gone"), 0);
+        assert_eq!(store.read().len(), 0, "no series of the removed source");
+        shutdown.cancel();
     }
 }

@@ -72,6 +72,11 @@ impl Pipeline {
 
     /// Run every sample of `batch` through the stages and into `store`.
     pub fn apply(&mut self, mut batch: Batch, store: &mut Store, telemetry: &Telemetry) {
+        if batch.mode == BatchMode::Remove {
+            store.remove_source(&batch.source);
+            telemetry.store_series.set(store.len() as i64);
+            return;
+        }
         let generation = store.begin_batch();
         let mut ingested = 0u64;
         'samples: for sample in batch.samples.iter_mut() {
@@ -110,10 +115,37 @@ impl Pipeline {
     }
 }
 
+/// A new pipeline for the ingest task, built from a reloaded configuration.
+pub struct Reconfigure {
+    pub pipeline: Pipeline,
+    /// Drop the detector state kept in the store (`[detect]` or the
+    /// `[[pipeline]]` rules changed, so the old state no longer fits).
+    pub reset_detectors: bool,
+    /// Render per-detector scores (`[detect] detector_scores`).
+    pub detector_scores: bool,
+    /// Answered once the new pipeline is in place.
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
 /// Receive batches until the channel closes or `shutdown` fires, applying
 /// each to the store. Expiry runs once a second.
 pub async fn run_ingest(
+    rx: mpsc::Receiver<Batch>,
+    pipeline: Pipeline,
+    store: Arc<RwLock<Store>>,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+) {
+    let (_keep, control) = mpsc::channel(1);
+    run_ingest_with_control(rx, control, pipeline, store, telemetry, shutdown).await
+}
+
+/// [`run_ingest`] that also swaps in a new pipeline on each [`Reconfigure`]
+/// from `control` (hot reload). A swap is taken before the next batch, so
+/// every batch queued after the reload answered goes through the new one.
+pub async fn run_ingest_with_control(
     mut rx: mpsc::Receiver<Batch>,
+    mut control: mpsc::Receiver<Reconfigure>,
     mut pipeline: Pipeline,
     store: Arc<RwLock<Store>>,
     telemetry: Arc<Telemetry>,
@@ -121,8 +153,23 @@ pub async fn run_ingest(
 ) {
     let mut expiry = tokio::time::interval(std::time::Duration::from_secs(1));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut control_open = true;
     loop {
         tokio::select! {
+            biased;
+            r = control.recv(), if control_open => match r {
+                Some(r) => {
+                    pipeline = r.pipeline;
+                    let mut store = store.write();
+                    if r.reset_detectors {
+                        store.reset_detectors();
+                    }
+                    store.set_detector_scores(r.detector_scores);
+                    drop(store);
+                    let _ = r.done.send(());
+                }
+                None => control_open = false,
+            },
             batch = rx.recv() => match batch {
                 Some(batch) => pipeline.apply(batch, &mut store.write(), &telemetry),
                 None => break,

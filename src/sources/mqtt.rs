@@ -557,8 +557,12 @@ struct Silence {
     key: String,
 }
 
-/// Self-metrics of one MQTT source (constant label `source`).
+/// Self-metrics of one MQTT source (constant label `source`), registered
+/// when the source starts and unregistered when it stops (dropped), so a
+/// source restarted by a reload registers cleanly and a removed one leaves
+/// nothing behind.
 struct SourceMetrics {
+    registry: prometheus::Registry,
     connected: IntGauge,
     subscribed: IntGauge,
     reconnects: IntCounter,
@@ -577,6 +581,7 @@ impl SourceMetrics {
         let sub = &["subscription"];
         let reason = &["subscription", "reason"];
         let m = SourceMetrics {
+            registry: telemetry.registry().clone(),
             connected: IntGauge::with_opts(opts(
                 "vitals_mqtt_connected",
                 "Whether the MQTT source is connected to its broker (1) or not (0).",
@@ -649,23 +654,36 @@ impl SourceMetrics {
             )
             .expect("valid metric"),
         };
-        for c in [
-            Box::new(m.connected.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.subscribed.clone()),
-            Box::new(m.reconnects.clone()),
-            Box::new(m.messages.clone()),
-            Box::new(m.samples.clone()),
-            Box::new(m.parse_errors.clone()),
-            Box::new(m.dropped.clone()),
-            Box::new(m.lag.clone()),
-            Box::new(m.series.clone()),
-            Box::new(m.devices.clone()),
-        ] {
-            if let Err(error) = telemetry.registry().register(c) {
+        for c in m.collectors() {
+            if let Err(error) = m.registry.register(c) {
                 tracing::warn!(source, %error, "MQTT self-metric not registered.");
             }
         }
         m
+    }
+
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 10] {
+        [
+            Box::new(self.connected.clone()),
+            Box::new(self.subscribed.clone()),
+            Box::new(self.reconnects.clone()),
+            Box::new(self.messages.clone()),
+            Box::new(self.samples.clone()),
+            Box::new(self.parse_errors.clone()),
+            Box::new(self.dropped.clone()),
+            Box::new(self.lag.clone()),
+            Box::new(self.series.clone()),
+            Box::new(self.devices.clone()),
+        ]
+    }
+}
+
+impl Drop for SourceMetrics {
+    fn drop(&mut self) {
+        for c in self.collectors() {
+            // Not registered (a failed registration) is fine here.
+            let _ = self.registry.unregister(c);
+        }
     }
 }
 
