@@ -50,7 +50,10 @@ fn anomaly_families_appear_for_system_series_with_defaults_and_pass_promtool() {
 
 #[test]
 fn per_detector_scores_are_exported_on_request_and_pass_promtool() {
-    let v = Vitals::start("[detect]\ndetector_scores = true\nsensitivity = 0.7\n");
+    let v = Vitals::start(
+        "[detect]\ndetector_scores = true\nsensitivity = 0.7\n\
+         detectors = [\"median_mad\", \"context\", \"seasonal\"]\n",
+    );
     let body = wait_for(Duration::from_secs(60), "per-detector scores", || {
         let m = v.metrics();
         m.contains("vitals_anomaly_detector_score{").then_some(m)

@@ -24,6 +24,9 @@ pub struct ContextNovelty {
     hi: f64,
     /// Levels of the last two values, most recent first (`u32::MAX` = none).
     prev: [u32; 2],
+    /// How far the last value lay outside the range seen before it, as a
+    /// share of that range (0 inside).
+    excess: f64,
     current: [u64; WORDS],
     previous: [u64; WORDS],
     inserts: u32,
@@ -36,6 +39,7 @@ impl Default for ContextNovelty {
             lo: f64::INFINITY,
             hi: f64::NEG_INFINITY,
             prev: [u32::MAX; 2],
+            excess: 0.0,
             current: [0; WORDS],
             previous: [0; WORDS],
             inserts: 0,
@@ -68,6 +72,12 @@ impl ContextNovelty {
             .clamp(0.0, LEVELS) as u32
     }
 
+    /// How far the last value lay beyond the range seen before it, as a
+    /// share of that range; 0 for a value inside it (or the first ones).
+    pub fn excess(&self) -> f64 {
+        self.excess
+    }
+
     fn contains(&self, h: u64) -> bool {
         let bit = (h % BITS as u64) as usize;
         let (w, m) = (bit / 64, 1u64 << (bit % 64));
@@ -94,6 +104,12 @@ impl Detector for ContextNovelty {
         self.seen = self.seen.saturating_add(1);
         // Grow the range; a value outside it is novel by definition.
         let outside = value < self.lo || value > self.hi;
+        let span = self.hi - self.lo;
+        self.excess = if outside && span > 0.0 && span.is_finite() {
+            ((value - self.hi).max(self.lo - value) / span).min(f64::MAX)
+        } else {
+            0.0
+        };
         if outside {
             if self.lo.is_finite() {
                 // Leave a margin so the next small excursion is not new again.
@@ -171,5 +187,18 @@ mod tests {
         d.observe(2000, 10.0);
         d.observe(2001, 10.0);
         assert!(d.observe(2002, -10.0) > 0.2);
+    }
+
+    #[test]
+    fn excess_measures_a_jump_beyond_the_learned_range() {
+        let mut d = ContextNovelty::new();
+        for i in 0..100 {
+            d.observe(i, (i % 10) as f64);
+            assert!(i < 10 || d.excess() == 0.0, "inside the range at {i}");
+        }
+        d.observe(100, 20.0);
+        assert!(d.excess() > 0.9, "{}", d.excess());
+        d.observe(101, 5.0);
+        assert_eq!(d.excess(), 0.0);
     }
 }

@@ -2,14 +2,17 @@
 //! calibrated probability that the recent behaviour is unusual.
 //!
 //! The short-term mean of the raw score is compared with the long-run
-//! distribution of that mean (a normal fitted by exponentially weighted
-//! moments); the tail probability is mapped to a log scale so that a score
-//! of 0.5 means "one in [`LOG_SPAN`]^0.5" and 1 means "one in `LOG_SPAN`".
+//! distribution of the raw score itself (a normal fitted by exponentially
+//! weighted moments). Measuring the short mean against the spread of single
+//! raw scores, not of their averages, makes one isolated high score count
+//! for little: only a run of unusual scores is rare. The tail probability
+//! is mapped to a log scale so that a score of 0.5 means "one in
+//! [`LOG_SPAN`]^0.5" and 1 means "one in `LOG_SPAN`".
 
 use super::stats::{Ewm, normal_tail};
 
 /// Short averaging window (samples).
-const SHORT: usize = 12;
+const SHORT: usize = 8;
 /// Tail probability that maps to score 1.
 pub const LOG_SPAN: f64 = 1e10;
 
@@ -24,7 +27,7 @@ pub struct Likelihood {
     dist: Ewm,
     /// Samples before any likelihood is given.
     learning: u32,
-    /// Lowest standard deviation of the short mean that is believed.
+    /// Lowest standard deviation of the raw score that is believed.
     min_std: f64,
 }
 
@@ -40,6 +43,11 @@ impl Likelihood {
             learning,
             min_std,
         }
+    }
+
+    /// Past its learning period: scores are given.
+    pub fn ready(&self) -> bool {
+        self.dist.n >= self.learning
     }
 
     /// Fold in one raw score in [0, 1]; returns the log-scaled likelihood
@@ -66,7 +74,7 @@ impl Likelihood {
         } else {
             0.0
         };
-        self.dist.update(m);
+        self.dist.update(raw);
         out
     }
 }
