@@ -423,8 +423,7 @@ impl<'de> Deserialize<'de> for Pattern {
             let msg = e.to_string();
             let last = msg
                 .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .trim()
                 .to_string();

@@ -663,7 +663,7 @@ impl Feeder {
                     );
                 }
                 let amount = if tick == 20 { 150_000 } else { 500 + tick * 7 };
-                let status = if tick % 5 == 0 { "failed" } else { "ok" };
+                let status = if tick.is_multiple_of(5) { "failed" } else { "ok" };
                 post(&format!(
                     r#"{{"id": "t-{tick}", "amount": {amount}, "currency": "INR", "merchant": "m-{}", "status": "{status}"}}"#,
                     tick % 3
@@ -898,10 +898,10 @@ impl Receiver {
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
                         break;
                     }
-                    if let Some((k, v)) = line.split_once(':') {
-                        if k.eq_ignore_ascii_case("content-length") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        length = v.trim().parse().unwrap_or(0);
                     }
                 }
                 let mut body = vec![0; length];

@@ -19,8 +19,14 @@ use vitals::sources::record::{CsvRecord, JsonRecord, Record, split_csv};
 use vitals::sources::webhook::{self, EventFormat, WebhookConfig};
 use vitals::telemetry::Telemetry;
 
+/// One fuzz target: its name and the function fed with the bytes.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// A subscription's mapping with the labels its topic gives.
+type TopicMapping = (Mapping, Vec<(String, String)>);
+
 /// Every target by name (the directory of its corpus under `fuzz/corpus/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("mapping", mapping),
     ("webhook", webhook),
     ("logs", logs),
@@ -70,7 +76,7 @@ fn check_samples(samples: &[Sample]) {
 /// `examples/mqtt-plant.toml` (JSON, string, CSV and plain). The first byte
 /// picks the subscription, the rest is the payload.
 pub fn mapping(data: &[u8]) {
-    static M: OnceLock<Vec<(Mapping, Vec<(String, String)>)>> = OnceLock::new();
+    static M: OnceLock<Vec<TopicMapping>> = OnceLock::new();
     let maps = M.get_or_init(|| {
         let mut out = Vec::new();
         for s in example(

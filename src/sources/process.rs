@@ -73,7 +73,7 @@ impl ProcessGroups {
 
     fn matches(g: &ProcessGroupConfig, p: &ProcInfo) -> bool {
         g.pids.contains(&p.pid)
-            || g.comm.iter().any(|c| *c == p.comm)
+            || g.comm.contains(&p.comm)
             || p.exe_name
                 .as_ref()
                 .is_some_and(|e| g.exe.iter().any(|x| x == e))
