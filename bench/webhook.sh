@@ -7,7 +7,9 @@
 #
 # Prints events/s and CPU µs per event of the vitals process at saturation
 # (wrk as the load generator, on the same machine), and log lines/s tailed
-# and matched (a pre-written access log read from the beginning).
+# and matched (a pre-written access log read from the beginning), next to
+# mtail (Debian `mtail`, when installed) reading the same file with the same
+# regex and metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -157,3 +159,41 @@ awk -v n="$LINES" -v m="$matched" -v s="$start" -v t="$end" -v c="$cpu" 'BEGIN {
   secs = t - s
   printf "logs: %d lines (%d matched) in %.2f s = %.0f lines/s (including start-up); vitals CPU %.2f s = %.2f µs/line\n", n, m, secs, n/secs, c, c*1e6/n
 }'
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+
+# mtail, the peer for log tailing (Debian `mtail`), with the same regex and
+# the same three metrics, reading the same file once from start to end
+# (--one_shot) — its fastest mode, without its tailing and polling.
+if command -v mtail >/dev/null; then
+  mkdir -p "$WORK/mtail"
+  cat > "$WORK/mtail/nginx.mtail" <<'MTAIL'
+counter nginx_http_requests_total by method, status
+counter nginx_http_response_bytes_total
+histogram nginx_http_request_duration_seconds by method buckets 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
+
+/^(?P<client>\S+) \S+ \S+ \[[^\]]+\] "(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) (?P<bytes>\d+) "[^"]*" "[^"]*" (?P<duration>[0-9.]+)$/ {
+  nginx_http_requests_total[$method][$status]++
+  nginx_http_response_bytes_total += $bytes
+  nginx_http_request_duration_seconds[$method] = $duration
+}
+MTAIL
+  start=$(date +%s.%N)
+  mtail --one_shot --one_shot_format prometheus --progs "$WORK/mtail" --logs "$WORK/access.log" \
+    --logtostderr > "$WORK/mtail.out" 2> "$WORK/mtail.err" &
+  MPID=$!
+  # CPU of the mtail process, sampled until it exits.
+  mcpu=0
+  while kill -0 "$MPID" 2>/dev/null; do
+    c=$(cpu_seconds "$MPID" 2>/dev/null) && mcpu=$c
+    sleep 0.05
+  done
+  wait "$MPID" || { tail -5 "$WORK/mtail.err" >&2; exit 1; }
+  end=$(date +%s.%N)
+  mmatched=$(awk '/^nginx_http_requests_total\{/ { s += $NF } END { printf "%d\n", s }' "$WORK/mtail.out")
+  awk -v n="$LINES" -v m="$mmatched" -v s="$start" -v t="$end" -v c="$mcpu" 'BEGIN {
+    secs = t - s
+    printf "logs: mtail --one_shot: %d lines (%d matched) in %.2f s = %.0f lines/s; mtail CPU >= %.2f s = %.2f µs/line\n", n, m, secs, n/secs, c, c*1e6/n
+  }'
+else
+  echo "logs: mtail not installed (apt-get install mtail) — no peer figure"
+fi
