@@ -4,7 +4,6 @@
 //! samples of one read (one tick, one MQTT message, one HTTP poll) into a
 //! [`Batch`] and send it on the bounded ingest channel.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// Prometheus metric type of a family.
@@ -196,9 +195,22 @@ pub fn write_value(v: f64, out: &mut String) {
     } else if v == f64::NEG_INFINITY {
         out.push_str("-Inf");
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
-        let _ = write!(out, "{}", v as i64);
+        out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
-        let _ = write!(out, "{v}");
+        // Shortest round-trip form (Prometheus parses exponents too).
+        out.push_str(ryu::Buffer::new().format_finite(v));
+    }
+}
+
+/// Write a value at single precision: for derived figures (anomaly scores
+/// and bands) whose further digits carry no information, so the exposition
+/// stays short.
+pub fn write_value_f32(v: f64, out: &mut String) {
+    let f = v as f32;
+    if f.is_finite() && f.fract() != 0.0 {
+        out.push_str(ryu::Buffer::new().format_finite(f));
+    } else {
+        write_value(v, out);
     }
 }
 
@@ -282,10 +294,17 @@ mod tests {
     #[test]
     fn values_render_like_prometheus() {
         let mut s = String::new();
-        for v in [1.0, 0.25, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e20] {
+        for v in [1.0, 0.25, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e20, -3e-7] {
             write_value(v, &mut s);
             s.push(' ');
         }
-        assert_eq!(s, "1 0.25 NaN +Inf -Inf 100000000000000000000 ");
+        // Exponents are valid in the text format (Go's ParseFloat).
+        assert_eq!(s, "1 0.25 NaN +Inf -Inf 1e20 -3e-7 ");
+        let mut s = String::new();
+        for v in [0.1f64 + 0.2, 20.305763244628906, 7.0] {
+            write_value_f32(v, &mut s);
+            s.push(' ');
+        }
+        assert_eq!(s, "0.3 20.305763 7 ");
     }
 }

@@ -3,7 +3,7 @@
 //! socket.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -74,9 +74,15 @@ fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
 
 /// Render the store and the self-metrics.
 pub fn render(state: &AppState) -> String {
+    let mut out = String::new();
+    render_into(state, &mut out);
+    out
+}
+
+/// Render the store and the self-metrics into `out` (appended).
+pub fn render_into(state: &AppState, out: &mut String) {
     let started = Instant::now();
-    let mut out = String::with_capacity(64 * 1024);
-    state.store.read().render(&mut out);
+    state.store.read().render(out);
     let mut own = Vec::with_capacity(16 * 1024);
     state.telemetry.render(&mut own);
     out.push_str(&String::from_utf8_lossy(&own));
@@ -84,14 +90,20 @@ pub fn render(state: &AppState) -> String {
         .telemetry
         .scrape_duration
         .observe(started.elapsed().as_secs_f64());
-    out
 }
+
+/// Size of the last exposition: a buffer sized from it is not grown (and
+/// copied) step by step while a large store is written.
+static LAST_LEN: AtomicUsize = AtomicUsize::new(64 * 1024);
 
 async fn metrics(State(state): State<AppState>) -> Response {
     // Rendering is CPU work bounded by the store size; it holds the store's
     // read lock only while the store part is written.
-    let body = render(&state);
-    ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+    let hint = LAST_LEN.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(hint + hint / 8);
+    render_into(&state, &mut out);
+    LAST_LEN.store(out.len(), Ordering::Relaxed);
+    ([(header::CONTENT_TYPE, TEXT_FORMAT)], out).into_response()
 }
 
 /// `POST /-/reload`: re-read the configuration; 200 with what changed, or

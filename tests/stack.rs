@@ -663,7 +663,11 @@ impl Feeder {
                     );
                 }
                 let amount = if tick == 20 { 150_000 } else { 500 + tick * 7 };
-                let status = if tick.is_multiple_of(5) { "failed" } else { "ok" };
+                let status = if tick.is_multiple_of(5) {
+                    "failed"
+                } else {
+                    "ok"
+                };
                 post(&format!(
                     r#"{{"id": "t-{tick}", "amount": {amount}, "currency": "INR", "merchant": "m-{}", "status": "{status}"}}"#,
                     tick % 3

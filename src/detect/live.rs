@@ -5,7 +5,7 @@
 use super::threshold::ThresholdSpec;
 use super::{DetectConfig, DetectorKind, Ensemble};
 use crate::events::{Event, EventBus, Severity};
-use crate::model::{Labels, MetricKind, Sample, write_value};
+use crate::model::{Labels, MetricKind, Sample, write_value_f32};
 use crate::pipeline::filters::PipelineRule;
 use crate::store::Family;
 
@@ -209,85 +209,110 @@ const FAMILIES: [Fam; 7] = [
 
 /// Render the `vitals_anomaly_*` families for every series with detector
 /// state, families in name order, each with HELP and TYPE.
+///
+/// One pass over the (large, scattered) detector states writes each
+/// family's lines into its own buffer; the buffers are then appended in
+/// family order. Visiting every state once per family instead costs a
+/// cache miss per state and family, which dominated large scrapes.
 pub fn render<'a>(
     families: impl Iterator<Item = &'a Family>,
     detector_scores: bool,
     out: &mut String,
 ) {
-    let states: Vec<&SeriesDetector> = families
+    const DETECTOR: usize = 0;
+    const EVENTS: usize = 1;
+    const EXPECTED: usize = 2;
+    const FLAG: usize = 3;
+    const LOWER: usize = 4;
+    const SCORE: usize = 5;
+    const UPPER: usize = 6;
+    const NAMES: [&str; 4] = ["median_mad", "cusum", "context", "seasonal"];
+    let families: Vec<&Family> = families.collect();
+    // Reserve for one line per series (untouched capacity costs nothing),
+    // so the buffers do not grow by copying.
+    let series: usize = families.iter().map(|f| f.series.len()).sum();
+    let label_bytes = families
+        .iter()
+        .filter_map(|f| f.series.keys().next())
+        .map(|l| l.as_str().len())
+        .max()
+        .unwrap_or(0);
+    // The buffers of the previous render are reused (fresh memory costs a
+    // page fault per 4 KiB written); a concurrent render takes new ones.
+    let mut pooled = BUFS.try_lock();
+    let mut fresh: [String; 7] = Default::default();
+    let bufs = match pooled.as_deref_mut() {
+        Some(b) => b,
+        None => &mut fresh,
+    };
+    for (i, buf) in bufs.iter_mut().enumerate().skip(1) {
+        buf.clear();
+        buf.reserve(series * (FAMILIES[i].name.len() + label_bytes + 48));
+    }
+    bufs[DETECTOR].clear();
+    let line = |buf: &mut String, fam: usize, labels: &str, v: f64| {
+        buf.push_str(FAMILIES[fam].name);
+        buf.push_str(labels);
+        buf.push(' ');
+        write_value_f32(v, buf);
+        buf.push('\n');
+    };
+    for d in families
+        .iter()
         .flat_map(|f| f.series.values())
         .filter_map(|s| s.detect.as_deref())
-        .filter(|d| d.scored && d.ensemble.is_some())
-        .collect();
-    if states.is_empty() {
-        return;
+        .filter(|d| d.scored)
+    {
+        let Some(e) = &d.ensemble else { continue };
+        let o = e.last();
+        let l = d.labels.as_str();
+        line(&mut bufs[SCORE], SCORE, l, o.score);
+        line(&mut bufs[FLAG], FLAG, l, if o.active { 1.0 } else { 0.0 });
+        line(&mut bufs[EVENTS], EVENTS, l, d.events as f64);
+        if let Some(b) = o.band {
+            line(&mut bufs[EXPECTED], EXPECTED, l, b.expected);
+            line(&mut bufs[LOWER], LOWER, l, b.lower);
+            line(&mut bufs[UPPER], UPPER, l, b.upper);
+        }
+        if detector_scores {
+            for (name, v) in NAMES.iter().zip(o.members) {
+                if v >= 0.0 {
+                    let labels = d.labels.with("detector", name);
+                    line(&mut bufs[DETECTOR], DETECTOR, labels.as_str(), v as f64);
+                }
+            }
+            if let Some(t) = o.threshold {
+                let labels = d.labels.with("detector", "threshold");
+                line(&mut bufs[DETECTOR], DETECTOR, labels.as_str(), t as f64);
+            }
+        }
     }
-    for fam in &FAMILIES {
-        if fam.name == "vitals_anomaly_detector_score" && !detector_scores {
+    for (fam, buf) in FAMILIES.iter().zip(bufs.iter()) {
+        if buf.is_empty() {
             continue;
         }
-        let mut header = false;
-        let mut line = |labels: &str, v: f64, out: &mut String| {
-            if !header {
-                header = true;
-                out.push_str("# HELP ");
-                out.push_str(fam.name);
-                out.push(' ');
-                out.push_str(fam.help);
-                out.push_str("\n# TYPE ");
-                out.push_str(fam.name);
-                out.push(' ');
-                out.push_str(fam.kind);
-                out.push('\n');
-            }
-            out.push_str(fam.name);
-            out.push_str(labels);
-            out.push(' ');
-            write_value(v, out);
-            out.push('\n');
-        };
-        for s in &states {
-            let Some(e) = &s.ensemble else { continue };
-            let o = e.last();
-            let l = s.labels.as_str();
-            match fam.name {
-                "vitals_anomaly_score" => line(l, o.score, out),
-                "vitals_anomaly_flag" => line(l, if o.active { 1.0 } else { 0.0 }, out),
-                "vitals_anomaly_events_total" => line(l, s.events as f64, out),
-                "vitals_anomaly_expected" => {
-                    if let Some(b) = o.band {
-                        line(l, b.expected, out)
-                    }
-                }
-                "vitals_anomaly_lower" => {
-                    if let Some(b) = o.band {
-                        line(l, b.lower, out)
-                    }
-                }
-                "vitals_anomaly_upper" => {
-                    if let Some(b) = o.band {
-                        line(l, b.upper, out)
-                    }
-                }
-                _ => {
-                    const NAMES: [&str; 4] = ["median_mad", "cusum", "context", "seasonal"];
-                    for (name, v) in NAMES.iter().zip(o.members) {
-                        if v >= 0.0 {
-                            line(s.labels.with("detector", name).as_str(), v as f64, out);
-                        }
-                    }
-                    if let Some(t) = o.threshold {
-                        line(
-                            s.labels.with("detector", "threshold").as_str(),
-                            t as f64,
-                            out,
-                        );
-                    }
-                }
-            }
+        out.push_str("# HELP ");
+        out.push_str(fam.name);
+        out.push(' ');
+        out.push_str(fam.help);
+        out.push_str("\n# TYPE ");
+        out.push_str(fam.name);
+        out.push(' ');
+        out.push_str(fam.kind);
+        out.push('\n');
+        out.push_str(buf);
+    }
+    // Let go of buffers far larger than this render needed (the store shrank).
+    for buf in bufs.iter_mut() {
+        if buf.capacity() > 64 * 1024 && buf.capacity() > 4 * buf.len() {
+            *buf = String::new();
         }
     }
 }
+
+/// Per-family buffers of [`render`], kept between scrapes.
+static BUFS: parking_lot::Mutex<[String; 7]> =
+    parking_lot::Mutex::new([const { String::new() }; 7]);
 
 #[cfg(test)]
 mod tests {
