@@ -2,7 +2,8 @@
 //! layer; the exported score is the strongest member's likelihood (a value
 //! far outside the learned range scores 1 at once). One
 //! threshold turns it into events, and after an event further events are
-//! suppressed for a while (one incident, one alert).
+//! suppressed for a while (one incident, one alert) unless a much stronger
+//! anomaly follows.
 
 use super::context::ContextNovelty;
 use super::likelihood::Likelihood;
@@ -17,6 +18,10 @@ pub const DEFAULT_SUPPRESS: u32 = 80;
 pub const DEFAULT_LEARNING: u32 = 150;
 /// The threshold at the default sensitivity (0.5).
 pub const DEFAULT_THRESHOLD: f64 = 0.2;
+/// During suppression, a score at least this far above the highest score
+/// of the current incident is a new, stronger anomaly: it fires an event
+/// (and starts a new suppression period) instead of being swallowed.
+pub const REFIRE_MARGIN: f64 = 0.5;
 /// A value beyond the whole range the context detector has seen, by at
 /// least this share of that range, scores 1 at once (after learning): a
 /// jump that large needs no run of novel contexts to be believed.
@@ -81,6 +86,8 @@ pub struct Ensemble {
     suppress: u32,
     /// Samples left in the current suppression period.
     quiet: u32,
+    /// Highest score since the last event (during suppression).
+    peak: f64,
     last: Output,
 }
 
@@ -98,6 +105,7 @@ impl Ensemble {
             threshold: cfg.threshold(),
             suppress: cfg.suppress,
             quiet: 0,
+            peak: 0.0,
             last: Output::default(),
         }
     }
@@ -152,13 +160,21 @@ impl Ensemble {
             threshold_score = Some(threshold_score.map_or(s as f32, |p| p.max(s as f32)));
             score = score.max(s);
         }
-        let mut event = false;
-        if self.quiet > 0 {
+        let event = if self.quiet > 0 {
+            // A much stronger anomaly than the incident so far is news.
+            let stronger = score >= self.threshold && score >= self.peak + REFIRE_MARGIN;
+            self.peak = self.peak.max(score);
             self.quiet -= 1;
-            score = score.min(self.threshold * 0.999);
-        } else if score >= self.threshold {
-            event = true;
+            stronger
+        } else {
+            score >= self.threshold
+        };
+        if event {
             self.quiet = self.suppress;
+            self.peak = score;
+        } else {
+            // Scores reach the configured threshold on event samples only.
+            score = score.min(self.threshold * 0.999);
         }
         self.last = Output {
             score,

@@ -87,7 +87,8 @@ pub struct DetectConfig {
     /// 0..1: higher flags more; moves the ensemble's one threshold.
     pub sensitivity: f64,
     /// Samples after an anomaly event during which no new event fires
-    /// (and `vitals_anomaly_flag` stays 1).
+    /// (and `vitals_anomaly_flag` stays 1), except for a much stronger
+    /// anomaly (see [`ensemble::REFIRE_MARGIN`]).
     pub suppress: u32,
     /// Samples a series is observed before it can be flagged.
     pub learning: u32,
