@@ -67,10 +67,18 @@ pub fn http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes())?;
-    stream.write_all(body)?;
+    // One write: a server that answers early and closes (plain HTTP on a
+    // TLS port) would otherwise fail the body's write with a broken pipe.
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let written = stream.write_all(&bytes);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    let read = stream.read_to_end(&mut raw);
+    if raw.is_empty() {
+        // Nothing came back: report why (the failed write first).
+        written?;
+        read?;
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
