@@ -52,6 +52,8 @@ const RECENT_EVENTS: usize = 200;
 const EVENTS_PER_TICK: usize = 256;
 /// How often the hub looks at the store's change counter.
 const POLL: Duration = Duration::from_millis(20);
+/// How often the hub looks at the store while no dashboard is connected.
+const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How often source health is pushed.
 const SOURCES_EVERY: Duration = Duration::from_secs(1);
 
@@ -231,7 +233,12 @@ impl Dashboard {
         let interval = self.inner.cfg.update_interval;
         let mut last_tick = Instant::now() - interval;
         let mut last_sources = Instant::now() - SOURCES_EVERY;
+        // With nobody watching, wake up only a few times a second (the
+        // 20 ms poll alone cost ~0.4 % of a core on an idle host).
+        let mut idle = tokio::time::interval(IDLE_POLL);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let watching = self.inner.ticks.receiver_count() > 0;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 e = events.recv() => match e {
@@ -244,7 +251,13 @@ impl Dashboard {
                         events = EventBus::new(1).subscribe();
                     }
                 },
-                _ = poll.tick() => {
+                _ = async {
+                    if watching {
+                        poll.tick().await
+                    } else {
+                        idle.tick().await
+                    }
+                } => {
                     let changed = changes.load(Ordering::Acquire) != hub.last_seq
                         || !hub.pending.is_empty();
                     if self.inner.ticks.receiver_count() == 0 {
