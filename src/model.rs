@@ -294,7 +294,15 @@ mod tests {
     #[test]
     fn values_render_like_prometheus() {
         let mut s = String::new();
-        for v in [1.0, 0.25, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e20, -3e-7] {
+        for v in [
+            1.0,
+            0.25,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e20,
+            -3e-7,
+        ] {
             write_value(v, &mut s);
             s.push(' ');
         }
