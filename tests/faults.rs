@@ -14,73 +14,20 @@ mod postgres;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{Vitals, free_port, get, require, sample_value, wait_for};
+use common::{Broker, Vitals, free_port, get, sample_value, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A Mosquitto with one anonymous listener and no queue limits, so what
-/// the tests count is vitals' doing, not the broker's.
-struct Broker {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
+/// A Mosquitto without queue limits, so what the tests count is vitals'
+/// doing, not the broker's.
+fn unlimited_broker() -> Broker {
+    Broker::start_with("max_queued_messages 0\nmax_inflight_messages 0\n")
 }
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let conf = format!(
-            "user root\npersistence false\nlog_dest stderr\nlog_type error\n\
-             max_queued_messages 0\nmax_inflight_messages 0\n\
-             listener {port} 127.0.0.1\nallow_anonymous true\n"
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
-        let mut b = Broker {
-            child: None,
-            dir,
-            port,
-        };
-        b.spawn();
-        b
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(require("mosquitto"))
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mosquitto");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(WAIT, "mosquitto to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-    }
-
-    /// SIGKILL: no clean disconnect for anyone.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A publisher thread that keeps publishing `topic(i)` → `payload(i)`
 /// (QoS 0) and keeps reconnecting while the broker is away.
 struct Publisher {
@@ -226,7 +173,7 @@ reconnect_max = "1s"
 
 #[test]
 fn broker_killed_and_restarted_while_publishing_ingest_resumes_counters_monotonic() {
-    let mut broker = Broker::start();
+    let mut broker = unlimited_broker();
     let port = broker.port;
     let mut v = Vitals::start(&mqtt_config(
         port,
@@ -303,7 +250,7 @@ name = "fault_sequence"
 fn a_million_distinct_device_ids_stay_within_the_cardinality_budget() {
     const IDS: u64 = 1_000_000;
     const MAX_SERIES: u64 = 1000;
-    let broker = Broker::start();
+    let broker = unlimited_broker();
     let port = broker.port;
     let mut v = Vitals::start(&mqtt_config(
         port,
@@ -440,7 +387,7 @@ fn slow_and_a_hundred_concurrent_scrapers_are_served_with_bounded_memory() {
 
 #[test]
 fn sigterm_during_heavy_ingest_exits_cleanly_within_the_drain_timeout() {
-    let broker = Broker::start();
+    let broker = unlimited_broker();
     let port = broker.port;
     let mut v = Vitals::start(&mqtt_config(
         port,

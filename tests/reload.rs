@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Vitals, free_port, http, require, sample_value, wait_for};
+use common::{Broker, Vitals, http, sample_value, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -142,79 +142,6 @@ fn reload_restarts_the_system_source_when_its_settings_change() {
         "{summary}"
     );
 }
-
-/// A Mosquitto process on a free loopback port, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        // `user root`: as root, Mosquitto would otherwise switch to a user
-        // that cannot read the private temp dir.
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\npersistence false\nlog_dest stderr\nlog_type error\n\
-                 listener {port} 127.0.0.1\nallow_anonymous true\n"
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new(require("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mosquitto");
-        wait_for(WAIT, "mosquitto to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Broker {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    /// Publish with QoS 1 and wait for the broker's acknowledgements.
-    fn publish(&self, topic: &str, payload: &str) {
-        use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
-        let mut o = MqttOptions::new(
-            format!("reload-pub-{}", free_port()),
-            "127.0.0.1",
-            self.port,
-        );
-        o.set_keep_alive(Duration::from_secs(30));
-        let (client, mut conn) = Client::new(o, 10);
-        client
-            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
-            .expect("queue publish");
-        for event in conn.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    let _ = client.disconnect();
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(e) => panic!("publishing to the test broker failed: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn mqtt_source(port: u16, subscriptions: &[&str]) -> String {
     let mut s = format!(
         "[system]\nenabled = false\n[[sources]]\ntype = \"mqtt\"\nname = \"plant\"\nhost = \"127.0.0.1\"\nport = {port}\n"

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Vitals, free_port, http, require, wait_for};
+use common::{Broker, Vitals, free_port, http, require, wait_for};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -544,50 +544,6 @@ fn substitute(expr: &str, vars: &[String]) -> String {
     );
     e
 }
-
-/// A Mosquitto broker on a free port, killed when dropped.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        // `user root`: as root, Mosquitto would switch to a user that cannot
-        // read the private temp dir.
-        let conf = format!(
-            "user root\npersistence false\nlog_dest stderr\nlog_type error\n\
-             listener {port} 127.0.0.1\nallow_anonymous true\n"
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-        let child = Command::new(require("mosquitto"))
-            .arg("-c")
-            .arg(dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mosquitto");
-        wait_for(Duration::from_secs(20), "mosquitto to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Broker {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The compose stack's vitals configuration (deploy/vitals.toml) pointed at
 /// the test broker, plus a process group that never runs so
 /// ProcessGroupDown and the "down" rows of the dashboards have data.

@@ -269,3 +269,89 @@ pub fn promtool_check_metrics(exposition: &str) -> (bool, String) {
     );
     (out.status.success() && text.trim().is_empty(), text)
 }
+
+/// A Mosquitto process on a free loopback port with its own configuration
+/// directory, killed on drop.
+pub struct Broker {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Broker {
+    /// One anonymous plain listener.
+    pub fn start() -> Broker {
+        Self::start_with("")
+    }
+
+    /// Same, with `extra` general settings (lines ending in `\n`).
+    pub fn start_with(extra: &str) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        // `user root`: as root, Mosquitto would otherwise switch to a user
+        // that cannot read the private temp dir.
+        let conf = format!(
+            "user root\npersistence false\nlog_dest stderr\nlog_type error\n{extra}\
+             listener {port} 127.0.0.1\nallow_anonymous true\n"
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
+        let mut b = Broker {
+            child: None,
+            dir,
+            port,
+        };
+        b.spawn();
+        b
+    }
+
+    /// Start (again, after [`Broker::kill`]) and wait until it listens.
+    pub fn spawn(&mut self) {
+        let child = Command::new(require("mosquitto"))
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(Duration::from_secs(60), "mosquitto to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    /// SIGKILL: no clean disconnect for anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Publish with QoS 1 and wait for the broker's acknowledgement.
+    pub fn publish(&self, topic: &str, payload: &str) {
+        use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+        let mut o = MqttOptions::new(format!("test-pub-{}", free_port()), "127.0.0.1", self.port);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut conn) = Client::new(o, 10);
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .expect("queue publish");
+        for event in conn.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    let _ = client.disconnect();
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(e) => panic!("publishing to the test broker failed: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
