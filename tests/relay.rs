@@ -1412,6 +1412,19 @@ fn smtp_550_is_recorded_as_failed_not_retried_and_other_mail_keeps_flowing() {
 /// A tmpfs mounted for one test, unmounted (lazily) when dropped.
 struct Tmpfs(PathBuf);
 
+/// A 4 MiB tmpfs for a full-disk test's outbox, or `None` (with the reason
+/// printed) where mounting is not allowed; scripts/test runs as root.
+fn outbox_tmpfs(data: &Path, test: &str) -> Option<Tmpfs> {
+    Tmpfs::mount(data, "4m")
+        .map_err(|e| {
+            eprintln!(
+                "SKIPPED {test}: cannot mount a tmpfs for the outbox ({e}); \
+                 this test needs root or CAP_SYS_ADMIN"
+            )
+        })
+        .ok()
+}
+
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(at).unwrap();
@@ -1455,15 +1468,11 @@ fn full_disk_answers_503_and_loses_nothing_already_accepted() {
     // The outbox lives on a small tmpfs the test can fill (needs root, as
     // scripts/test runs in CI; elsewhere the test says why it did not run).
     let data = dir.path().join("data");
-    let _tmpfs = match Tmpfs::mount(&data, "4m") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!(
-                "SKIPPED full_disk_answers_503...: cannot mount a tmpfs for the outbox ({e}); \
-                 this test needs root or CAP_SYS_ADMIN"
-            );
-            return;
-        }
+    let Some(_tmpfs) = outbox_tmpfs(
+        &data,
+        "full_disk_answers_503_and_loses_nothing_already_accepted",
+    ) else {
+        return;
     };
     let certs = make_certs(dir.path());
     // The SMTP server stays down until the end, so everything accepted
@@ -1555,15 +1564,11 @@ fn full_disk_answers_503_and_loses_nothing_already_accepted() {
 fn deliveries_during_a_full_disk_are_recorded_and_not_repeated_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let _tmpfs = match Tmpfs::mount(&data, "4m") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!(
-                "SKIPPED deliveries_during_a_full_disk...: cannot mount a tmpfs for the \
-                 outbox ({e}); this test needs root or CAP_SYS_ADMIN"
-            );
-            return;
-        }
+    let Some(_tmpfs) = outbox_tmpfs(
+        &data,
+        "deliveries_during_a_full_disk_are_recorded_and_not_repeated_after_a_restart",
+    ) else {
+        return;
     };
     let certs = make_certs(dir.path());
     let port = free_port();
