@@ -72,13 +72,6 @@ fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
         .merge(root)
 }
 
-/// Render the store and the self-metrics.
-pub fn render(state: &AppState) -> String {
-    let mut out = String::new();
-    render_into(state, &mut out);
-    out
-}
-
 /// Render the store and the self-metrics into `out` (appended).
 pub fn render_into(state: &AppState, out: &mut String) {
     let started = Instant::now();
