@@ -225,6 +225,17 @@ pub struct WebConfig {
     /// Web configuration file (TLS, basic auth, headers) in the format
     /// node_exporter and Prometheus take; overridden by --web.config.file.
     pub config_file: Option<std::path::PathBuf>,
+    /// Further addresses served like `listen_address` (a repeated
+    /// `--web.listen-address` sets them).
+    pub extra_listen_addresses: Vec<SocketAddr>,
+    /// Path of the metrics endpoint.
+    pub telemetry_path: String,
+    /// Leave the exporter's own `process_*` metrics and scrape-duration
+    /// histogram out of the metrics endpoint (node_exporter's flag).
+    pub disable_exporter_metrics: bool,
+    /// Allow `POST`/`PUT /-/reload` (Prometheus' `--web.enable-lifecycle`);
+    /// off, they answer 403. SIGHUP reloads either way.
+    pub enable_lifecycle: bool,
 }
 
 impl Default for WebConfig {
@@ -234,6 +245,10 @@ impl Default for WebConfig {
             max_requests: 40,
             shutdown_timeout: Duration::from_secs(10),
             config_file: None,
+            extra_listen_addresses: Vec::new(),
+            telemetry_path: "/metrics".to_string(),
+            disable_exporter_metrics: false,
+            enable_lifecycle: false,
         }
     }
 }
@@ -264,6 +279,98 @@ pub struct SystemConfig {
     pub filesystems: FilesystemConfig,
     pub network: NetworkConfig,
     pub temperatures: bool,
+    /// Which groups of system series are exported
+    /// (`--collector.<name>` / `--no-collector.<name>`).
+    pub collectors: Collectors,
+}
+
+/// The system collectors, by node_exporter's names where vitals has the
+/// same one; all on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Collectors {
+    pub cpu: bool,
+    pub loadavg: bool,
+    pub meminfo: bool,
+    pub filesystem: bool,
+    pub netdev: bool,
+    pub uptime: bool,
+    /// Temperatures (also switched off by `system.temperatures = false`).
+    pub hwmon: bool,
+    /// The `[[process_groups]]`.
+    pub processgroups: bool,
+}
+
+impl Default for Collectors {
+    fn default() -> Self {
+        Collectors {
+            cpu: true,
+            loadavg: true,
+            meminfo: true,
+            filesystem: true,
+            netdev: true,
+            uptime: true,
+            hwmon: true,
+            processgroups: true,
+        }
+    }
+}
+
+impl Collectors {
+    /// Every collector off (`--collector.disable-defaults`).
+    pub fn none() -> Self {
+        Collectors {
+            cpu: false,
+            loadavg: false,
+            meminfo: false,
+            filesystem: false,
+            netdev: false,
+            uptime: false,
+            hwmon: false,
+            processgroups: false,
+        }
+    }
+
+    /// Switch the collector `name`; false for an unknown name.
+    pub fn set(&mut self, name: &str, on: bool) -> bool {
+        let field = match name {
+            "cpu" => &mut self.cpu,
+            "loadavg" => &mut self.loadavg,
+            "meminfo" => &mut self.meminfo,
+            "filesystem" => &mut self.filesystem,
+            "netdev" => &mut self.netdev,
+            "uptime" => &mut self.uptime,
+            "hwmon" => &mut self.hwmon,
+            "processgroups" => &mut self.processgroups,
+            _ => return false,
+        };
+        *field = on;
+        true
+    }
+
+    /// Whether a system family is exported, by the collector its name
+    /// belongs to.
+    pub fn keeps(&self, family: &str) -> bool {
+        let Some(rest) = family.strip_prefix("vitals_") else {
+            return true;
+        };
+        let prefixes: [(&str, bool); 10] = [
+            ("cpu", self.cpu),
+            ("load", self.loadavg),
+            ("memory_", self.meminfo),
+            ("swap_", self.meminfo),
+            ("filesystem_", self.filesystem),
+            ("disk_", self.filesystem),
+            ("network_", self.netdev),
+            ("boot_time", self.uptime),
+            ("uptime", self.uptime),
+            ("temperature", self.hwmon),
+        ];
+        prefixes
+            .iter()
+            .find(|(p, _)| rest.starts_with(p))
+            .is_none_or(|(_, on)| *on)
+    }
 }
 
 impl Default for SystemConfig {
@@ -275,6 +382,7 @@ impl Default for SystemConfig {
             filesystems: FilesystemConfig::default(),
             network: NetworkConfig::default(),
             temperatures: true,
+            collectors: Collectors::default(),
         }
     }
 }
@@ -301,6 +409,9 @@ pub struct FilesystemConfig {
     pub mount_points_exclude: Pattern,
     /// Filesystem types matching this regex (pseudo filesystems) are left out.
     pub fs_types_exclude: Pattern,
+    /// The host's root as mounted in a container (`--path.rootfs`): only
+    /// mount points under it are exported, with this prefix removed.
+    pub rootfs: Option<std::path::PathBuf>,
 }
 
 impl Default for FilesystemConfig {
@@ -313,6 +424,7 @@ impl Default for FilesystemConfig {
                 "autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs|tmpfs|ramfs|nfsd|fuse\\.lxcfs|fuse\\.portal|fuse\\.gvfsd-fuse",
             )
             .expect("valid default"),
+            rootfs: None,
         }
     }
 }
@@ -528,7 +640,44 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Paths the exporter serves itself, which the metrics path cannot take.
+const RESERVED_PATHS: [&str; 7] = [
+    "/",
+    "/healthz",
+    "/readyz",
+    "/-/healthy",
+    "/-/ready",
+    "/-/reload",
+    "/api",
+];
+
 impl Config {
+    /// Check the `web` settings the command line can change (called again
+    /// after the flags are applied).
+    pub fn validate_web(&self) -> Result<(), ConfigError> {
+        self.validate_web_in("command line")
+    }
+
+    fn validate_web_in(&self, file: &str) -> Result<(), ConfigError> {
+        let p = &self.web.telemetry_path;
+        let bad = !p.starts_with('/')
+            || p.len() < 2
+            || p.contains(['?', '#', ' ', '*', '{', '}'])
+            || RESERVED_PATHS.contains(&p.as_str())
+            || p.starts_with("/api/")
+            || p.starts_with("/ingest/");
+        if bad {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                key: "web.telemetry_path".into(),
+                reason: format!(
+                    "{p:?} must be a path such as /metrics, and not one vitals serves itself (/, /healthz, /readyz, /-/..., /api/..., /ingest/...)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks that need more than one key or a range.
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
@@ -542,6 +691,7 @@ impl Config {
         if self.web.max_requests == 0 {
             return Err(invalid("web.max_requests", "must be at least 1"));
         }
+        self.validate_web_in(file)?;
         if self.store.ingest_queue == 0 {
             return Err(invalid("store.ingest_queue", "must be at least 1"));
         }

@@ -183,6 +183,15 @@ impl Telemetry {
         }
     }
 
+    /// [`Telemetry::render`] with only the families `keep` accepts.
+    pub fn render_filtered(&self, out: &mut Vec<u8>, keep: impl Fn(&str) -> bool) {
+        let mut families = self.registry.gather();
+        families.retain(|f| keep(f.name()));
+        if let Err(error) = TextEncoder::new().encode(&families, out) {
+            tracing::warn!(%error, "Self-metrics could not be encoded.");
+        }
+    }
+
     /// Record a successful configuration load or reload.
     pub fn reload_succeeded(&self) {
         self.reload_ok.set(1);

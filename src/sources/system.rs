@@ -334,7 +334,11 @@ impl SystemCollector {
         let fs = &self.cfg.filesystems;
         let mut seen_mounts = std::collections::HashSet::new();
         for disk in &self.disks {
-            let mount = disk.mount_point().to_string_lossy();
+            let Some(mount) =
+                host_mount_point(&disk.mount_point().to_string_lossy(), fs.rootfs.as_deref())
+            else {
+                continue;
+            };
             let fstype = disk.file_system().to_string_lossy();
             if !fs.mount_points_include.is_match(&mount)
                 || (!fs.mount_points_exclude.is_empty() && fs.mount_points_exclude.is_match(&mount))
@@ -496,8 +500,21 @@ impl SystemCollector {
                 }
             }
         }
+        // `--no-collector.<name>`: drop the families of switched-off collectors.
+        let collectors = self.cfg.collectors;
+        out.retain(|s| collectors.keeps(&s.family.name));
         out
     }
+}
+
+/// With `--path.rootfs`, the mount point as the host sees it, or `None`
+/// for a mount outside the host root (the container's own).
+fn host_mount_point(mount: &str, rootfs: Option<&std::path::Path>) -> Option<String> {
+    let Some(root) = rootfs.filter(|r| *r != std::path::Path::new("/")) else {
+        return Some(mount.to_string());
+    };
+    let rest = std::path::Path::new(mount).strip_prefix(root).ok()?;
+    Some(format!("/{}", rest.display()))
 }
 
 fn disk_refresh() -> DiskRefreshKind {
@@ -571,5 +588,29 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         }
         telemetry.source_ok(NAME, NAME, started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod rootfs_tests {
+    use super::host_mount_point;
+    use std::path::Path;
+
+    #[test]
+    fn rootfs_prefix_is_removed_and_other_mounts_left_out() {
+        let root = Some(Path::new("/host"));
+        assert_eq!(host_mount_point("/host", root).as_deref(), Some("/"));
+        assert_eq!(
+            host_mount_point("/host/boot", root).as_deref(),
+            Some("/boot")
+        );
+        assert_eq!(host_mount_point("/", root), None);
+        assert_eq!(host_mount_point("/hostile", root), None);
+        assert_eq!(host_mount_point("/etc/hosts", root), None);
+        assert_eq!(host_mount_point("/data", None).as_deref(), Some("/data"));
+        assert_eq!(
+            host_mount_point("/data", Some(Path::new("/"))).as_deref(),
+            Some("/data")
+        );
     }
 }
