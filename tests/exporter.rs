@@ -351,7 +351,19 @@ fn version_and_help() {
     );
     let out = Command::new(vitals_bin()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["run", "check", "--web.listen-address", "--config"] {
+    for word in [
+        "run",
+        "check",
+        "healthcheck",
+        "--web.listen-address",
+        "--config",
+        "--web.telemetry-path",
+        "--web.enable-lifecycle",
+        "--no-collector.cpu",
+        "--log.format",
+        "VITALS_WEB__LISTEN_ADDRESS",
+        "VITALS_<SECTION>__<KEY>",
+    ] {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
 }
