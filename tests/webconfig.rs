@@ -1139,6 +1139,42 @@ fn client_certificate_policies_and_allowed_sans() {
     );
     assert_eq!(code_of(&v, with("stranger")), 200);
     assert_eq!(code_of(&v, vec![]), 0);
+    drop(v);
+
+    // RequestClientCert: asked for, neither required nor verified.
+    let v = Vitals::start_tls(
+        "",
+        &write_web(
+            d,
+            "request.yml",
+            "  client_auth_type: RequestClientCert\n",
+            "",
+        ),
+    );
+    assert_eq!(code_of(&v, vec![]), 200);
+    assert_eq!(code_of(&v, with("stranger")), 200);
+    drop(v);
+
+    // Inline PEM (cert, key, client_ca) instead of files.
+    let indent = |f: &str| {
+        std::fs::read_to_string(d.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let inline = format!(
+        "tls_server_config:\n  cert: |\n{}  key: |\n{}  client_auth_type: RequireAndVerifyClientCert\n  client_ca: |\n{}",
+        indent("server.crt"),
+        indent("server.key"),
+        indent("ca.crt")
+    );
+    let web = d.join("inline.yml");
+    std::fs::write(&web, inline).unwrap();
+    // (Debian's promtool 2.42 predates inline `cert`/`key`.)
+    let v = Vitals::start_tls("", &web);
+    assert_eq!(code_of(&v, with("client")), 200);
+    assert_eq!(code_of(&v, vec![]), 0);
 }
 
 #[test]
