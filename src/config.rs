@@ -354,7 +354,7 @@ impl Collectors {
         let Some(rest) = family.strip_prefix("vitals_") else {
             return true;
         };
-        let prefixes: [(&str, bool); 10] = [
+        let prefixes: [(&str, bool); 11] = [
             ("cpu", self.cpu),
             ("load", self.loadavg),
             ("memory_", self.meminfo),
@@ -365,6 +365,7 @@ impl Collectors {
             ("boot_time", self.uptime),
             ("uptime", self.uptime),
             ("temperature", self.hwmon),
+            ("process_group_", self.processgroups),
         ];
         prefixes
             .iter()
@@ -774,5 +775,51 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod collector_tests {
+    use super::*;
+
+    #[test]
+    fn collectors_keep_the_families_of_the_collectors_left_on() {
+        let mut c = Collectors::default();
+        assert!(c.keeps("vitals_cpu_usage_ratio") && c.keeps("vitals_load1"));
+        assert!(c.set("meminfo", false) && !c.set("nonsense", false));
+        assert!(!c.keeps("vitals_memory_total_bytes") && !c.keeps("vitals_swap_used_bytes"));
+        assert!(c.keeps("vitals_cpus") && c.keeps("vitals_source_up") && c.keeps("up"));
+        let mut c = Collectors::none();
+        c.set("processgroups", true);
+        assert!(c.keeps("vitals_process_group_up"));
+        assert!(!c.keeps("vitals_network_receive_bytes_total"));
+        assert!(
+            !c.keeps("vitals_filesystem_size_bytes") && !c.keeps("vitals_disk_read_bytes_total")
+        );
+        assert!(!c.keeps("vitals_temperature_celsius") && !c.keeps("vitals_uptime_seconds"));
+        // Not a system family: never dropped.
+        assert!(c.keeps("vitals_anomaly_score"));
+    }
+
+    #[test]
+    fn telemetry_path_must_be_a_free_path() {
+        let mut cfg = Config::default();
+        for ok in ["/metrics", "/node/metrics", "/m"] {
+            cfg.web.telemetry_path = ok.into();
+            assert!(cfg.validate_web().is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "metrics",
+            "/",
+            "/healthz",
+            "/-/reload",
+            "/api/series",
+            "/ingest/x",
+            "/a b",
+        ] {
+            cfg.web.telemetry_path = bad.into();
+            assert!(cfg.validate_web().is_err(), "{bad:?}");
+        }
     }
 }
