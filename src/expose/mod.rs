@@ -336,3 +336,24 @@ async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Respo
     }
     response
 }
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_holds_burst_tokens_and_refills_one_per_interval() {
+        let limit = webconfig::RateLimit {
+            interval: Duration::from_secs(3600),
+            burst: 2,
+        };
+        let mut b = Bucket::new(limit);
+        assert!(b.allow() && b.allow());
+        assert!(!b.allow(), "empty after the burst");
+        // As if an interval had passed.
+        b.last -= Duration::from_secs(3600);
+        assert!(b.allow() && !b.allow());
+        let mut none = Bucket::new(webconfig::RateLimit { burst: 0, ..limit });
+        assert!(!none.allow(), "burst 0 refuses everything");
+    }
+}
