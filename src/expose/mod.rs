@@ -182,6 +182,8 @@ struct Auth {
     bcrypt: Semaphore,
     /// The `rate_limit` token bucket (rebuilt when the setting changes).
     bucket: Mutex<Option<Bucket>>,
+    /// Requests refused with 429 since the last log line, and when that was.
+    refused: Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 /// A token bucket: `burst` tokens at most (and at first), one more per
@@ -233,6 +235,24 @@ impl Auth {
             dummy: "$2b$10$ISQlx8nWtPlgIrTOujqF5uIETFWZ5ZIScWTgA759fi0t2QzdjD3oG".to_string(),
             bcrypt: Semaphore::new(2),
             bucket: Mutex::new(None),
+            refused: Mutex::new((0, None)),
+        }
+    }
+
+    /// Log refusals by `rate_limit` at most once every ten seconds, with
+    /// the number refused since the last line.
+    fn log_rate_limited(&self) {
+        let mut refused = self.refused.lock();
+        refused.0 += 1;
+        let due = refused
+            .1
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(
+                refused = refused.0,
+                "Requests over the web configuration's rate_limit refused with 429."
+            );
+            *refused = (0, Some(std::time::Instant::now()));
         }
     }
 
@@ -303,6 +323,7 @@ async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Respo
     // Before authentication and without the configured headers, as
     // exporter-toolkit answers a request over the limit.
     if !auth.rate_allows(cfg.rate_limit) {
+        auth.log_rate_limited();
         return (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n").into_response();
     }
     let mut response = if cfg.users.is_empty() {
