@@ -211,7 +211,8 @@ fn build_message(
 #[derive(Clone)]
 struct Subject(String);
 
-/// The longest word lettre's folding keeps within 78 characters a line.
+/// The longest word lettre's folding fits on a line: it folds at 76
+/// characters, and a continuation line starts with a space.
 const LONGEST_PLAIN_WORD: usize = 76 - 1;
 
 impl Header for Subject {
