@@ -37,6 +37,12 @@ enum Command {
         /// Configuration file(s) to check.
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
+        /// Relay configurations: do not read the `env:`/`file:` secrets and
+        /// CA files they name (for a machine that lacks them) and list each
+        /// one not read. Without it they are read as `vitals relay` reads
+        /// them, with the same errors.
+        #[arg(long = "skip-secrets")]
+        skip_secrets: bool,
     },
     /// Replay CSV files (timestamp,value) through the pipeline and anomaly
     /// detectors; with labels, print precision/recall and the NAB score.
@@ -341,7 +347,10 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { config }) => check(&config),
+        Some(Command::Check {
+            config,
+            skip_secrets,
+        }) => check(&config, skip_secrets),
         Some(Command::Run(args)) => run(args),
         Some(Command::Backtest(args)) => backtest(args),
         Some(Command::Relay(args)) => relay(args),
@@ -388,7 +397,7 @@ fn init_logging(log: &LogArgs) {
     }
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
+fn check(paths: &[PathBuf], skip_secrets: bool) -> ExitCode {
     let mut ok = true;
     for path in paths {
         // A relay configuration has a top-level `[relay]` table.
@@ -396,7 +405,17 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             .map(|t| vitals::relay::config::is_relay_config(&t))
             .unwrap_or(false);
         let checked = if is_relay {
-            vitals::relay::check(path).map_err(|e| e.to_string())
+            vitals::relay::check(path, skip_secrets)
+                .map(|not_read| {
+                    if !not_read.is_empty() {
+                        println!(
+                            "{}: not read (--skip-secrets): {}",
+                            path.display(),
+                            not_read.join(", ")
+                        );
+                    }
+                })
+                .map_err(|e| e.to_string())
         } else {
             vitals::config::load(Some(path))
                 .map_err(|e| e.to_string())
