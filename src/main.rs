@@ -49,6 +49,18 @@ enum Command {
     Backtest(BacktestArgs),
     /// Run the alert relay: Alertmanager/Grafana webhooks to e-mail and SMS.
     Relay(RelayArgs),
+    /// Print a shell completion script, e.g.
+    /// `vitals completions bash > /etc/bash_completion.d/vitals`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page vitals(1), or with --dir write it and one page per
+    /// subcommand (vitals-run(1), ...) into DIR.
+    Man {
+        #[arg(long = "dir", value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Exit 0 when a running exporter answers 200 on /-/healthy, 1 otherwise
     /// (a container health check that needs no shell or curl).
     Healthcheck(HealthcheckArgs),
@@ -258,6 +270,24 @@ impl clap::Args for CollectorArgs {
     }
 }
 
+/// `vitals completions` and `vitals man`, generated from the clap definition.
+fn generate_docs(command: &Command) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "vitals", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(cli).render(&mut std::io::stdout()),
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(cli, dir)
+        }
+        _ => Ok(()),
+    }
+}
+
 #[derive(Args, Clone)]
 struct BacktestArgs {
     /// NAB-style labels: JSON object of file key to [[start, end], ...] windows.
@@ -355,6 +385,13 @@ fn main() -> ExitCode {
         Some(Command::Backtest(args)) => backtest(args),
         Some(Command::Relay(args)) => relay(args),
         Some(Command::Healthcheck(args)) => healthcheck(args),
+        Some(c @ (Command::Completions { .. } | Command::Man { .. })) => match generate_docs(&c) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vitals: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => run(cli.run),
     }
 }

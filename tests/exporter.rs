@@ -675,3 +675,46 @@ fn rootfs_reports_the_host_mounts_under_it_without_the_prefix() {
         "the prefix is removed: {mounts:?}"
     );
 }
+
+/// Inodes are exported per filesystem, as node_exporter's
+/// node_filesystem_files / node_filesystem_files_free, and agree with
+/// statvfs(3) as `stat -f` reports it.
+#[test]
+fn exports_filesystem_inodes() {
+    let v = Vitals::start("");
+    let metrics = wait_for(Duration::from_secs(15), "filesystem inodes", || {
+        let m = v.metrics();
+        m.contains("\nvitals_filesystem_files_free{").then_some(m)
+    });
+    // A mount point vitals reports with a non-zero inode count.
+    let (mount, files) = metrics
+        .lines()
+        .filter(|l| l.starts_with("vitals_filesystem_files{"))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let mount = series.split("mountpoint=\"").nth(1)?.split('"').next()?;
+            let files: f64 = value.parse().ok()?;
+            (files > 0.0).then(|| (mount.to_string(), files))
+        })
+        .unwrap_or_else(|| panic!("no filesystem with inodes in:\n{metrics}"));
+    let out = Command::new("stat")
+        .args(["-f", "--format=%c %d"])
+        .arg(&mount)
+        .output()
+        .expect("stat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse::<f64>().unwrap());
+    let (want_files, want_free) = (it.next().unwrap(), it.next().unwrap());
+    assert_eq!(files, want_files, "inodes of {mount}");
+    let free = sample_value(
+        &metrics,
+        "vitals_filesystem_files_free",
+        &[&format!("mountpoint=\"{mount}\"")],
+    )
+    .unwrap();
+    // Free inodes move while the machine works; same order of magnitude.
+    assert!(
+        free <= files && (free - want_free).abs() <= want_files * 0.05,
+        "free inodes of {mount}: {free}, stat -f says {want_free}"
+    );
+}

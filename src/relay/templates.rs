@@ -16,6 +16,7 @@ const TEXT: &str = r#"{% if status == "resolved" %}RESOLVED: all alerts of this 
 [FIRING] {{ a.labels.alertname or "alert" }} since {{ a.starts_at }}
 {% if a.annotations.summary %}  Summary: {{ a.annotations.summary }}
 {% endif %}{% if a.annotations.description %}  Description: {{ a.annotations.description }}
+{% endif %}{% if a.annotations.runbook_url %}  Runbook: {{ a.annotations.runbook_url }}
 {% endif %}  Labels:{% for k, v in a.labels|items %} {{ k }}={{ v }}{% endfor %}
 {% if a.generator_url %}  Source: {{ a.generator_url }}
 {% endif %}{% if a.dashboard_url %}  Dashboard: {{ a.dashboard_url }}
@@ -42,6 +43,7 @@ const HTML: &str = r#"<!doctype html>
 <b>[FIRING] {{ a.labels.alertname or "alert" }}</b> since {{ a.starts_at }}<br>
 {% if a.annotations.summary %}<b>Summary:</b> {{ a.annotations.summary }}<br>{% endif %}
 {% if a.annotations.description %}<b>Description:</b> {{ a.annotations.description }}<br>{% endif %}
+{% if a.annotations.runbook_url %}<b>Runbook:</b> <a href="{{ a.annotations.runbook_url }}">{{ a.annotations.runbook_url }}</a><br>{% endif %}
 <b>Labels:</b>{% for k, v in a.labels|items %} <code>{{ k }}={{ v }}</code>{% endfor %}<br>
 {% if a.generator_url %}{{ a.generator_url|link("Source") }} {% endif %}{% if a.dashboard_url %}{{ a.dashboard_url|link("Dashboard") }} {% endif %}{% if a.panel_url %}{{ a.panel_url|link("Panel") }} {% endif %}{% if a.silence_url %}{{ a.silence_url|link("Silence") }}{% endif %}
 </div>{% endfor %}

@@ -39,6 +39,8 @@ struct Families {
     fs_avail: Arc<FamilyMeta>,
     fs_usage: Arc<FamilyMeta>,
     fs_readonly: Arc<FamilyMeta>,
+    fs_files: Arc<FamilyMeta>,
+    fs_files_free: Arc<FamilyMeta>,
     disk_read: Arc<FamilyMeta>,
     disk_written: Arc<FamilyMeta>,
     net_rx_bytes: Arc<FamilyMeta>,
@@ -108,6 +110,16 @@ impl Families {
                 "vitals_filesystem_readonly",
                 G,
                 "Whether a filesystem is mounted read-only (1) or not (0).",
+            ),
+            fs_files: f(
+                "vitals_filesystem_files",
+                G,
+                "Inodes (file nodes) of a mounted filesystem.",
+            ),
+            fs_files_free: f(
+                "vitals_filesystem_files_free",
+                G,
+                "Free inodes of a mounted filesystem.",
             ),
             disk_read: f(
                 "vitals_disk_read_bytes_total",
@@ -369,6 +381,12 @@ impl SystemCollector {
                 labels.clone(),
                 if disk.is_read_only() { 1.0 } else { 0.0 },
             );
+            // Inodes: sysinfo has no inode counts; statvfs(3) of the mount
+            // point. A filesystem without inodes (btrfs, vfat) reports 0.
+            if let Ok(st) = rustix::fs::statvfs(disk.mount_point()) {
+                push(&fam.fs_files, labels.clone(), st.f_files as f64);
+                push(&fam.fs_files_free, labels.clone(), st.f_ffree as f64);
+            }
             let usage = disk.usage();
             push(
                 &fam.disk_read,
