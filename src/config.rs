@@ -259,11 +259,71 @@ pub struct StoreConfig {
     /// Batches that may wait between the sources and the store; a source
     /// whose batch does not fit waits (system) or counts a drop (push sources).
     pub ingest_queue: usize,
+    /// Longest label value of a new series, in bytes; a sample over it is
+    /// dropped (`reason="label_value_too_long"`).
+    pub max_label_value_bytes: usize,
+    /// Most bytes of a new series' whole label set as written on `/metrics`
+    /// (`reason="labels_too_large"`). With the series budgets, this bounds
+    /// the memory a source can take.
+    pub max_label_bytes: usize,
+    /// Longest metric name (`reason="metric_name_too_long"`).
+    pub max_metric_name_bytes: usize,
+    /// `[store.source_limits.<source name>]`: the three bounds above for
+    /// one source (each key optional, the global value otherwise).
+    pub source_limits: std::collections::BTreeMap<String, SourceLimits>,
+}
+
+/// Per-source replacements of the `[store]` size bounds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLimits {
+    pub max_label_value_bytes: Option<usize>,
+    pub max_label_bytes: Option<usize>,
+    pub max_metric_name_bytes: Option<usize>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { ingest_queue: 1024 }
+        let limits = crate::model::LabelLimits::default();
+        StoreConfig {
+            ingest_queue: 1024,
+            max_label_value_bytes: limits.max_label_value_bytes,
+            max_label_bytes: limits.max_label_bytes,
+            max_metric_name_bytes: limits.max_metric_name_bytes,
+            source_limits: Default::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The bounds of sources without their own.
+    pub fn label_limits(&self) -> crate::model::LabelLimits {
+        crate::model::LabelLimits {
+            max_label_value_bytes: self.max_label_value_bytes,
+            max_label_bytes: self.max_label_bytes,
+            max_metric_name_bytes: self.max_metric_name_bytes,
+        }
+    }
+
+    /// The bounds of each source that sets its own.
+    pub fn source_label_limits(
+        &self,
+    ) -> impl Iterator<Item = (&str, crate::model::LabelLimits)> + '_ {
+        let d = self.label_limits();
+        self.source_limits.iter().map(move |(name, l)| {
+            (
+                name.as_str(),
+                crate::model::LabelLimits {
+                    max_label_value_bytes: l
+                        .max_label_value_bytes
+                        .unwrap_or(d.max_label_value_bytes),
+                    max_label_bytes: l.max_label_bytes.unwrap_or(d.max_label_bytes),
+                    max_metric_name_bytes: l
+                        .max_metric_name_bytes
+                        .unwrap_or(d.max_metric_name_bytes),
+                },
+            )
+        })
     }
 }
 
@@ -695,6 +755,38 @@ impl Config {
         self.validate_web_in(file)?;
         if self.store.ingest_queue == 0 {
             return Err(invalid("store.ingest_queue", "must be at least 1"));
+        }
+        let check_limits = |prefix: &str, l: crate::model::LabelLimits| {
+            if l.max_label_value_bytes == 0 {
+                return Err(invalid(
+                    &format!("{prefix}max_label_value_bytes"),
+                    "must be at least 1",
+                ));
+            }
+            if l.max_label_bytes < l.max_label_value_bytes {
+                return Err(invalid(
+                    &format!("{prefix}max_label_bytes"),
+                    "must be at least max_label_value_bytes",
+                ));
+            }
+            if l.max_metric_name_bytes == 0 {
+                return Err(invalid(
+                    &format!("{prefix}max_metric_name_bytes"),
+                    "must be at least 1",
+                ));
+            }
+            Ok(())
+        };
+        check_limits("store.", self.store.label_limits())?;
+        for (name, limits) in self.store.source_label_limits() {
+            let prefix = format!("store.source_limits.{name}.");
+            if !self.sources.iter().any(|s| s.name() == name) {
+                return Err(invalid(
+                    prefix.trim_end_matches('.'),
+                    &format!("no source is named {name:?}"),
+                ));
+            }
+            check_limits(&prefix, limits)?;
         }
         let d = &self.dashboard;
         if d.resolution.as_secs() < 1 || d.resolution.subsec_nanos() != 0 {

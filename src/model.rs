@@ -163,6 +163,113 @@ impl Labels {
     }
 }
 
+/// Bounds on the size of a series' identity, checked where a series is
+/// created, so the cardinality budgets bound memory too: a source can hold
+/// at most (its series budget) × (`max_label_bytes` + name + overhead).
+///
+/// The defaults are far above what devices and business events use (a
+/// serial number, a topic segment, a merchant id: tens of bytes) and far
+/// below what would let a few hundred messages take hundreds of MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelLimits {
+    /// Longest label value, in bytes of UTF-8 (before escaping).
+    pub max_label_value_bytes: usize,
+    /// Most bytes of a series' whole label set as written on `/metrics`
+    /// (`{a="x",b="y"}`: names, values, quotes and separators).
+    pub max_label_bytes: usize,
+    /// Longest metric name, in bytes.
+    pub max_metric_name_bytes: usize,
+}
+
+impl Default for LabelLimits {
+    fn default() -> Self {
+        LabelLimits {
+            max_label_value_bytes: 1024,
+            max_label_bytes: 4096,
+            max_metric_name_bytes: 256,
+        }
+    }
+}
+
+/// Which bound of [`LabelLimits`] a series exceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitExceeded {
+    MetricNameTooLong,
+    LabelValueTooLong,
+    LabelsTooLarge,
+}
+
+impl LimitExceeded {
+    /// The bounded `reason` label of the drop.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LimitExceeded::MetricNameTooLong => "metric_name_too_long",
+            LimitExceeded::LabelValueTooLong => "label_value_too_long",
+            LimitExceeded::LabelsTooLarge => "labels_too_large",
+        }
+    }
+}
+
+impl LabelLimits {
+    /// Check a metric name.
+    pub fn check_name(&self, name: &str) -> Result<(), LimitExceeded> {
+        if name.len() > self.max_metric_name_bytes {
+            Err(LimitExceeded::MetricNameTooLong)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Check a label set (one pass over its rendered form, no allocation).
+    pub fn check_labels(&self, labels: &Labels) -> Result<(), LimitExceeded> {
+        let s = labels.as_str().as_bytes();
+        // The value check comes first, so a set that is too large because
+        // of one long value says so. Values are the quoted parts; an escape
+        // (`\\`, `\"`, `\n`) stands for one byte of the value. The scan
+        // stops at the first value over the bound.
+        if s.len() > self.max_label_value_bytes {
+            self.check_values(s)?;
+        }
+        if s.len() > self.max_label_bytes {
+            return Err(LimitExceeded::LabelsTooLarge);
+        }
+        Ok(())
+    }
+
+    fn check_values(&self, s: &[u8]) -> Result<(), LimitExceeded> {
+        let (mut in_value, mut escaped, mut len) = (false, false, 0usize);
+        for &b in s {
+            if !in_value {
+                if b == b'"' {
+                    in_value = true;
+                    len = 0;
+                }
+                continue;
+            }
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+                continue;
+            } else if b == b'"' {
+                in_value = false;
+                continue;
+            }
+            len += 1;
+            if len > self.max_label_value_bytes {
+                return Err(LimitExceeded::LabelValueTooLong);
+            }
+        }
+        Ok(())
+    }
+
+    /// Both checks.
+    pub fn check(&self, name: &str, labels: &Labels) -> Result<(), LimitExceeded> {
+        self.check_name(name)?;
+        self.check_labels(labels)
+    }
+}
+
 /// Escape a label value for the text exposition format.
 pub fn escape_label_value(v: &str, out: &mut String) {
     for c in v.chars() {
@@ -289,6 +396,48 @@ mod tests {
             .with("a", "2")
             .with("c", "3");
         assert_eq!(l.as_str(), r#"{a="2",c="3"}"#);
+    }
+
+    #[test]
+    fn label_limits_bound_values_the_whole_set_and_the_name() {
+        let limits = LabelLimits {
+            max_label_value_bytes: 4,
+            max_label_bytes: 24,
+            max_metric_name_bytes: 5,
+        };
+        let ok = Labels::from_pairs(&[("a", "1234"), ("b", "x\"\\y")]);
+        assert_eq!(
+            limits.check("abcde", &ok),
+            Ok(()),
+            "escapes count as one byte"
+        );
+        assert_eq!(
+            limits.check("abcdef", &ok),
+            Err(LimitExceeded::MetricNameTooLong)
+        );
+        let long = Labels::from_pairs(&[("a", "12345")]);
+        assert_eq!(
+            limits.check_labels(&long),
+            Err(LimitExceeded::LabelValueTooLong)
+        );
+        let long = Labels::from_pairs(&[("a", "1"), ("b", "12\n45")]);
+        assert_eq!(
+            limits.check_labels(&long),
+            Err(LimitExceeded::LabelValueTooLong)
+        );
+        // Every value short, the set too large.
+        let many = Labels::from_pairs(&[("a", "1234"), ("b", "1234"), ("c", "1234")]);
+        assert_eq!(
+            limits.check_labels(&many),
+            Err(LimitExceeded::LabelsTooLarge)
+        );
+        assert_eq!(limits.check_labels(&Labels::empty()), Ok(()));
+        // A multi-byte value is measured in bytes.
+        let wide = Labels::from_pairs(&[("a", "éé€")]);
+        assert_eq!(
+            limits.check_labels(&wide),
+            Err(LimitExceeded::LabelValueTooLong)
+        );
     }
 
     #[test]

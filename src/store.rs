@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::model::{FamilyMeta, Labels, MetricKind, Sample, escape_help, write_value};
+use crate::model::{
+    FamilyMeta, LabelLimits, Labels, LimitExceeded, MetricKind, Sample, escape_help, write_value,
+};
 
 /// One series: the latest value of one label set of one family.
 #[derive(Debug, Clone)]
@@ -175,6 +177,8 @@ struct SourceBook {
     budget: Option<usize>,
     /// Series not updated for this long are removed; `None` never expires.
     ttl_ms: Option<i64>,
+    /// Size bounds of the source's new series; `None`: the store default.
+    limits: Option<LabelLimits>,
 }
 
 /// Why the store refused a sample.
@@ -184,6 +188,9 @@ pub enum Refused {
     Cardinality,
     /// The family already exists with another type.
     TypeConflict,
+    /// The metric name or the label set is larger than the source's
+    /// [`LabelLimits`] allow.
+    Limit(LimitExceeded),
 }
 
 impl Refused {
@@ -191,6 +198,7 @@ impl Refused {
         match self {
             Refused::Cardinality => "cardinality",
             Refused::TypeConflict => "type_conflict",
+            Refused::Limit(l) => l.reason(),
         }
     }
 }
@@ -201,6 +209,11 @@ pub struct Store {
     sources: FxHashMap<Arc<str>, SourceBook>,
     generation: u64,
     series: usize,
+    /// Bytes of the metric names and rendered label sets of every series:
+    /// what the label limits bound.
+    label_bytes: usize,
+    /// Size bounds of new series for sources without their own.
+    default_limits: LabelLimits,
     /// Render per-detector scores (`vitals_anomaly_detector_score`).
     detector_scores: bool,
     /// Shape of the per-series history ring (the live dashboard's).
@@ -287,6 +300,34 @@ impl Store {
         self.book(source).budget = max_series;
     }
 
+    /// Size bounds of new series: `default` for every source, `per_source`
+    /// (by source name) replacing it for some. Replaces earlier settings;
+    /// series already held are kept.
+    pub fn set_label_limits<'a>(
+        &mut self,
+        default: LabelLimits,
+        per_source: impl IntoIterator<Item = (&'a str, LabelLimits)>,
+    ) {
+        self.default_limits = default;
+        for book in self.sources.values_mut() {
+            book.limits = None;
+        }
+        for (source, limits) in per_source {
+            self.book(source).limits = Some(limits);
+        }
+    }
+
+    /// The size bounds of the new series of `source` (a `<source>/<part>`
+    /// sub-key has those of its source).
+    pub fn label_limits(&self, source: &str) -> LabelLimits {
+        limits_of(&self.sources, self.default_limits, source)
+    }
+
+    /// Bytes of the metric names and label sets of every series held.
+    pub fn label_bytes(&self) -> usize {
+        self.label_bytes
+    }
+
     /// Remove series of `source` not updated within `ttl`.
     pub fn set_ttl(&mut self, source: &str, ttl: Option<std::time::Duration>) {
         self.book(source).ttl_ms = ttl.map(|d| d.as_millis() as i64);
@@ -316,6 +357,9 @@ impl Store {
     ) -> Result<&mut Series, Refused> {
         let meta = &sample.family;
         if !self.families.contains_key(meta.name.as_ref()) {
+            limits_of(&self.sources, self.default_limits, source)
+                .check_name(&meta.name)
+                .map_err(Refused::Limit)?;
             self.families.insert(
                 meta.name.clone(),
                 Family {
@@ -334,6 +378,9 @@ impl Store {
         // Look up before inserting: the hot path (an existing series) must
         // not clone the label set.
         if !family.series.contains_key(&sample.labels) {
+            limits_of(&self.sources, self.default_limits, source)
+                .check(&meta.name, &sample.labels)
+                .map_err(Refused::Limit)?;
             let book = match self.sources.get_mut(source.as_ref()) {
                 Some(b) => b,
                 None => self.sources.entry(source.clone()).or_default(),
@@ -343,6 +390,7 @@ impl Store {
             }
             book.series += 1;
             self.series += 1;
+            self.label_bytes += series_bytes(&meta.name, &sample.labels);
             self.next_id += 1;
             family.series.insert(
                 sample.labels.clone(),
@@ -423,11 +471,14 @@ impl Store {
 
     fn remove_where(&mut self, mut pred: impl FnMut(&Series) -> bool) -> usize {
         let mut removed = 0;
+        let mut bytes = 0;
         let sources = &mut self.sources;
         for family in self.families.values_mut() {
-            family.series.retain(|_, s| {
+            let name = &family.meta.name;
+            family.series.retain(|labels, s| {
                 if pred(s) {
                     removed += 1;
+                    bytes += series_bytes(name, labels);
                     if let Some(b) = sources.get_mut(s.source.as_ref()) {
                         b.series = b.series.saturating_sub(1);
                     }
@@ -439,6 +490,7 @@ impl Store {
         }
         self.families.retain(|_, f| !f.series.is_empty());
         self.series -= removed;
+        self.label_bytes -= bytes;
         if removed > 0 {
             self.bump();
         }
@@ -518,6 +570,24 @@ impl Store {
         }
         crate::detect::live::render(self.families.values(), self.detector_scores, out);
     }
+}
+
+/// The limits of `source` (or of the source a `<source>/<part>` sub-key
+/// belongs to), else `default`.
+fn limits_of(
+    sources: &FxHashMap<Arc<str>, SourceBook>,
+    default: LabelLimits,
+    source: &str,
+) -> LabelLimits {
+    let own = |key: &str| sources.get(key).and_then(|b| b.limits);
+    own(source)
+        .or_else(|| source.split_once('/').and_then(|(parent, _)| own(parent)))
+        .unwrap_or(default)
+}
+
+/// What one series adds to [`Store::label_bytes`].
+fn series_bytes(name: &str, labels: &Labels) -> usize {
+    name.len() + labels.as_str().len()
 }
 
 fn write_series(name: &str, labels: &Labels, value: f64, out: &mut String) {
@@ -640,6 +710,60 @@ mod tests {
         );
         assert!(store.upsert(&src, &sample(&f, "a", 5.0, 0), g).is_ok());
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn label_limits_refuse_oversized_new_series_and_bytes_are_accounted() {
+        let mut store = Store::new();
+        let small = LabelLimits {
+            max_label_value_bytes: 8,
+            max_label_bytes: 64,
+            max_metric_name_bytes: 16,
+        };
+        store.set_label_limits(LabelLimits::default(), [("db", small)]);
+        let f = family("v", MetricKind::Gauge, "v");
+        let g = store.begin_batch();
+        let long = "x".repeat(9);
+        for src in ["db", "db/q1"] {
+            let src: Arc<str> = src.into();
+            assert_eq!(
+                store
+                    .upsert(&src, &sample(&f, &long, 1.0, 0), g)
+                    .unwrap_err(),
+                Refused::Limit(LimitExceeded::LabelValueTooLong),
+                "{src} has the small limits"
+            );
+        }
+        let other: Arc<str> = "other".into();
+        store.upsert(&other, &sample(&f, &long, 1.0, 0), g).unwrap();
+        let huge = "x".repeat(2000);
+        assert_eq!(
+            store
+                .upsert(&other, &sample(&f, &huge, 1.0, 0), g)
+                .unwrap_err(),
+            Refused::Limit(LimitExceeded::LabelValueTooLong),
+            "the default bounds everyone else"
+        );
+        let long_name = family(&"n".repeat(300), MetricKind::Gauge, "n");
+        assert_eq!(
+            store
+                .upsert(&other, &sample(&long_name, "a", 1.0, 0), g)
+                .unwrap_err()
+                .reason(),
+            "metric_name_too_long"
+        );
+        assert_eq!(store.families().count(), 1, "no empty family left behind");
+        assert_eq!(store.len(), 1);
+        assert_eq!(
+            store.label_bytes(),
+            "v".len() + r#"{device="xxxxxxxxx"}"#.len()
+        );
+        store.remove_source("other");
+        assert_eq!(store.label_bytes(), 0);
+        // A reload's new limits replace the old ones.
+        store.set_label_limits(LabelLimits::default(), []);
+        let db: Arc<str> = "db".into();
+        assert!(store.upsert(&db, &sample(&f, &long, 1.0, 0), g).is_ok());
     }
 
     #[test]

@@ -53,11 +53,117 @@ pub async fn dispatch(State(routes): State<PushRoutes>, req: Request) -> Respons
     }
 }
 
+/// A digest of what a source is built from: its configuration with every
+/// secret by value, and the current content of every secret it reads from
+/// an environment variable or a file. A reload restarts a source only when
+/// this differs, so a changed token, password or DSN (literal, or rotated
+/// in its file) takes effect. Kept as a SHA-256 digest, so the supervisor
+/// holds no second copy of any secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn of_source(source: &SourceConfig) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        crate::sources::secret::compare_by_value(|| h.update(format!("{source:?}")));
+        for (key, input) in secret_inputs(source) {
+            h.update(key.as_bytes());
+            match input {
+                SecretInput::Env(var) => match std::env::var_os(var) {
+                    Some(v) => {
+                        h.update(b"=");
+                        h.update(v.as_encoded_bytes());
+                    }
+                    None => h.update(b"!"),
+                },
+                SecretInput::File(path) => match std::fs::read(path) {
+                    Ok(v) => {
+                        h.update(b"=");
+                        h.update(&v);
+                    }
+                    Err(e) => h.update(format!("!{:?}", e.kind())),
+                },
+            }
+            h.update(b"\0");
+        }
+        Fingerprint(h.finalize().into())
+    }
+
+    fn of_system(config: &Config) -> Self {
+        use sha2::{Digest, Sha256};
+        Fingerprint(
+            Sha256::digest(format!("{:?}{:?}", config.system, config.process_groups)).into(),
+        )
+    }
+}
+
+/// Where a source reads a secret from at start-up.
+enum SecretInput<'a> {
+    Env(&'a str),
+    File(&'a std::path::Path),
+}
+
+/// Every secret a source reads from the environment or a file, by key.
+fn secret_inputs(source: &SourceConfig) -> Vec<(&'static str, SecretInput<'_>)> {
+    fn add<'a>(
+        out: &mut Vec<(&'static str, SecretInput<'a>)>,
+        key: &'static str,
+        env: Option<&'a str>,
+        file: Option<&'a std::path::Path>,
+    ) {
+        if let Some(var) = env {
+            out.push((key, SecretInput::Env(var)));
+        }
+        if let Some(path) = file {
+            out.push((key, SecretInput::File(path)));
+        }
+    }
+    let mut out = Vec::new();
+    match source {
+        SourceConfig::Http(c) => {
+            add(
+                &mut out,
+                "bearer_token",
+                c.bearer_token_env.as_deref(),
+                c.bearer_token_file.as_deref(),
+            );
+            if let Some(b) = &c.basic_auth {
+                add(
+                    &mut out,
+                    "basic_auth.password",
+                    b.password_env.as_deref(),
+                    b.password_file.as_deref(),
+                );
+            }
+        }
+        SourceConfig::Sql(c) => add(&mut out, "dsn", c.dsn_env.as_deref(), c.dsn_file.as_deref()),
+        SourceConfig::Mqtt(c) => add(
+            &mut out,
+            "password",
+            c.password_env.as_deref(),
+            c.password_file.as_deref(),
+        ),
+        SourceConfig::Webhook(c) => {
+            if let Some(a) = &c.auth {
+                add(
+                    &mut out,
+                    "auth.secret",
+                    a.secret_env.as_deref(),
+                    a.secret_file.as_deref(),
+                );
+            }
+        }
+        SourceConfig::Logs(_) | SourceConfig::Demo(_) => {}
+    }
+    out
+}
+
 /// One running source.
 struct Running {
-    /// `Debug` rendering of the source's configuration: a reload restarts the
-    /// source only when this differs.
-    fingerprint: String,
+    /// What the source was built from: a reload restarts the source only
+    /// when this differs.
+    fingerprint: Fingerprint,
     token: CancellationToken,
     handle: Option<JoinHandle<()>>,
     router: Option<Router>,
@@ -134,6 +240,7 @@ impl Supervisor {
             config: config.clone(),
             pipeline: None,
         };
+        s.set_label_limits(&config);
         if config.system.enabled {
             s.spawn_system(&config);
         }
@@ -154,13 +261,18 @@ impl Supervisor {
         self
     }
 
+    /// Hand the store the size bounds of new series (before sources start,
+    /// which read their own from it).
+    fn set_label_limits(&self, config: &Config) {
+        self.ctx.store.write().set_label_limits(
+            config.store.label_limits(),
+            config.store.source_label_limits(),
+        );
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    fn system_fingerprint(config: &Config) -> String {
-        format!("{:?}{:?}", config.system, config.process_groups)
     }
 
     fn spawn_system(&mut self, config: &Config) {
@@ -175,7 +287,7 @@ impl Supervisor {
         self.running.insert(
             SYSTEM.to_string(),
             Running {
-                fingerprint: Self::system_fingerprint(config),
+                fingerprint: Fingerprint::of_system(config),
                 token,
                 handle: Some(handle),
                 router: None,
@@ -191,7 +303,7 @@ impl Supervisor {
         self.running.insert(
             source.name().to_string(),
             Running {
-                fingerprint: format!("{source:?}"),
+                fingerprint: Fingerprint::of_source(source),
                 token,
                 handle,
                 router,
@@ -227,6 +339,9 @@ impl Supervisor {
                 // (logs) cannot be aborted, so it is not waited for again.
                 let _ = tokio::time::timeout(Duration::from_secs(1), handle).await;
             }
+            // Its health series go with it (a replacement writes its own);
+            // the sample counters go when ingest applies the removal below.
+            self.ctx.telemetry.forget_source_health(name);
             // The channel is FIFO and the task has ended: every batch it
             // queued is ahead of this one. Fails only when ingest has ended.
             let _ = self
@@ -305,10 +420,14 @@ impl Supervisor {
             summary.needs_restart.push("store.ingest_queue");
         }
 
+        // New bounds apply to the series created from here on (and to the
+        // sources started below).
+        self.set_label_limits(&new);
+
         // The system source.
-        let system_now = self.running.get(SYSTEM).map(|r| r.fingerprint.clone());
+        let system_now = self.running.get(SYSTEM).map(|r| r.fingerprint);
         match (system_now, new.system.enabled) {
-            (Some(fp), true) if fp == Self::system_fingerprint(&new) => {
+            (Some(fp), true) if fp == Fingerprint::of_system(&new) => {
                 summary.kept.push(SYSTEM.into())
             }
             (Some(_), true) => {
@@ -344,7 +463,7 @@ impl Supervisor {
         }
         for (name, source) in wanted {
             match self.running.get(name) {
-                Some(r) if r.fingerprint == format!("{source:?}") => {
+                Some(r) if r.fingerprint == Fingerprint::of_source(source) => {
                     summary.kept.push(name.to_string())
                 }
                 Some(_) => {
@@ -367,7 +486,7 @@ impl Supervisor {
             applied.detect = self.config.detect.clone();
         }
         applied.web = self.config.web.clone();
-        applied.store = self.config.store.clone();
+        applied.store.ingest_queue = self.config.store.ingest_queue;
         self.config = applied;
         summary
     }
@@ -384,6 +503,100 @@ mod tests {
     fn config(sources: &str) -> Config {
         let text = format!("[system]\nenabled = false\n{sources}");
         load_str(&text, ConfigFormat::Toml, "test.toml").expect("valid test config")
+    }
+
+    fn one_source(toml: &str) -> SourceConfig {
+        let mut c = config(toml);
+        assert_eq!(c.sources.len(), 1, "{toml}");
+        c.sources.remove(0)
+    }
+
+    fn http(auth: &str) -> String {
+        format!(
+            "[[sources]]\ntype = \"http\"\nname = \"api\"\nurl = \"http://127.0.0.1:9/x\"\n{auth}\n\
+             [[sources.mappings]]\n[[sources.mappings.metrics]]\nname = \"x\"\npath = \"x\"\n"
+        )
+    }
+
+    fn sql(dsn: &str) -> String {
+        format!(
+            "[[sources]]\ntype = \"sql\"\nname = \"db\"\n{dsn}\n\
+             [[sources.queries]]\nname = \"q\"\nsql = \"SELECT 1 AS v\"\n\
+             [[sources.queries.metrics]]\nname = \"v\"\ncolumn = \"v\"\n"
+        )
+    }
+
+    fn mqtt(password: &str) -> String {
+        format!(
+            "[[sources]]\ntype = \"mqtt\"\nname = \"plant\"\nusername = \"u\"\n{password}\n\
+             [[sources.subscriptions]]\nname = \"s\"\ntopic = \"t/+device\"\n\
+             [sources.subscriptions.mapping]\n[[sources.subscriptions.mapping.metrics]]\nname = \"t\"\npath = \"t\"\n"
+        )
+    }
+
+    fn webhook(file: &std::path::Path) -> String {
+        format!(
+            "[[sources]]\ntype = \"webhook\"\nname = \"hook\"\n\
+             [sources.auth]\nscheme = \"hmac\"\nsecret_file = \"{}\"\n\
+             [[sources.metrics]]\nname = \"e_total\"\ntype = \"counter\"\n",
+            file.display()
+        )
+    }
+
+    /// Reload used to compare `Debug` renderings, where every secret prints
+    /// redacted: a changed token, password or DSN kept the old one running.
+    #[test]
+    fn a_changed_literal_secret_changes_the_fingerprint_for_every_source_kind() {
+        let cases = [
+            (
+                http("bearer_token = \"old-pw\""),
+                http("bearer_token = \"new-pw\""),
+            ),
+            (
+                http("[sources.basic_auth]\nusername = \"u\"\npassword = \"old-pw\""),
+                http("[sources.basic_auth]\nusername = \"u\"\npassword = \"new-pw\""),
+            ),
+            (
+                sql("dsn = \"postgres://u:old-pw@127.0.0.1/db\""),
+                sql("dsn = \"postgres://u:new-pw@127.0.0.1/db\""),
+            ),
+            (mqtt("password = \"old-pw\""), mqtt("password = \"new-pw\"")),
+        ];
+        for (old, new) in cases {
+            let fp = |toml: &str| Fingerprint::of_source(&one_source(toml));
+            assert_eq!(fp(&old), fp(&old), "the same configuration is unchanged");
+            assert_ne!(fp(&old), fp(&new), "{old}");
+            assert!(
+                !format!("{:?}", one_source(&new)).contains("new-pw"),
+                "Debug still redacts"
+            );
+        }
+    }
+
+    /// A secret read from a file (or the environment) is read again on
+    /// reload: new content means a restart, with the same configuration.
+    #[test]
+    fn a_rotated_secret_file_changes_the_fingerprint_for_every_source_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        let path = file.display().to_string();
+        let sources = [
+            http(&format!("bearer_token_file = \"{path}\"")),
+            http(&format!(
+                "[sources.basic_auth]\nusername = \"u\"\npassword_file = \"{path}\""
+            )),
+            sql(&format!("dsn_file = \"{path}\"")),
+            mqtt(&format!("password_file = \"{path}\"")),
+            webhook(&file),
+        ];
+        for toml in sources {
+            std::fs::write(&file, "old\n").unwrap();
+            let source = one_source(&toml);
+            let before = Fingerprint::of_source(&source);
+            assert_eq!(before, Fingerprint::of_source(&source), "stable: {toml}");
+            std::fs::write(&file, "new\n").unwrap();
+            assert_ne!(before, Fingerprint::of_source(&source), "{toml}");
+        }
     }
 
     /// The race a reload used to lose: the removed source's batches are

@@ -10,6 +10,7 @@ use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -33,6 +34,9 @@ pub struct Telemetry {
     /// Samples the pipeline or store refused, by bounded reason.
     pub samples_dropped: IntCounterVec,
     pub store_series: IntGauge,
+    /// Bytes of the metric names and label sets of the stored series (what
+    /// the `[store]` label limits bound).
+    pub store_label_bytes: IntGauge,
     pub scrape_duration: Histogram,
     /// 1 when the last configuration (re)load succeeded (Prometheus' convention).
     pub reload_ok: IntGauge,
@@ -102,6 +106,11 @@ impl Telemetry {
         let store_series =
             IntGauge::new("vitals_store_series", "Series currently held in the store.")
                 .expect("valid metric");
+        let store_label_bytes = IntGauge::new(
+            "vitals_store_label_bytes",
+            "Bytes of the metric names and label sets of the series held in the store.",
+        )
+        .expect("valid metric");
         let scrape_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "vitals_scrape_duration_seconds",
@@ -143,6 +152,7 @@ impl Telemetry {
             Box::new(samples_ingested.clone()),
             Box::new(samples_dropped.clone()),
             Box::new(store_series.clone()),
+            Box::new(store_label_bytes.clone()),
             Box::new(scrape_duration.clone()),
             Box::new(reload_ok.clone()),
             Box::new(reload_time.clone()),
@@ -162,6 +172,7 @@ impl Telemetry {
             samples_ingested,
             samples_dropped,
             store_series,
+            store_label_bytes,
             scrape_duration,
             reload_ok,
             reload_time,
@@ -190,6 +201,12 @@ impl Telemetry {
         if let Err(error) = TextEncoder::new().encode(&families, out) {
             tracing::warn!(%error, "Self-metrics could not be encoded.");
         }
+    }
+
+    /// Publish the size of the store after a change.
+    pub fn store_size(&self, store: &crate::store::Store) {
+        self.store_series.set(store.len() as i64);
+        self.store_label_bytes.set(store.label_bytes() as i64);
     }
 
     /// Record a successful configuration load or reload.
@@ -240,6 +257,30 @@ impl Telemetry {
         }
     }
 
+    /// Remove the health series the task of `source` writes (`up`, last
+    /// success, duration, errors) and its rate-limit windows: the source was
+    /// stopped by a reload and its task has ended. Call before a replacement
+    /// starts, so the new instance's series are not taken with them.
+    pub fn forget_source_health(&self, source: &str) {
+        let owned = |s: &str| owned_by(s, source);
+        forget(&self.source_up, owned);
+        forget(&self.source_last_success, owned);
+        forget(&self.source_duration, owned);
+        forget(&self.source_errors, owned);
+        self.limiter.lock().retain(|(s, _), _| !owned_by(s, source));
+    }
+
+    /// Remove the ingest counters of `source` (samples ingested and
+    /// dropped), including those of its `<source>/<part>` sub-keys. The
+    /// ingest task calls it when it applies the source's removal, which is
+    /// queued behind the source's last batch, so no late batch brings them
+    /// back.
+    pub fn forget_source_samples(&self, source: &str) {
+        let owned = |s: &str| owned_by(s, source);
+        forget(&self.samples_ingested, owned);
+        forget(&self.samples_dropped, owned);
+    }
+
     /// `Some(suppressed count)` when a log line for this key is due now.
     pub fn should_log(&self, source: &str, reason: &'static str) -> Option<u64> {
         let mut limiter = self.limiter.lock();
@@ -270,6 +311,31 @@ impl Telemetry {
     }
 }
 
+/// Whether the `source` label value `label` belongs to `source` (itself or
+/// one of its `<source>/<part>` sub-keys).
+fn owned_by(label: &str, source: &str) -> bool {
+    label
+        .strip_prefix(source)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Remove every series of `vec` whose `source` label satisfies `owned`.
+fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, owned: impl Fn(&str) -> bool) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("source").is_some_and(|s| owned(s)) {
+                // Fails only when the series is already gone.
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
@@ -292,6 +358,43 @@ mod tests {
             t.source_errors.with_label_values(&["s", "timeout"]).get(),
             2
         );
+    }
+
+    #[test]
+    fn forgetting_a_source_removes_its_series_and_sub_keys_only() {
+        let t = Telemetry::new();
+        for s in ["db", "db/q1", "dbx", "other"] {
+            t.source_ok(s, "sql", Duration::from_millis(5));
+            t.source_error(s, "timeout", &"boom");
+            t.samples_ingested.with_label_values(&[s]).inc();
+            t.samples_dropped.with_label_values(&[s, "nan"]).inc();
+        }
+        t.forget_source_health("db");
+        t.forget_source_samples("db");
+        let mut out = Vec::new();
+        t.render(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        for gone in ["source=\"db\"", "source=\"db/q1\""] {
+            assert!(!text.contains(gone), "{gone} left in:\n{text}");
+        }
+        for name in [
+            "vitals_source_up",
+            "vitals_source_last_success_timestamp_seconds",
+            "vitals_source_collection_duration_seconds",
+            "vitals_source_errors_total",
+            "vitals_samples_ingested_total",
+            "vitals_samples_dropped_total",
+        ] {
+            for kept in ["dbx", "other"] {
+                assert!(
+                    text.lines()
+                        .any(|l| l.starts_with(name) && l.contains(&format!("source=\"{kept}\""))),
+                    "{name} of {kept} kept"
+                );
+            }
+        }
+        // The log window of the forgotten source starts afresh.
+        assert_eq!(t.should_log("db", "timeout"), Some(0));
     }
 
     #[test]

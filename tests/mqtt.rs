@@ -1065,3 +1065,67 @@ fn typos_and_bad_values_in_mqtt_config_are_rejected_with_file_and_key() {
     let e = check(example.replace("protocol = \"3.1.1\"", "protocol = \"4.2\""));
     assert!(e.contains("unknown MQTT protocol"), "{e}");
 }
+
+/// Label values used to have no length limit: 300 messages with distinct
+/// 200,000-character label values took the exporter from 15 MiB to 500 MiB
+/// and made each scrape 240 MB. Now such a series is dropped and counted
+/// before the source tracks it, and the store's label bytes stay bounded.
+#[test]
+fn huge_payload_label_values_are_dropped_before_they_take_memory() {
+    let broker = Broker::start();
+    let port = broker.port;
+    let v = Vitals::start(&format!(
+        r#"
+[system]
+enabled = false
+[[sources]]
+type = "mqtt"
+name = "flood"
+host = "127.0.0.1"
+port = {port}
+[[sources.subscriptions]]
+name = "ids"
+topic = "sensors/+id/state"
+[sources.subscriptions.mapping]
+labels = {{ serial = "serial" }}
+[[sources.subscriptions.mapping.metrics]]
+name = "flood_value"
+path = "v"
+"#
+    ));
+    wait_subscribed(&v, "flood");
+    let messages: Vec<_> = (0..300)
+        .map(|i| {
+            let serial = format!("{i:03}{}", "s".repeat(200_000));
+            msg(
+                &format!("sensors/id{}/state", i % 3),
+                &format!(r#"{{"v":1,"serial":"{serial}"}}"#),
+            )
+        })
+        .chain([msg("sensors/id0/state", r#"{"v":7,"serial":"sn-1"}"#)])
+        .collect();
+    broker.publish(&messages);
+    wait_value(
+        &v,
+        "vitals_mqtt_messages_total",
+        &[r#"subscription="ids""#],
+        301.0,
+    );
+    wait_value(&v, "flood_value", &[r#"serial="sn-1""#], 7.0);
+    let m = v.metrics();
+    assert_eq!(
+        sample_value(
+            &m,
+            "vitals_samples_dropped_total",
+            &[r#"source="flood""#, r#"reason="label_value_too_long""#]
+        ),
+        Some(300.0)
+    );
+    assert_eq!(
+        m.lines().filter(|l| l.starts_with("flood_value{")).count(),
+        1
+    );
+    let bytes = sample_value(&m, "vitals_store_label_bytes", &[]).unwrap();
+    assert!(bytes < 16.0 * 1024.0, "{bytes} label bytes held");
+    assert!(m.len() < 256 * 1024, "a scrape is {} bytes", m.len());
+}

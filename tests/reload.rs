@@ -326,3 +326,93 @@ fn reload_rebuilds_pipeline_filters_and_detectors() {
     });
     assert!(!v.metrics().contains("vitals_anomaly_score{"));
 }
+
+#[test]
+fn removed_source_takes_its_health_series_and_counters_with_it() {
+    let base = "[system]\nenabled = false\n".to_string();
+    let v = Vitals::start(&format!("{base}{}{}", webhook("a"), webhook("b")));
+    let config = v.config_dir().join("vitals.toml");
+    assert_eq!(post(&v, "/ingest/a", r#"{"id":"1"}"#), 200);
+    assert_eq!(post(&v, "/ingest/b", r#"{"id":"1"}"#), 200);
+    assert_eq!(post(&v, "/ingest/b", "not json"), 400);
+    let health = [
+        "vitals_source_up",
+        "vitals_source_last_success_timestamp_seconds",
+        "vitals_source_collection_duration_seconds",
+        "vitals_samples_ingested_total",
+        "vitals_source_errors_total",
+    ];
+    wait_for(WAIT, "b's health series", || {
+        let m = v.metrics();
+        health
+            .iter()
+            .all(|n| sample_value(&m, n, &["source=\"b\""]).is_some())
+            .then_some(())
+    });
+
+    std::fs::write(&config, format!("{base}{}", webhook("a"))).unwrap();
+    let (status, summary) = reload(&v);
+    assert_eq!(status, 200, "{summary}");
+    assert!(summary.contains("stopped [b]"), "{summary}");
+    // The counters go when ingest reaches the removal queued behind b's
+    // last batch; the health series at once.
+    let m = wait_for(WAIT, "b's health series gone", || {
+        let m = v.metrics();
+        (!m.contains("source=\"b\"")).then_some(m)
+    });
+    for name in &health[..4] {
+        assert!(
+            sample_value(&m, name, &["source=\"a\""]).is_some(),
+            "{name} of the kept source a stays:\n{m}"
+        );
+    }
+    // Nothing brings them back (another reload, time passing).
+    let (status, _) = reload(&v);
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let m = v.metrics();
+    assert!(!m.contains("source=\"b\""), "{m}");
+}
+
+/// Reload used to compare `Debug` renderings, where secrets print redacted,
+/// and never read a secret file again: a rotated token kept the old one.
+#[test]
+fn reload_reads_a_rotated_secret_file_and_restarts_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "old-token\n").unwrap();
+    let cfg = format!(
+        "[system]\nenabled = false\n{}[sources.auth]\nscheme = \"bearer\"\nsecret_file = \"{}\"\n",
+        webhook("a"),
+        secret.display()
+    );
+    let v = Vitals::start(&cfg);
+    let push = |token: &str| {
+        http(
+            v.addr,
+            "POST",
+            "/ingest/a",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &format!("Bearer {token}")),
+            ],
+            b"{}",
+        )
+        .unwrap()
+        .0
+    };
+    assert_eq!(push("old-token"), 200);
+    assert_eq!(push("new-token"), 401);
+
+    // Same configuration file, new secret.
+    std::fs::write(&secret, "new-token\n").unwrap();
+    let (status, summary) = reload(&v);
+    assert_eq!(status, 200, "{summary}");
+    assert!(summary.contains("restarted [a]"), "{summary}");
+    assert_eq!(push("new-token"), 200);
+    assert_eq!(push("old-token"), 401, "the old secret no longer works");
+
+    // Nothing changed: kept.
+    let (_, summary) = reload(&v);
+    assert!(summary.contains("kept [a]"), "{summary}");
+}

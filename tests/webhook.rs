@@ -547,3 +547,154 @@ labels = { y = "y" }
         "{err}"
     );
 }
+
+/// Ids used to be compared as text: `7`, `7.0` and `"7"` were one key (and
+/// large integers were rounded through f64), while an object-valued id was
+/// never de-duplicated at all.
+#[test]
+fn idempotency_keys_keep_their_json_type_and_object_ids_are_refused() {
+    let s = start("bearer", "");
+    let auth = bearer();
+    let h = [("Authorization", auth.as_str())];
+    let ev = |id: &str| format!(r#"{{"id":{id},"status":"ok"}}"#);
+    for id in [
+        "7",
+        "7.0",
+        "\"7\"",
+        "9007199254740993",
+        "9007199254740992",
+        "true",
+    ] {
+        let (status, body) = post(s.v.addr, &h, &ev(id));
+        assert_eq!(status, 200, "{id}: {body}");
+        assert_eq!(
+            (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+            (Some(1), Some(0)),
+            "{id} is a key of its own"
+        );
+    }
+    // The same value again is a duplicate, however it is spelled: a float by
+    // value, a string with its escapes decoded.
+    for (id, again) in [("7", "7"), ("7.0", "7e0"), ("\"7\"", "\"\\u0037\"")] {
+        let (_, body) = post(s.v.addr, &h, &ev(again));
+        assert_eq!(
+            (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+            (Some(0), Some(1)),
+            "{again} repeats {id}"
+        );
+    }
+    // An object or an array cannot be a key: the request is refused, counted,
+    // and nothing of it counts.
+    for id in [r#"{"a":1}"#, "[1,2]"] {
+        let body = format!("{}\n{}", ev("\"fine\""), ev(id));
+        let (status, json) = post(s.v.addr, &h, &body);
+        assert_eq!(status, 400, "{id}: {json}");
+        assert_eq!(json["reason"], "invalid_idempotency_key", "{json}");
+    }
+    assert_eq!(error_count(&s.v, "invalid_idempotency_key"), Some(2.0));
+    let (_, body) = post(s.v.addr, &h, &ev("\"fine\""));
+    assert_eq!(
+        body["accepted"].as_u64(),
+        Some(1),
+        "the refused requests remembered no key"
+    );
+    let m = wait_for(Duration::from_secs(10), "seven events", || {
+        let m = s.v.metrics();
+        (sample_value(&m, "payments_events_total", &["status=\"ok\""]) == Some(7.0)).then_some(m)
+    });
+    assert_eq!(
+        sample_value(
+            &m,
+            "vitals_webhook_events_total",
+            &["outcome=\"duplicate\""]
+        ),
+        Some(3.0)
+    );
+}
+
+/// Label values used to have no length limit, so the cardinality budget
+/// did not bound memory: 100 events with 400 kB labels took the exporter to
+/// 255 MiB. Now a new series over the label limits is dropped and counted,
+/// the store's label bytes stay under series × max_label_bytes, and a
+/// source can be given wider limits of its own.
+#[test]
+fn huge_label_values_are_dropped_and_counted_and_memory_stays_bounded() {
+    let source = |name: &str| {
+        format!(
+            "[[sources]]\ntype = \"webhook\"\nname = \"{name}\"\n\
+             [[sources.metrics]]\nname = \"{name}_by_merchant_total\"\ntype = \"counter\"\n\
+             labels = {{ merchant = \"merchant\" }}\n\
+             [[sources.metrics]]\nname = \"{name}_by_five_total\"\ntype = \"counter\"\n\
+             labels = {{ a = \"a\", b = \"b\", c = \"c\", d = \"d\", e = \"e\" }}\n"
+        )
+    };
+    let v = Vitals::start(&format!(
+        "[system]\nenabled = false\n{}{}\
+         [store.source_limits.wide]\nmax_label_value_bytes = 4096\nmax_label_bytes = 8192\n",
+        source("shop"),
+        source("wide")
+    ));
+    let push = |name: &str, body: &str| {
+        let (status, text) = http(
+            v.addr,
+            "POST",
+            &format!("/ingest/{name}"),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{text}");
+    };
+    // 100 events, each with its own 400 kB merchant: 40 MB of label values.
+    for i in 0..100 {
+        let merchant = format!("{i:03}{}", "m".repeat(400_000));
+        push("shop", &format!(r#"{{"merchant":"{merchant}"}}"#));
+    }
+    // Five labels of 1,000 bytes each: every value fits, the set does not.
+    let kb = "k".repeat(1000);
+    let five = format!(r#"{{"a":"1{kb}","b":"2{kb}","c":"3{kb}","d":"4{kb}","e":"5{kb}"}}"#);
+    push("shop", &five);
+    // A 2,000-byte value: over the default, within `wide`'s own limits.
+    let two_kb = format!(r#"{{"merchant":"{}"}}"#, "w".repeat(2000));
+    push("shop", &two_kb);
+    push("wide", &two_kb);
+    push("wide", &five);
+    push("shop", r#"{"merchant":"m-1"}"#);
+
+    let dropped = |source: &str, reason: &str| {
+        sample_value(
+            &v.metrics(),
+            "vitals_samples_dropped_total",
+            &[
+                &format!("source=\"{source}\""),
+                &format!("reason=\"{reason}\""),
+            ],
+        )
+    };
+    let m = wait_for(Duration::from_secs(30), "the small merchant stored", || {
+        let m = v.metrics();
+        (sample_value(&m, "shop_by_merchant_total", &["merchant=\"m-1\""]) == Some(1.0))
+            .then_some(m)
+    });
+    assert_eq!(dropped("shop", "label_value_too_long"), Some(101.0), "{m}");
+    assert_eq!(dropped("shop", "labels_too_large"), Some(1.0));
+    assert_eq!(dropped("wide", "label_value_too_long"), None);
+    assert_eq!(dropped("wide", "labels_too_large"), None);
+    assert!(m.contains(&format!(
+        "wide_by_merchant_total{{merchant=\"{}\"}} 1",
+        "w".repeat(2000)
+    )));
+    assert!(sample_value(&m, "wide_by_five_total", &["a=\"1k"]).is_some());
+    assert!(!m.contains("mmmmmmmmmm"), "no huge label reached /metrics");
+
+    let series = sample_value(&m, "vitals_store_series", &[]).unwrap();
+    let bytes = sample_value(&m, "vitals_store_label_bytes", &[]).unwrap();
+    assert!(
+        bytes <= series * (8192.0 + 256.0),
+        "{bytes} label bytes for {series} series"
+    );
+    assert!(bytes < 64.0 * 1024.0, "{bytes} label bytes held");
+    assert!(m.len() < 256 * 1024, "a scrape is {} bytes", m.len());
+    let (ok, out) = promtool_check_metrics(&m);
+    assert!(ok, "{out}");
+}

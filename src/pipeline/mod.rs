@@ -74,7 +74,8 @@ impl Pipeline {
     pub fn apply(&mut self, mut batch: Batch, store: &mut Store, telemetry: &Telemetry) {
         if batch.mode == BatchMode::Remove {
             store.remove_source(&batch.source);
-            telemetry.store_series.set(store.len() as i64);
+            telemetry.forget_source_samples(&batch.source);
+            telemetry.store_size(store);
             return;
         }
         let generation = store.begin_batch();
@@ -111,7 +112,7 @@ impl Pipeline {
                 .with_label_values(&[&batch.source])
                 .inc_by(ingested);
         }
-        telemetry.store_series.set(store.len() as i64);
+        telemetry.store_size(store);
     }
 }
 
@@ -177,7 +178,7 @@ pub async fn run_ingest_with_control(
             _ = expiry.tick() => {
                 let mut store = store.write();
                 store.expire(crate::model::now_ms());
-                telemetry.store_series.set(store.len() as i64);
+                telemetry.store_size(&store);
             }
             _ = shutdown.cancelled() => break,
         }

@@ -233,6 +233,8 @@ pub enum Skip {
     Negative,
     /// A new label set beyond the budget.
     Cardinality,
+    /// A new label set larger than the source's label limits.
+    Limit(crate::model::LimitExceeded),
 }
 
 impl Skip {
@@ -243,6 +245,7 @@ impl Skip {
             Skip::NotNumber => "not_a_number",
             Skip::Negative => "negative_counter_increment",
             Skip::Cardinality => "cardinality",
+            Skip::Limit(l) => l.reason(),
         }
     }
 }
@@ -277,6 +280,9 @@ pub struct MetricState {
     dirty: Vec<usize>,
     key: String,
     values: Vec<String>,
+    /// Size bounds of a new label set, so the state kept per series is
+    /// bounded as the store's is (the store checks again).
+    limits: crate::model::LabelLimits,
 }
 
 impl MetricState {
@@ -310,8 +316,14 @@ impl MetricState {
             dirty: Vec::new(),
             key: String::new(),
             values: vec![String::new(); cfg.labels.len()],
+            limits: crate::model::LabelLimits::default(),
             cfg,
         }
+    }
+
+    /// Bound new label sets by `limits` instead of the defaults.
+    pub fn set_limits(&mut self, limits: crate::model::LabelLimits) {
+        self.limits = limits;
     }
 
     /// Apply one record; `Err` says why it did not count.
@@ -349,7 +361,7 @@ impl MetricState {
                 if self.series.len() >= self.max_series {
                     return Err(Skip::Cardinality);
                 }
-                self.new_series(record)
+                self.new_series(record)?
             }
         };
         let s = &mut self.series[idx];
@@ -372,7 +384,7 @@ impl MetricState {
         Ok(())
     }
 
-    fn new_series(&mut self, record: &dyn Record) -> usize {
+    fn new_series(&mut self, record: &dyn Record) -> Result<usize, Skip> {
         for (slot, field) in self.values.iter_mut().zip(self.cfg.labels.values()) {
             slot.clear();
             if let Some(v) = record.get(field) {
@@ -387,6 +399,7 @@ impl MetricState {
             .zip(self.values.iter().map(String::as_str))
             .collect();
         let labels = Labels::from_pairs(&pairs);
+        self.limits.check_labels(&labels).map_err(Skip::Limit)?;
         let hist = (self.cfg.kind == MappingKind::Histogram).then(|| {
             let mut bucket_labels: Vec<Labels> = self
                 .buckets
@@ -413,7 +426,7 @@ impl MetricState {
         });
         let idx = self.series.len() - 1;
         self.index.insert(self.key.as_str().into(), idx);
-        idx
+        Ok(idx)
     }
 
     /// Samples of every series changed since the last flush.

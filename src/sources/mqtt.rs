@@ -98,16 +98,9 @@ pub struct MqttConfig {
     pub subscriptions: Vec<SubscriptionConfig>,
 }
 
-/// A password that never shows up in logs or `Debug` output.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
+/// A password that never shows up in logs or `Debug` output (one secret
+/// type for every source, so reload compares them all by value).
+pub use super::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -352,7 +345,7 @@ impl MqttConfig {
 
     fn password(&self) -> Result<Option<String>, String> {
         if let Some(p) = &self.password {
-            return Ok(Some(p.0.clone()));
+            return Ok(Some(p.expose().to_string()));
         }
         if let Some(var) = &self.password_env {
             return std::env::var(var)
@@ -703,6 +696,10 @@ struct Ingest {
     batch: Vec<Sample>,
     telemetry: Arc<Telemetry>,
     metrics: SourceMetrics,
+    /// Size bounds of a new label set (the source's, from the store), so
+    /// the label sets and devices tracked here stay as bounded as the
+    /// store's series.
+    limits: crate::model::LabelLimits,
 }
 
 impl Ingest {
@@ -777,6 +774,7 @@ impl Ingest {
             batch: Vec::with_capacity(1024),
             telemetry,
             metrics,
+            limits: crate::model::LabelLimits::default(),
         })
     }
 
@@ -860,15 +858,21 @@ impl Ingest {
                         .iter()
                         .map(|slot| (sub.base[*slot].0.as_str(), sub.base[*slot].1.as_str()))
                         .collect();
-                    s.devices.insert(
-                        s.key.as_str().into(),
-                        Device {
-                            labels: Labels::from_pairs(&pairs),
-                            last_seen_ms: now,
-                            up: false,
-                            dirty: true,
-                        },
-                    );
+                    let labels = Labels::from_pairs(&pairs);
+                    // A device over the label limits is not tracked; its
+                    // samples (whose labels hold the device's) are dropped
+                    // and counted by the same check below.
+                    if self.limits.check_labels(&labels).is_ok() {
+                        s.devices.insert(
+                            s.key.as_str().into(),
+                            Device {
+                                labels,
+                                last_seen_ms: now,
+                                up: false,
+                                dirty: true,
+                            },
+                        );
+                    }
                 }
                 None => {
                     sub.m.dropped_cardinality.inc();
@@ -919,6 +923,27 @@ impl Ingest {
                 group_end += 1;
             }
             let labels = &self.batch[read].labels;
+            if !sub.sets.contains_key(labels)
+                && let Err(exceeded) = self.limits.check_labels(labels)
+            {
+                let n = (group_end - read) as u64;
+                let reason = exceeded.reason();
+                self.telemetry
+                    .samples_dropped
+                    .with_label_values(&[&self.source, reason])
+                    .inc_by(n);
+                if let Some(suppressed) = self.telemetry.should_log(&self.source, reason) {
+                    tracing::warn!(
+                        source = %self.source,
+                        subscription = %sub.name,
+                        bytes = labels.as_str().len(),
+                        suppressed,
+                        "Label set over the source's label limits; samples dropped."
+                    );
+                }
+                read = group_end;
+                continue;
+            }
             if !sub.sets.contains_key(labels) && sub.series < sub.max_series {
                 sub.sets.insert(
                     labels.clone(),
@@ -1390,6 +1415,7 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
             .write()
             .set_ttl(&name, Some(Duration::from_millis(ttl as u64)));
     }
+    ingest.limits = ctx.store.read().label_limits(&name);
     let setup = cfg
         .password()
         .and_then(|p| cfg.tls.as_ref().map(tls_config).transpose().map(|t| (p, t)));

@@ -102,8 +102,9 @@ pub trait Record {
 /// A JSON value (normally an object).
 pub struct JsonRecord<'a>(pub &'a serde_json::Value);
 
-impl Record for JsonRecord<'_> {
-    fn get(&self, path: &FieldPath) -> Option<Value<'_>> {
+impl<'a> JsonRecord<'a> {
+    /// The JSON value at `path`, whatever its type.
+    pub fn lookup(&self, path: &FieldPath) -> Option<&'a serde_json::Value> {
         let mut v = self.0;
         for seg in path.segments() {
             v = match v {
@@ -112,7 +113,13 @@ impl Record for JsonRecord<'_> {
                 _ => return None,
             };
         }
-        match v {
+        Some(v)
+    }
+}
+
+impl Record for JsonRecord<'_> {
+    fn get(&self, path: &FieldPath) -> Option<Value<'_>> {
+        match self.lookup(path)? {
             serde_json::Value::String(s) => Some(Value::Str(Cow::Borrowed(s))),
             serde_json::Value::Number(n) => n.as_f64().map(Value::Num),
             serde_json::Value::Bool(b) => Some(Value::Bool(*b)),

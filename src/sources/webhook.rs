@@ -242,12 +242,16 @@ impl Reject {
     }
 }
 
-/// Accepted keys, remembered for a window, bounded in number.
+/// The SHA-256 digest of a canonical idempotency key: every remembered key
+/// takes the same room, however long the id.
+type KeyDigest = [u8; 32];
+
+/// Accepted keys (by digest), remembered for a window, bounded in number.
 struct Dedupe {
     window: Duration,
     capacity: usize,
-    seen: FxHashMap<Box<str>, Instant>,
-    order: VecDeque<(Instant, Box<str>)>,
+    seen: FxHashMap<KeyDigest, Instant>,
+    order: VecDeque<(Instant, KeyDigest)>,
 }
 
 impl Dedupe {
@@ -275,13 +279,62 @@ impl Dedupe {
 
     /// True when `key` is new (and remembers it).
     fn insert(&mut self, key: &str, now: Instant) -> bool {
-        if self.seen.contains_key(key) {
+        use sha2::Digest;
+        let key: KeyDigest = Sha256::digest(key.as_bytes()).into();
+        if self.seen.contains_key(&key) {
             return false;
         }
-        let key: Box<str> = key.into();
-        self.seen.insert(key.clone(), now);
+        self.seen.insert(key, now);
         self.order.push_back((now, key));
         true
+    }
+}
+
+/// The canonical idempotency key of an event: its id written as compact
+/// JSON, so the type is part of the key. `"7"` (a string), `7` (an integer,
+/// exact however large) and `7.0` (a float, by value) are three keys. A CSV
+/// field is a string. `Ok(false)`: no id (absent or `null`), the event is
+/// not de-duplicated.
+trait IdKey {
+    fn id_key(&self, field: &FieldPath, out: &mut String) -> Result<bool, IdError>;
+}
+
+/// An id that cannot be a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdError {
+    /// An object or an array.
+    NotScalar,
+}
+
+impl IdKey for JsonRecord<'_> {
+    fn id_key(&self, field: &FieldPath, out: &mut String) -> Result<bool, IdError> {
+        match self.lookup(field) {
+            None | Some(serde_json::Value::Null) => Ok(false),
+            Some(serde_json::Value::Object(_) | serde_json::Value::Array(_)) => {
+                Err(IdError::NotScalar)
+            }
+            Some(v) => {
+                // Writing a scalar JSON value to a String cannot fail.
+                use std::fmt::Write as _;
+                let _ = write!(out, "{v}");
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl IdKey for CsvRecord<'_> {
+    fn id_key(&self, field: &FieldPath, out: &mut String) -> Result<bool, IdError> {
+        match self.get(field) {
+            None => Ok(false),
+            Some(v) => {
+                let mut text = String::new();
+                v.write_str(&mut text);
+                use std::fmt::Write as _;
+                let _ = write!(out, "{}", serde_json::Value::String(text));
+                Ok(true)
+            }
+        }
     }
 }
 
@@ -343,8 +396,13 @@ impl Webhook {
             .as_ref()
             .filter(|a| a.scheme == AuthScheme::Hmac)
             .and_then(|a| axum::http::HeaderName::try_from(a.signature_header.as_str()).ok());
+        let limits = ctx.store.read().label_limits(&name);
+        let mut metrics = super::aggregate::states(&cfg.metrics);
+        for m in &mut metrics {
+            m.set_limits(limits);
+        }
         let inner = Inner {
-            metrics: super::aggregate::states(&cfg.metrics),
+            metrics,
             rules: RuleSet::new(&cfg.name, &cfg.rules),
             dedupe: Dedupe::new(cfg.idempotency_window, cfg.idempotency_capacity),
             accepted: 0,
@@ -553,7 +611,32 @@ impl Webhook {
     }
 
     /// Count `records` and queue their batch; all or nothing.
-    async fn apply<R: Record + Sync>(&self, records: &[R]) -> Result<(usize, usize), Reject> {
+    async fn apply<R: Record + IdKey + Sync>(
+        &self,
+        records: &[R],
+    ) -> Result<(usize, usize), Reject> {
+        // Every id is checked before anything counts (all or nothing).
+        let mut keys: Vec<Option<String>> = Vec::new();
+        if let Some(field) = &self.cfg.idempotency_key {
+            keys.reserve(records.len());
+            for (i, record) in records.iter().enumerate() {
+                let mut key = String::new();
+                match record.id_key(field, &mut key) {
+                    Ok(true) => keys.push(Some(key)),
+                    Ok(false) => keys.push(None),
+                    Err(IdError::NotScalar) => {
+                        return Err(Reject::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_idempotency_key",
+                            format!(
+                                "event {i}: the idempotency key `{field}` is an object or an array; \
+                                 it must be a string, a number or a boolean"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         // Room in the queue first, so nothing below can fail: the state is
         // only changed when its batch is sure to be queued.
         let permit = match tokio::time::timeout(self.cfg.queue_timeout, self.ctx.tx.reserve()).await
@@ -578,22 +661,17 @@ impl Webhook {
         let now = Instant::now();
         let mut samples = Vec::new();
         let mut events: Vec<Event> = Vec::new();
-        let mut key = String::new();
         let (accepted, duplicates) = {
             let mut guard = self.inner.lock();
             let inner = &mut *guard;
             inner.dedupe.expire(now);
             let (mut accepted, mut duplicates) = (0, 0);
-            for record in records {
-                if let Some(field) = &self.cfg.idempotency_key
-                    && let Some(v) = record.get(field)
+            for (i, record) in records.iter().enumerate() {
+                if let Some(Some(key)) = keys.get(i)
+                    && !inner.dedupe.insert(key, now)
                 {
-                    key.clear();
-                    v.write_str(&mut key);
-                    if !inner.dedupe.insert(&key, now) {
-                        duplicates += 1;
-                        continue;
-                    }
+                    duplicates += 1;
+                    continue;
                 }
                 accepted += 1;
                 for m in inner.metrics.iter_mut() {
