@@ -129,6 +129,7 @@ pub async fn run_until(
     let local = listener.local_addr().unwrap_or(address);
 
     let telemetry = Arc::new(Telemetry::new());
+    let conns = crate::expose::Connections::new(cfg.web.limits(), telemetry.registry());
     let store = Arc::new(RwLock::new(Store::new()));
     if cfg.dashboard.enabled {
         store
@@ -221,7 +222,7 @@ pub async fn run_until(
     } else {
         tracing::info!(address = %local, "Listening; metrics at {url}metrics.");
     }
-    let serve = crate::expose::serve(listener, app, web, shutdown.clone());
+    let serve = crate::expose::serve(listener, app, web, conns, shutdown.clone());
     let result = tokio::select! {
         r = serve => r.map_err(RunError::Serve),
         // In-flight requests get `drain` to finish after the signal.

@@ -2,6 +2,7 @@
 //! TLS (optionally mutual), basic authentication and extra response headers,
 //! re-read when the file changes.
 
+pub mod connections;
 pub mod webconfig;
 
 use std::collections::HashSet;
@@ -14,51 +15,55 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use connections::{Connections, Limits};
 use webconfig::{WebConfig, WebConfigWatcher};
 
 /// Serve `app` on `listener` until `shutdown` fires, then stop accepting
-/// and wait for in-flight requests (the caller bounds that wait).
+/// and wait for in-flight requests (the caller bounds that wait). `conns`
+/// bounds the open connections and times out slow and idle clients.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     web: Option<Arc<WebConfigWatcher>>,
+    conns: Arc<Connections>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let Some(web) = web else {
-        let token = shutdown.clone();
-        return axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+    let app = match &web {
+        Some(web) => {
+            let auth = Arc::new(Auth::new(web.clone()));
+            app.layer(middleware::from_fn_with_state(auth, guard))
+        }
+        None => app,
     };
-    let auth = Arc::new(Auth::new(web.clone()));
-    let app = app.layer(middleware::from_fn_with_state(auth, guard));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let builder = conns.builder();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(error) => {
                     // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(%error, "Accepting a connection failed.");
+                    conns.accept_failed(&error);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = shutdown.cancelled() => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let tls = web.as_ref().and_then(|w| w.current().tls.clone());
+        let Some(slot) = conns.admit(&stream, tls.is_none()) else {
+            continue;
+        };
+        let service = slot.service(app.clone());
         let builder = builder.clone();
-        let tls = web.current().tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             match tls {
@@ -66,47 +71,17 @@ pub async fn serve(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    slot.run(watcher.watch(conn), peer).await;
                 }
                 Some(tls) => {
-                    // Plain HTTP sent to the TLS port gets a clear answer
-                    // instead of a handshake failure.
-                    let mut first = [0u8; 1];
-                    match tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first))
-                        .await
-                    {
-                        Ok(Ok(1)) if first[0] != 0x16 => {
-                            let mut stream = stream;
-                            let body = "Client sent an HTTP request to an HTTPS server.\n";
-                            let resp = format!(
-                                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            let _ = stream.write_all(resp.as_bytes()).await;
-                            let _ = stream.shutdown().await;
-                            return;
-                        }
-                        Ok(Ok(1)) => {}
-                        _ => return,
-                    }
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    let stream = match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed.");
-                            return;
-                        }
-                        Err(_) => return,
+                    let Some(stream) = slot.handshake(tls_handshake(stream, tls, peer)).await
+                    else {
+                        return;
                     };
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    slot.run(watcher.watch(conn), peer).await;
                 }
             }
         });
@@ -114,6 +89,38 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The TLS handshake; plain HTTP sent to the TLS port gets a clear answer
+/// instead of a handshake failure.
+async fn tls_handshake(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) if first[0] != 0x16 => {
+            let mut stream = stream;
+            let body = "Client sent an HTTP request to an HTTPS server.\n";
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+        Ok(1) => {}
+        _ => return None,
+    }
+    match tokio_rustls::TlsAcceptor::from(tls).accept(stream).await {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed.");
+            None
+        }
+    }
 }
 
 /// Basic-auth verification with a cache, bcrypt off the async threads and

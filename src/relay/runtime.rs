@@ -70,6 +70,9 @@ impl Runtime {
             ));
         }
         validate_retry(&cfg.retry).map_err(|(k, r)| invalid(format!("relay.retry.{k}"), r))?;
+        cfg.web
+            .check()
+            .map_err(|(k, r)| invalid(format!("relay.web.{k}"), r.into()))?;
         let secret = |s: &super::config::Secret, key: String| -> Result<String, ConfigError> {
             if check_only {
                 Ok(String::new())
