@@ -1,6 +1,7 @@
 //! Serving the HTTP router: plain HTTP, or — with a web configuration file —
 //! TLS (optionally mutual), basic authentication and extra response headers,
-//! re-read when the file changes.
+//! re-read when the file changes. Either way the connections are bounded
+//! and slow or idle clients timed out by [`connections`].
 
 pub mod connections;
 pub mod webconfig;
