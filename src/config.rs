@@ -236,10 +236,27 @@ pub struct WebConfig {
     /// Allow `POST`/`PUT /-/reload` (Prometheus' `--web.enable-lifecycle`);
     /// off, they answer 403. SIGHUP reloads either way.
     pub enable_lifecycle: bool,
+    /// Connection limits and timeouts: see [`crate::expose::Limits`], whose
+    /// fields these are (kept flat so they read `web.max_connections`).
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
+        let l = crate::expose::Limits::default();
         WebConfig {
             listen_address: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             max_requests: 40,
@@ -249,6 +266,30 @@ impl Default for WebConfig {
             telemetry_path: "/metrics".to_string(),
             disable_exporter_metrics: false,
             enable_lifecycle: false,
+            max_connections: l.max_connections,
+            header_read_timeout: l.header_read_timeout,
+            body_read_timeout: l.body_read_timeout,
+            idle_timeout: l.idle_timeout,
+            tls_handshake_timeout: l.tls_handshake_timeout,
+            http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+            http2_keep_alive_interval: l.http2_keep_alive_interval,
+            http2_keep_alive_timeout: l.http2_keep_alive_timeout,
+        }
+    }
+}
+
+impl WebConfig {
+    /// The connection limits and timeouts of the HTTP server.
+    pub fn limits(&self) -> crate::expose::Limits {
+        crate::expose::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            idle_timeout: self.idle_timeout,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            http2_keep_alive_interval: self.http2_keep_alive_interval,
+            http2_keep_alive_timeout: self.http2_keep_alive_timeout,
         }
     }
 }
@@ -753,6 +794,9 @@ impl Config {
             return Err(invalid("web.max_requests", "must be at least 1"));
         }
         self.validate_web_in(file)?;
+        if let Err((key, reason)) = self.web.limits().check() {
+            return Err(invalid(&format!("web.{key}"), reason));
+        }
         if self.store.ingest_queue == 0 {
             return Err(invalid("store.ingest_queue", "must be at least 1"));
         }

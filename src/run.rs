@@ -133,6 +133,7 @@ pub async fn run_until(
     let local = listeners[0].local_addr().unwrap_or(cfg.web.listen_address);
 
     let telemetry = Arc::new(Telemetry::new());
+    let conns = crate::expose::Connections::new(cfg.web.limits(), telemetry.registry());
     let store = Arc::new(RwLock::new(Store::new()));
     if cfg.dashboard.enabled {
         store
@@ -234,7 +235,13 @@ pub async fn run_until(
     }
     // Every listener serves the same router; the first error stops all.
     let serve = futures_util::future::try_join_all(listeners.into_iter().map(|listener| {
-        crate::expose::serve(listener, app.clone(), web.clone(), shutdown.clone())
+        crate::expose::serve(
+            listener,
+            app.clone(),
+            web.clone(),
+            conns.clone(),
+            shutdown.clone(),
+        )
     }));
     let result = tokio::select! {
         r = serve => r.map(|_| ()).map_err(RunError::Serve),

@@ -416,6 +416,11 @@ impl Supervisor {
         if old.web.config_file != new.web.config_file {
             summary.needs_restart.push("web.config_file");
         }
+        if old.web.limits() != new.web.limits() {
+            summary
+                .needs_restart
+                .push("web connection limits and timeouts");
+        }
         if old.store.ingest_queue != new.store.ingest_queue {
             summary.needs_restart.push("store.ingest_queue");
         }

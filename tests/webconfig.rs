@@ -1202,3 +1202,39 @@ fn rate_limit_answers_429_and_numeric_headers_are_sent() {
     let (code, text) = curl(&["--cacert", ca.to_str().unwrap(), &url]);
     assert_eq!(code, 429, "{text}");
 }
+
+#[test]
+fn a_stalled_tls_handshake_is_closed_after_the_handshake_timeout() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "1");
+    let web = web_config(dir.path(), "NoClientCert");
+    let v = Vitals::start_tls("[web]\ntls_handshake_timeout = \"1s\"\n", &web);
+    // The first byte of a TLS record, then nothing.
+    let mut stalled = std::net::TcpStream::connect(v.addr).unwrap();
+    stalled.write_all(&[0x16]).unwrap();
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(8)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match stalled.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("unexpected answer {:?}", &buf[..n]),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the stalled handshake was not closed within 8s: {e}"
+        ),
+    }
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let url = format!("https://127.0.0.1:{}/metrics", v.addr.port());
+    let auth = format!("prometheus:{PASSWORD}");
+    let (code, text) = curl(&["--cacert", &p("ca.crt"), "-u", &auth, &url]);
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.contains("vitals_http_connections_closed_total{reason=\"tls_handshake_timeout\"} 1"),
+        "{text}"
+    );
+}

@@ -1,7 +1,9 @@
 //! Serving the HTTP router: plain HTTP, or — with a web configuration file —
 //! TLS (optionally mutual), basic authentication and extra response headers,
-//! re-read when the file changes.
+//! re-read when the file changes. Either way the connections are bounded
+//! and slow or idle clients timed out by [`connections`].
 
+pub mod connections;
 mod kx_p521;
 pub mod webconfig;
 
@@ -15,128 +17,96 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use connections::{Connections, Limits};
 use webconfig::{WebConfig, WebConfigWatcher};
 
 /// Serve `app` on `listener` until `shutdown` fires, then stop accepting
-/// and wait for in-flight requests (the caller bounds that wait).
+/// and wait for in-flight requests (the caller bounds that wait). `conns`
+/// bounds the open connections and times out slow and idle clients.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     web: Option<Arc<WebConfigWatcher>>,
+    conns: Arc<Connections>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let Some(web) = web else {
-        let token = shutdown.clone();
-        return axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+    let app = match &web {
+        Some(web) => {
+            let auth = Arc::new(Auth::new(web.clone()));
+            app.layer(middleware::from_fn_with_state(auth, guard))
+        }
+        None => app,
     };
-    let auth = Arc::new(Auth::new(web.clone()));
-    let app = app.layer(middleware::from_fn_with_state(auth, guard));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // For `http2: false`: hyper-util's auto builder ignores `http1_only`
-    // for connections served with upgrades (WebSocket), so those go to
-    // hyper's HTTP/1 builder directly.
-    let http1 = hyper::server::conn::http1::Builder::new();
+    let builder = conns.builder();
+    // For `http_server_config.http2: false`: hyper-util's auto builder
+    // ignores `http1_only` for connections served with upgrades (WebSocket),
+    // so those go to hyper's HTTP/1 builder directly.
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(error) => {
                     // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(%error, "Accepting a connection failed.");
+                    conns.accept_failed(&error);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = shutdown.cancelled() => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let tls = web.as_ref().and_then(|w| w.current().tls.clone());
+        let Some(slot) = conns.admit(&stream, tls.is_none()) else {
+            continue;
+        };
+        let service = slot.service(app.clone());
         let builder = builder.clone();
-        let current = web.current();
-        let tls = current.tls.clone();
         // `http_server_config.http2: false`: HTTP/1.1 only, for ALPN and
         // prior-knowledge HTTP/2 alike (see `serve_http1_only`).
-        let http1_only = (!current.http2).then(|| (http1.clone(), shutdown.clone()));
-        drop(current);
+        let http1_only = web
+            .as_ref()
+            .is_some_and(|w| !w.current().http2)
+            .then(|| (http1.clone(), shutdown.clone()));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             match tls {
                 None => {
                     if let Some((http1, stop)) = http1_only {
-                        return serve_http1_only(
-                            &http1,
-                            TokioIo::new(stream),
-                            service,
-                            stop,
-                            watcher,
-                        )
-                        .await;
+                        let conn =
+                            serve_http1_only(http1, TokioIo::new(stream), service, stop, watcher);
+                        return slot.run(conn, peer).await;
                     }
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    slot.run(watcher.watch(conn), peer).await;
                 }
                 Some(tls) => {
-                    // Plain HTTP sent to the TLS port gets a clear answer
-                    // instead of a handshake failure.
-                    let mut first = [0u8; 1];
-                    match tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first))
-                        .await
-                    {
-                        Ok(Ok(1)) if first[0] != 0x16 => {
-                            let mut stream = stream;
-                            let body = "Client sent an HTTP request to an HTTPS server.\n";
-                            let resp = format!(
-                                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            let _ = stream.write_all(resp.as_bytes()).await;
-                            let _ = stream.shutdown().await;
-                            return;
-                        }
-                        Ok(Ok(1)) => {}
-                        _ => return,
-                    }
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    let stream = match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed.");
-                            return;
-                        }
-                        Err(_) => return,
+                    let Some(stream) = slot.handshake(tls_handshake(stream, tls, peer)).await
+                    else {
+                        return;
                     };
                     if let Some((http1, stop)) = http1_only {
-                        return serve_http1_only(
-                            &http1,
-                            TokioIo::new(stream),
-                            service,
-                            stop,
-                            watcher,
-                        )
-                        .await;
+                        let conn =
+                            serve_http1_only(http1, TokioIo::new(stream), service, stop, watcher);
+                        return slot.run(conn, peer).await;
                     }
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    slot.run(watcher.watch(conn), peer).await;
                 }
             }
         });
@@ -149,25 +119,66 @@ pub async fn serve(
 /// Serve one connection as HTTP/1.1 only (with upgrades), finishing it
 /// gracefully when `stop` fires; `watcher` is held until it ends so the
 /// server's drain waits for it.
-async fn serve_http1_only<I>(
-    http1: &hyper::server::conn::http1::Builder,
+async fn serve_http1_only<I, S>(
+    http1: hyper::server::conn::http1::Builder,
     io: I,
-    service: TowerToHyperService<Router>,
+    service: S,
     stop: CancellationToken,
     watcher: hyper_util::server::graceful::Watcher,
-) where
+) -> Result<(), hyper::Error>
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     let conn = http1.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            conn.await
+        }
+    };
+    drop(watcher);
+    result
+}
+
+/// The TLS handshake; plain HTTP sent to the TLS port gets a clear answer
+/// instead of a handshake failure.
+async fn tls_handshake(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) if first[0] != 0x16 => {
+            let mut stream = stream;
+            let body = "Client sent an HTTP request to an HTTPS server.\n";
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+        Ok(1) => {}
+        _ => return None,
+    }
+    match tokio_rustls::TlsAcceptor::from(tls).accept(stream).await {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed.");
+            None
         }
     }
-    drop(watcher);
 }
 
 /// Basic-auth verification with a cache, bcrypt off the async threads and

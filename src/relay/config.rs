@@ -45,6 +45,9 @@ pub struct RelayConfig {
     pub message_id_domain: String,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Connection limits and timeouts of the relay's HTTP server.
+    #[serde(default)]
+    pub web: crate::expose::Limits,
     pub receivers: Vec<ReceiverConfig>,
     pub channels: Vec<ChannelConfig>,
     #[serde(default)]

@@ -176,6 +176,11 @@ impl RelayMetrics {
         }
     }
 
+    /// The registry, so the HTTP server can add its connection metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

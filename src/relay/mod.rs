@@ -109,6 +109,7 @@ pub async fn run_with_web(
     let (outbox, pending) = Outbox::open(&data_dir.join("outbox.redb"))?;
     let metrics = Arc::new(RelayMetrics::new());
     touch_metrics(&metrics, &runtime);
+    let conns = crate::expose::Connections::new(runtime.cfg.web.clone(), metrics.registry());
     let shared = Arc::new(RwLock::new(Arc::new(runtime)));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -148,7 +149,7 @@ pub async fn run_with_web(
 
     tracker.spawn(signals(state.clone(), shutdown.clone()));
     let app = server::app(state);
-    let serve = crate::expose::serve(listener, app, web, shutdown.clone());
+    let serve = crate::expose::serve(listener, app, web, conns, shutdown.clone());
     let server = tokio::spawn(async move {
         if let Err(error) = serve.await {
             error!(%error, "The relay's listener failed; stopping.");

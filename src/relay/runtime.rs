@@ -80,6 +80,9 @@ impl Runtime {
             ));
         }
         validate_retry(&cfg.retry).map_err(|(k, r)| invalid(format!("relay.retry.{k}"), r))?;
+        cfg.web
+            .check()
+            .map_err(|(k, r)| invalid(format!("relay.web.{k}"), r.into()))?;
         // `None`: not read (`skip_secrets`), and listed in `not_read`.
         let secret = |s: &Secret,
                       key: String,
