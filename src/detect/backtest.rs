@@ -635,6 +635,9 @@ pub struct CrossFold {
     /// Every held-out fold's totals together: each file scored with the
     /// setting chosen without it.
     pub combined: Totals,
+    /// For comparison, in sample: the best setting chosen on all the
+    /// folds' files and its score on those same files.
+    pub in_sample: (Setting, f64),
 }
 
 /// For each fold and profile: choose the setting with the best score on
@@ -692,10 +695,23 @@ pub fn cross_fold(files: &[FileReport], folds: &[(String, Vec<String>)]) -> Vec<
                     test: t,
                 });
             }
+            let all: Vec<(&[f64], &[Window])> = raws
+                .iter()
+                .filter(|(f, _, _)| f.is_some())
+                .map(|(_, r, w)| (r.as_slice(), *w))
+                .collect();
+            let mut in_sample = (grid[0], f64::NEG_INFINITY);
+            for s in &grid {
+                let n = totals(&all, *s, p).normalised();
+                if n > in_sample.1 || (n == in_sample.1 && s.threshold > in_sample.0.threshold) {
+                    in_sample = (*s, n);
+                }
+            }
             CrossFold {
                 profile: *p,
                 folds: held,
                 combined,
+                in_sample,
             }
         })
         .collect()
@@ -784,7 +800,7 @@ impl Report {
         if let Some(nab) = &self.nab {
             let labelled = self.files.iter().filter(|f| f.windows.is_some()).count();
             let what = if self.cross.is_some() {
-                "in sample: the settings were not chosen on held-out data"
+                "in sample: the default settings were tuned on these files"
             } else {
                 "fixed settings"
             };
@@ -826,17 +842,20 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "  {:<20} {:>9} {:>5} {:>5} {:>5}   per fold: score (threshold, suppress; score where chosen)",
-                "profile", "score", "TP", "FP", "FN"
+                "  {:<20} {:>9} {:>5} {:>5} {:>5} {:>21}   per fold: score (threshold, suppress; score where chosen)",
+                "profile", "score", "TP", "FP", "FN", "in sample (thr, sup)"
             );
             for c in cross {
                 let mut line = format!(
-                    "  {:<20} {:>9.2} {:>5} {:>5} {:>5}  ",
+                    "  {:<20} {:>9.2} {:>5} {:>5} {:>5} {:>8.2} ({:.2}, {:>3})  ",
                     c.profile.name,
                     c.combined.normalised(),
                     c.combined.tp,
                     c.combined.fp,
-                    c.combined.fn_
+                    c.combined.fn_,
+                    c.in_sample.1,
+                    c.in_sample.0.threshold,
+                    c.in_sample.0.suppress
                 );
                 for h in &c.folds {
                     let _ = write!(
