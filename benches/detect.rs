@@ -3,7 +3,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use vitals::detect::{DetectConfig, Ensemble};
+use vitals::detect::{DetectConfig, DetectorKind, Ensemble, LikelihoodKind};
 
 fn series(n: usize) -> Vec<f64> {
     let mut s: u64 = 0x2545_f491_4f6c_dd1d;
@@ -34,10 +34,30 @@ fn ensemble(c: &mut Criterion) {
         })
     });
     let mut all = cfg.clone();
-    all.detectors.push(vitals::detect::DetectorKind::Cusum);
+    all.detectors.push(DetectorKind::Cusum);
     g.bench_function("all_members_per_100k_samples", |b| {
         b.iter(|| {
             let mut e = Ensemble::new(&all, &[]);
+            let mut acc = 0.0;
+            for (i, v) in data.iter().enumerate() {
+                acc += e.step(i as i64 * 300_000, *v).score;
+            }
+            black_box(acc)
+        })
+    });
+    // The best out-of-fold combination on NAB (opt-in).
+    let best = DetectConfig {
+        detectors: vec![
+            DetectorKind::Context,
+            DetectorKind::Seasonal,
+            DetectorKind::CadOse,
+        ],
+        likelihood: LikelihoodKind::Numenta,
+        ..cfg.clone()
+    };
+    g.bench_function("context_seasonal_cad_ose_numenta_per_100k_samples", |b| {
+        b.iter(|| {
+            let mut e = Ensemble::new(&best, &[]);
             let mut acc = 0.0;
             for (i, v) in data.iter().enumerate() {
                 acc += e.step(i as i64 * 300_000, *v).score;
@@ -51,6 +71,10 @@ fn ensemble(c: &mut Criterion) {
         "state per series: size_of::<Ensemble>() = {} B, with heap = {} B",
         std::mem::size_of::<Ensemble>(),
         e.state_bytes()
+    );
+    eprintln!(
+        "state per series, context + seasonal + cad_ose with the numenta likelihood: {} B",
+        Ensemble::new(&best, &[]).state_bytes()
     );
 }
 

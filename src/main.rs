@@ -305,6 +305,20 @@ struct BacktestArgs {
     /// Rows reported per file at most (bad or skipped rows).
     #[arg(long = "max-issues", default_value_t = 20)]
     max_issues: usize,
+    /// Folds of the labelled files (JSON `{"folds": {"a": [keys], "b": [...]}}`):
+    /// print the out-of-fold NAB score, the threshold and suppression chosen
+    /// on the other folds for each fold (needs --labels).
+    #[arg(long = "folds", value_name = "FILE")]
+    folds: Option<PathBuf>,
+    /// Run only these ensemble members (repeatable or comma-separated:
+    /// context, seasonal, cad_ose, artime, median_mad, cusum), overriding
+    /// `[detect] detectors`.
+    #[arg(long = "detector", value_name = "NAME", value_delimiter = ',')]
+    detectors: Vec<String>,
+    /// Likelihood layer of each member (ewm or numenta), overriding
+    /// `[detect] likelihood`.
+    #[arg(long = "likelihood", value_name = "KIND")]
+    likelihood: Option<String>,
     /// CSV files or folders of them (walked recursively).
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
@@ -542,18 +556,41 @@ fn load(args: &RunArgs) -> Result<vitals::config::Config, String> {
 }
 
 fn backtest(args: BacktestArgs) -> ExitCode {
-    let config = match vitals::config::load(args.config.as_deref()) {
+    let mut config = match vitals::config::load(args.config.as_deref()) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("vitals: {e}");
             return ExitCode::from(2);
         }
     };
+    if !args.detectors.is_empty() {
+        let mut kinds = Vec::new();
+        for name in &args.detectors {
+            match vitals::detect::DetectorKind::parse(name.trim()) {
+                Some(k) => kinds.push(k),
+                None => {
+                    eprintln!("vitals: --detector {name:?}: not a detector");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        config.detect.detectors = kinds;
+    }
+    match args.likelihood.as_deref() {
+        None => {}
+        Some("ewm") => config.detect.likelihood = vitals::detect::LikelihoodKind::Ewm,
+        Some("numenta") => config.detect.likelihood = vitals::detect::LikelihoodKind::Numenta,
+        Some(other) => {
+            eprintln!("vitals: --likelihood {other:?}: expected ewm or numenta");
+            return ExitCode::from(2);
+        }
+    }
     let opts = vitals::detect::backtest::Options {
         paths: args.paths,
         labels: args.labels,
         nab_results: args.nab_results,
         output: args.output,
+        folds: args.folds,
         config,
     };
     match vitals::detect::backtest::run(&opts) {
@@ -571,7 +608,18 @@ fn backtest(args: BacktestArgs) -> ExitCode {
                 }
             }
             print!("{}", report.summary());
-            ExitCode::SUCCESS
+            let empty = report.empty_files();
+            for f in &empty {
+                eprintln!(
+                    "vitals: {}: no row could be replayed (unreadable, or no data rows)",
+                    f.path.display()
+                );
+            }
+            if empty.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("vitals: {e}");

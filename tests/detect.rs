@@ -191,3 +191,89 @@ fn backtest_reports_bad_rows_by_line_and_keeps_going() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("files: 2"));
 }
+
+#[test]
+fn backtest_fails_on_an_unreadable_path_or_a_file_without_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.csv");
+    std::fs::write(&good, csv(300, 1000)).unwrap();
+    let header_only = dir.path().join("empty.csv");
+    std::fs::write(&header_only, "timestamp,value\n").unwrap();
+    let missing = dir.path().join("no-such-file.csv");
+    for (bad, what) in [(&missing, "missing"), (&header_only, "header only")] {
+        let out = Command::new(vitals_bin())
+            .arg("backtest")
+            .arg(&good)
+            .arg(bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: exit 0\n{stderr}");
+        assert!(
+            stderr.contains(&bad.display().to_string()) && stderr.contains("no row"),
+            "{what}: {stderr}"
+        );
+    }
+    // The good file alone still succeeds.
+    let out = Command::new(vitals_bin())
+        .arg("backtest")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn backtest_prints_out_of_fold_scores_with_folds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").join("synthetic");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("one.csv"), csv(2000, 1500)).unwrap();
+    std::fs::write(data.join("two.csv"), csv(2000, 1500)).unwrap();
+    let window = r#"[["2024-01-06 02:00:00.000000", "2024-01-06 08:00:00.000000"]]"#;
+    let labels = dir.path().join("labels.json");
+    std::fs::write(
+        &labels,
+        format!(r#"{{"synthetic/one.csv": {window}, "synthetic/two.csv": {window}}}"#),
+    )
+    .unwrap();
+    let folds = dir.path().join("folds.json");
+    std::fs::write(
+        &folds,
+        r#"{"folds": {"a": ["synthetic/one.csv"], "b": ["synthetic/two.csv"]}}"#,
+    )
+    .unwrap();
+    let out = Command::new(vitals_bin())
+        .arg("backtest")
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--folds")
+        .arg(&folds)
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("in sample"), "{stdout}");
+    let oof = stdout
+        .split("out of fold")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no out-of-fold section:\n{stdout}"));
+    for profile in ["standard", "reward_low_FP_rate", "reward_low_FN_rate"] {
+        let line = oof
+            .lines()
+            .find(|l| l.trim_start().starts_with(profile))
+            .unwrap_or_else(|| panic!("no {profile} line in:\n{stdout}"));
+        assert!(line.contains(" a: ") && line.contains(" b: "), "{line}");
+        let score: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(score > 80.0, "{line}");
+    }
+}

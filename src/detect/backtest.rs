@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::ensemble::Alarm;
 use super::nab::{self, PROFILES, Totals, Window};
 use super::{Ensemble, threshold::ThresholdSpec};
 use crate::config::Config;
@@ -26,6 +27,10 @@ pub enum BacktestError {
     Labels { path: String, reason: String },
     #[error("no CSV files found under the given paths")]
     NoFiles,
+    #[error(
+        "{path}: not valid folds JSON (an object with \"folds\": name to a list of file keys): {reason}"
+    )]
+    Folds { path: String, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BacktestError + '_ {
@@ -46,6 +51,9 @@ pub struct Options {
     pub nab_results: Option<PathBuf>,
     /// Write per-row `timestamp,value,anomaly_score,flag` files here.
     pub output: Option<PathBuf>,
+    /// Folds of the labelled files (`{"folds": {"a": [keys], ...}}`): the
+    /// settings are chosen on all folds but one and scored on that one.
+    pub folds: Option<PathBuf>,
     pub config: Config,
 }
 
@@ -64,6 +72,8 @@ pub struct Row {
     pub ts_ms: i64,
     pub value: f64,
     pub score: f64,
+    /// The ensemble score before the threshold cap, for threshold sweeps.
+    pub raw: f64,
     /// An anomaly event starts here.
     pub flag: bool,
 }
@@ -95,6 +105,8 @@ pub struct ProfileResult {
 pub struct Report {
     pub files: Vec<FileReport>,
     pub nab: Option<Vec<ProfileResult>>,
+    /// Out-of-fold scores, with `--folds`.
+    pub cross: Option<Vec<CrossFold>>,
     pub elapsed: Duration,
     pub threshold: f64,
 }
@@ -253,11 +265,13 @@ pub fn replay(
         if let Some(prev) = last_ts {
             let dt = ts - prev;
             if dt < 0 {
+                // Kept and scored in arrival order, as the live exporter
+                // would see it: NAB wants one result row per input row.
                 issues.push(RowIssue {
                     line,
-                    reason: "timestamp earlier than the previous row; row skipped".into(),
+                    reason: "timestamp earlier than the previous row; scored in arrival order"
+                        .into(),
                 });
-                continue;
             }
             if dt == 0 {
                 // Kept (clock changes repeat timestamps), but worth a look.
@@ -287,25 +301,26 @@ pub fn replay(
                 break;
             }
         }
-        let (score, flag) = match dropped {
+        let (score, raw, flag) = match dropped {
             Some(reason) => {
                 issues.push(RowIssue {
                     line,
                     reason: format!("value {value} dropped by the pipeline ({reason})"),
                 });
-                (0.0, false)
+                (0.0, 0.0, false)
             }
             None if detect_on => {
                 let o = ensemble.step(ts, sample.value);
-                (o.score, o.event)
+                (o.score, o.raw, o.event)
             }
-            None => (0.0, false),
+            None => (0.0, 0.0, false),
         };
         out.push(Row {
             timestamp: ts_text,
             ts_ms: ts,
             value,
             score,
+            raw,
             flag,
         });
     }
@@ -474,9 +489,20 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
     reports.sort_by_key(|(i, _)| *i);
     let files: Vec<FileReport> = reports.into_iter().map(|(_, r)| r).collect();
     let nab = labels.as_ref().map(|_| score(&files));
+    let cross = match (&opts.folds, &labels) {
+        (Some(path), Some(_)) => Some(cross_fold(&files, &load_folds(path)?)),
+        (Some(path), None) => {
+            return Err(BacktestError::Folds {
+                path: path.display().to_string(),
+                reason: "folds need --labels".into(),
+            });
+        }
+        _ => None,
+    };
     let report = Report {
         files,
         nab,
+        cross,
         elapsed: started.elapsed(),
         threshold: opts.config.detect.threshold(),
     };
@@ -519,6 +545,173 @@ pub fn score(files: &[FileReport]) -> Vec<ProfileResult> {
                 profile: *p,
                 fixed,
                 optimised: nab::best_threshold(&sweep, p),
+            }
+        })
+        .collect()
+}
+
+/// Folds file: fold name → file keys, in name order.
+pub fn load_folds(path: &Path) -> Result<Vec<(String, Vec<String>)>, BacktestError> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        folds: std::collections::BTreeMap<String, Vec<String>>,
+    }
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let raw: Raw = serde_json::from_str(&text).map_err(|e| BacktestError::Folds {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if raw.folds.len() < 2 {
+        return Err(BacktestError::Folds {
+            path: path.display().to_string(),
+            reason: "at least two folds are needed".into(),
+        });
+    }
+    Ok(raw.folds.into_iter().collect())
+}
+
+/// The settings tuned on the training folds: the ensemble threshold and
+/// the suppression period (both act on the ensemble's score stream, so a
+/// candidate is replayed without re-running the detectors).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Setting {
+    pub threshold: f64,
+    pub suppress: u32,
+}
+
+impl Setting {
+    /// The `[detect] sensitivity` giving this threshold.
+    pub fn sensitivity(&self) -> f64 {
+        0.5 * self.threshold.ln() / super::ensemble::DEFAULT_THRESHOLD.ln()
+    }
+}
+
+/// Candidate thresholds (0.02..=1 by 0.01) and suppression periods.
+fn candidates() -> Vec<Setting> {
+    let mut out = Vec::new();
+    for suppress in [40, 80, 160] {
+        for t in 2..=100 {
+            out.push(Setting {
+                threshold: t as f64 / 100.0,
+                suppress,
+            });
+        }
+    }
+    out
+}
+
+/// The events a setting gives on one file's raw ensemble scores.
+pub fn events_for(raw: &[f64], s: Setting) -> Vec<bool> {
+    let mut alarm = Alarm::new(s.threshold, s.suppress);
+    raw.iter().map(|r| alarm.decide(*r).1).collect()
+}
+
+fn totals(files: &[(&[f64], &[Window])], s: Setting, p: &nab::Profile) -> Totals {
+    let mut t = Totals::default();
+    for (raw, w) in files {
+        t.add(&nab::score_file(&events_for(raw, s), w, p));
+    }
+    t
+}
+
+/// One held-out fold under one profile.
+#[derive(Debug, Clone)]
+pub struct HeldOut {
+    /// The fold scored.
+    pub fold: String,
+    /// Chosen on the other folds only.
+    pub setting: Setting,
+    /// The score on the folds it was chosen on (in-sample for them).
+    pub train: f64,
+    /// The score on the held-out fold.
+    pub test: Totals,
+}
+
+/// Out-of-fold results for one profile.
+#[derive(Debug, Clone)]
+pub struct CrossFold {
+    pub profile: nab::Profile,
+    pub folds: Vec<HeldOut>,
+    /// Every held-out fold's totals together: each file scored with the
+    /// setting chosen without it.
+    pub combined: Totals,
+    /// For comparison, in sample: the best setting chosen on all the
+    /// folds' files and its score on those same files.
+    pub in_sample: (Setting, f64),
+}
+
+/// For each fold and profile: choose the setting with the best score on
+/// the other folds, then score the fold with it. Files of no fold are
+/// left out; the labelled files only are used.
+pub fn cross_fold(files: &[FileReport], folds: &[(String, Vec<String>)]) -> Vec<CrossFold> {
+    let fold_of = |f: &FileReport| {
+        folds.iter().position(|(_, keys)| {
+            keys.iter()
+                .any(|k| k == &f.key || f.key.ends_with(&format!("/{k}")))
+        })
+    };
+    let raws: Vec<(Option<usize>, Vec<f64>, &[Window])> = files
+        .iter()
+        .filter_map(|f| {
+            let w = f.windows.as_deref()?;
+            Some((fold_of(f), f.rows.iter().map(|r| r.raw).collect(), w))
+        })
+        .collect();
+    let grid = candidates();
+    PROFILES
+        .iter()
+        .map(|p| {
+            let mut held = Vec::new();
+            let mut combined = Totals::default();
+            for (i, (name, _)) in folds.iter().enumerate() {
+                let pick = |want_test: bool| -> Vec<(&[f64], &[Window])> {
+                    raws.iter()
+                        .filter(|(f, _, _)| f.is_some_and(|f| (f == i) == want_test))
+                        .map(|(_, r, w)| (r.as_slice(), *w))
+                        .collect()
+                };
+                let (train, test) = (pick(false), pick(true));
+                // Best on the training folds; ties go to the higher
+                // threshold (fewer alarms).
+                let mut best = (grid[0], f64::NEG_INFINITY);
+                for s in &grid {
+                    let n = totals(&train, *s, p).normalised();
+                    if n > best.1 || (n == best.1 && s.threshold > best.0.threshold) {
+                        best = (*s, n);
+                    }
+                }
+                let t = totals(&test, best.0, p);
+                combined.raw += t.raw;
+                combined.null += t.null;
+                combined.perfect += t.perfect;
+                combined.tp += t.tp;
+                combined.fp += t.fp;
+                combined.fn_ += t.fn_;
+                combined.in_window += t.in_window;
+                held.push(HeldOut {
+                    fold: name.clone(),
+                    setting: best.0,
+                    train: best.1,
+                    test: t,
+                });
+            }
+            let all: Vec<(&[f64], &[Window])> = raws
+                .iter()
+                .filter(|(f, _, _)| f.is_some())
+                .map(|(_, r, w)| (r.as_slice(), *w))
+                .collect();
+            let mut in_sample = (grid[0], f64::NEG_INFINITY);
+            for s in &grid {
+                let n = totals(&all, *s, p).normalised();
+                if n > in_sample.1 || (n == in_sample.1 && s.threshold > in_sample.0.threshold) {
+                    in_sample = (*s, n);
+                }
+            }
+            CrossFold {
+                profile: *p,
+                folds: held,
+                combined,
+                in_sample,
             }
         })
         .collect()
@@ -606,7 +799,12 @@ impl Report {
         );
         if let Some(nab) = &self.nab {
             let labelled = self.files.iter().filter(|f| f.windows.is_some()).count();
-            let _ = writeln!(s, "NAB ({labelled} labelled files):");
+            let what = if self.cross.is_some() {
+                "in sample: the default settings were tuned on these files"
+            } else {
+                "fixed settings"
+            };
+            let _ = writeln!(s, "NAB ({labelled} labelled files, {what}):");
             let _ = writeln!(
                 s,
                 "  {:<20} {:>9} {:>10} {:>7} {:>5} {:>5} {:>5} {:>9} {:>17}",
@@ -637,7 +835,48 @@ impl Report {
                 );
             }
         }
+        if let Some(cross) = &self.cross {
+            let _ = writeln!(
+                s,
+                "NAB out of fold (threshold and suppression chosen per profile on the other folds, scored on the fold):"
+            );
+            let _ = writeln!(
+                s,
+                "  {:<20} {:>9} {:>5} {:>5} {:>5} {:>21}   per fold: score (threshold, suppress; score where chosen)",
+                "profile", "score", "TP", "FP", "FN", "in sample (thr, sup)"
+            );
+            for c in cross {
+                let mut line = format!(
+                    "  {:<20} {:>9.2} {:>5} {:>5} {:>5} {:>8.2} ({:.2}, {:>3})  ",
+                    c.profile.name,
+                    c.combined.normalised(),
+                    c.combined.tp,
+                    c.combined.fp,
+                    c.combined.fn_,
+                    c.in_sample.1,
+                    c.in_sample.0.threshold,
+                    c.in_sample.0.suppress
+                );
+                for h in &c.folds {
+                    let _ = write!(
+                        line,
+                        " {}: {:.2} ({:.2}, {}; {:.2})",
+                        h.fold,
+                        h.test.normalised(),
+                        h.setting.threshold,
+                        h.setting.suppress,
+                        h.train
+                    );
+                }
+                let _ = writeln!(s, "{line}");
+            }
+        }
         s
+    }
+
+    /// Files that could not be read or gave no row.
+    pub fn empty_files(&self) -> Vec<&FileReport> {
+        self.files.iter().filter(|f| f.rows.is_empty()).collect()
     }
 }
 
@@ -687,9 +926,112 @@ mod tests {
         assert!(issues[3].reason.contains("duplicate"));
         assert!(issues[4].reason.contains("earlier"));
         assert!(issues[5].reason.contains("gap"));
-        // Every row but the unparseable and the out-of-order ones is replayed.
-        assert_eq!(rows.len(), 5);
+        // Every parsed row is replayed, the out-of-order one included.
+        assert_eq!(rows.len(), 6);
         assert!(rows.iter().all(|r| r.score.is_finite()));
+    }
+
+    #[test]
+    fn a_clock_that_steps_back_keeps_one_row_per_input_row_in_order() {
+        // Hourly rows; the clock steps back an hour at row 300 (as one NAB
+        // file does at a daylight-saving change).
+        let mut text = String::from("timestamp,value\n");
+        for i in 0..600i64 {
+            let t = if i >= 300 { i - 2 } else { i };
+            let (d, h) = (t / 24, t % 24);
+            text.push_str(&format!("2024-01-{:02} {h:02}:00:00,{}\n", 1 + d, i % 7));
+        }
+        let (parsed, mut issues) = parse_csv(&text);
+        let rows = replay("x", parsed, &Config::default(), &mut issues);
+        assert_eq!(rows.len(), 600);
+        let values: Vec<f64> = rows.iter().map(|r| r.value).collect();
+        let expected: Vec<f64> = (0..600).map(|i| (i % 7) as f64).collect();
+        assert_eq!(values, expected, "input order");
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.line == 302 && i.reason.contains("earlier"))
+        );
+        // The NAB results file has a row for every input row too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = FileReport {
+            path: dir.path().join("cat/x.csv"),
+            key: "cat/x.csv".into(),
+            windows: Some(nab::windows_to_rows(
+                &rows.iter().map(|r| r.ts_ms).collect::<Vec<_>>(),
+                &[(rows[290].ts_ms, rows[310].ts_ms)],
+            )),
+            rows,
+            issues,
+        };
+        let report = Report {
+            files: vec![file],
+            nab: None,
+            cross: None,
+            elapsed: Duration::ZERO,
+            threshold: 0.2,
+        };
+        write_nab_results(dir.path(), &report).unwrap();
+        let out = std::fs::read_to_string(dir.path().join("vitals/cat/vitals_x.csv")).unwrap();
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(lines.len(), 600);
+        assert!(
+            lines[300].starts_with("2024-01-13 10:00:00,"),
+            "{}",
+            lines[300]
+        );
+        assert_eq!(lines.iter().filter(|l| l.ends_with(",1")).count(), 21);
+    }
+
+    #[test]
+    fn out_of_fold_settings_come_from_the_other_fold_only() {
+        // Fold a wants a low threshold (its anomaly scores 0.3), fold b has a
+        // false alarm at 0.5 and its anomaly at 0.9: chosen on a, b is scored
+        // with a threshold that fires on its false alarm; chosen on b, a's
+        // anomaly is missed.
+        let file = |key: &str, fp: Option<f64>, tp: f64| {
+            let mut rows: Vec<Row> = (0..1000)
+                .map(|i| Row {
+                    timestamp: i.to_string(),
+                    ts_ms: i,
+                    value: 0.0,
+                    score: 0.0,
+                    raw: 0.05,
+                    flag: false,
+                })
+                .collect();
+            if let Some(f) = fp {
+                rows[300].raw = f;
+            }
+            rows[500].raw = tp;
+            FileReport {
+                path: PathBuf::from(key),
+                key: key.into(),
+                rows,
+                issues: Vec::new(),
+                windows: Some(vec![Window {
+                    start: 500,
+                    end: 509,
+                }]),
+            }
+        };
+        let files = vec![file("c/a.csv", None, 0.3), file("c/b.csv", Some(0.5), 0.9)];
+        let folds = vec![
+            ("a".to_string(), vec!["c/a.csv".to_string()]),
+            ("b".to_string(), vec!["c/b.csv".to_string()]),
+        ];
+        let cross = cross_fold(&files, &folds);
+        let std = &cross[0];
+        let (a, b) = (&std.folds[0], &std.folds[1]);
+        // Scoring a: chosen on b, the highest threshold that still catches
+        // b's anomaly and skips its false alarm (0.51..=0.9: ties go high).
+        assert_eq!(a.setting.threshold, 0.9);
+        assert_eq!((a.test.tp, a.test.fn_), (0, 1));
+        // Scoring b: chosen on a (anything up to 0.3 catches a's anomaly).
+        assert_eq!(b.setting.threshold, 0.3);
+        assert_eq!((b.test.tp, b.test.fp), (1, 1));
+        assert!(a.train > 99.0 && b.train > 99.0);
+        assert!(std.combined.normalised() < 60.0);
     }
 
     #[test]

@@ -149,13 +149,7 @@ fn strongest(members: &[f32], kinds: &[DetectorKind], threshold: Option<f32>) ->
     if threshold.is_some_and(|t| t >= 1.0) {
         return "threshold";
     }
-    const ORDER: [DetectorKind; 4] = [
-        DetectorKind::MedianMad,
-        DetectorKind::Cusum,
-        DetectorKind::Context,
-        DetectorKind::Seasonal,
-    ];
-    ORDER
+    DetectorKind::ALL
         .iter()
         .zip(members)
         .filter(|(k, _)| kinds.contains(k))
@@ -226,7 +220,15 @@ pub fn render<'a>(
     const LOWER: usize = 4;
     const SCORE: usize = 5;
     const UPPER: usize = 6;
-    const NAMES: [&str; 4] = ["median_mad", "cusum", "context", "seasonal"];
+    const NAMES: [&str; super::ensemble::MEMBERS] = {
+        let mut n = [""; super::ensemble::MEMBERS];
+        let mut i = 0;
+        while i < n.len() {
+            n[i] = DetectorKind::ALL[i].as_str();
+            i += 1;
+        }
+        n
+    };
     let families: Vec<&Family> = families.collect();
     // Reserve for one line per series (untouched capacity costs nothing),
     // so the buffers do not grow by copying.

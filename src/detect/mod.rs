@@ -9,13 +9,17 @@
 //! - [`robust`]: rolling median/MAD z-score and an EWMA/CUSUM change detector.
 //! - [`context`]: the learned model, novelty of short contexts of quantised values.
 //! - [`seasonal`]: hour-of-week baseline for business series.
+//! - [`cad`]: CAD OSE, contexts of left and right semi-contexts of facts.
+//! - [`artime`]: adaptive resonance (fuzzy ART) on short windows, as ARTime.
 //! - [`likelihood`]: turns a raw score into a calibrated, log-scaled likelihood.
 //! - [`ensemble`]: combines them, applies the threshold and alert suppression.
 //! - [`live`]: per-series state in the store, anomaly events and `/metrics` families.
 //! - [`nab`]: the Numenta Anomaly Benchmark scoring.
 //! - [`backtest`]: CSV replay through the same pipeline stages and ensemble.
 
+pub mod artime;
 pub mod backtest;
+pub mod cad;
 pub mod context;
 pub mod ensemble;
 pub mod likelihood;
@@ -64,17 +68,47 @@ pub enum DetectorKind {
     Cusum,
     Context,
     Seasonal,
+    CadOse,
+    Artime,
 }
 
 impl DetectorKind {
-    pub fn as_str(self) -> &'static str {
+    /// Every kind, in the order of [`Output::members`].
+    pub const ALL: [DetectorKind; ensemble::MEMBERS] = [
+        DetectorKind::MedianMad,
+        DetectorKind::Cusum,
+        DetectorKind::Context,
+        DetectorKind::Seasonal,
+        DetectorKind::CadOse,
+        DetectorKind::Artime,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
         match self {
             DetectorKind::MedianMad => "median_mad",
             DetectorKind::Cusum => "cusum",
             DetectorKind::Context => "context",
             DetectorKind::Seasonal => "seasonal",
+            DetectorKind::CadOse => "cad_ose",
+            DetectorKind::Artime => "artime",
         }
     }
+
+    /// The kind named `s` (its `as_str`).
+    pub fn parse(s: &str) -> Option<DetectorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// How each member's raw score becomes a likelihood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LikelihoodKind {
+    /// Short mean against exponentially weighted moments of the raw score.
+    #[default]
+    Ewm,
+    /// Numenta's published anomaly likelihood (windowed normal fit).
+    Numenta,
 }
 
 /// `[detect]`: the anomaly detection that runs on every series.
@@ -94,6 +128,8 @@ pub struct DetectConfig {
     pub learning: u32,
     /// Members of the ensemble.
     pub detectors: Vec<DetectorKind>,
+    /// The likelihood layer applied to each member's raw score.
+    pub likelihood: LikelihoodKind,
     /// Static thresholds for selected series; they join the ensemble and
     /// fire without learning.
     pub thresholds: Vec<ThresholdRule>,
@@ -113,6 +149,7 @@ impl Default for DetectConfig {
             // they add (on NAB, median_mad brings 200 more false positives
             // for no more windows found).
             detectors: vec![DetectorKind::Context, DetectorKind::Seasonal],
+            likelihood: LikelihoodKind::Ewm,
             thresholds: Vec::new(),
             detector_scores: false,
         }

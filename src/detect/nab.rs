@@ -76,19 +76,18 @@ impl Window {
     }
 }
 
-/// Map windows given as timestamps (ms) onto row indices of `timestamps`
-/// (ascending): from the first row at or after the start to the last row at
-/// or before the end. Windows holding no row are dropped.
+/// Map windows given as timestamps (ms) onto row indices of `timestamps`:
+/// from the first row at or after the start to the last row at or before
+/// the end. Windows holding no row are dropped. The timestamps are
+/// normally ascending; a file whose clock steps back keeps every row, so
+/// the rows are scanned rather than bisected.
 pub fn windows_to_rows(timestamps: &[i64], windows: &[(i64, i64)]) -> Vec<Window> {
     let mut out: Vec<Window> = windows
         .iter()
         .filter_map(|(a, b)| {
-            let start = timestamps.partition_point(|t| t < a);
-            let end = timestamps.partition_point(|t| t <= b);
-            (end > start).then(|| Window {
-                start,
-                end: end - 1,
-            })
+            let start = timestamps.iter().position(|t| t >= a)?;
+            let end = timestamps.iter().rposition(|t| t <= b)?;
+            (end >= start).then_some(Window { start, end })
         })
         .collect();
     out.sort_by_key(|w| w.start);
@@ -425,6 +424,10 @@ mod tests {
         let ts: Vec<i64> = (0..10).map(|i| i * 10).collect();
         let w = windows_to_rows(&ts, &[(15, 40), (200, 300)]);
         assert_eq!(w, vec![Window { start: 2, end: 4 }]);
+        // A clock that steps back inside the window: rows stay in place.
+        let ts = [0, 10, 20, 30, 25, 35, 40, 50];
+        let w = windows_to_rows(&ts, &[(20, 36)]);
+        assert_eq!(w, vec![Window { start: 2, end: 5 }]);
     }
 
     #[test]
