@@ -317,8 +317,10 @@ fn every_example_config_passes_check() {
         if !matches!(ext, "toml" | "yml" | "yaml") {
             continue;
         }
+        // The relay examples name `env:` secrets this machine has not set.
         let out = Command::new(vitals_bin())
             .arg("check")
+            .arg("--skip-secrets")
             .arg("--config")
             .arg(&path)
             .output()
