@@ -297,6 +297,20 @@ pub fn valid_metric_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
+/// Prefixes of vitals' own metric families (self-metrics, the system
+/// source, the anomaly families, the process collector): a configured
+/// metric may not start with one, so it can never take the name of a
+/// family vitals writes itself (which made `/metrics` invalid).
+pub const RESERVED_PREFIXES: [&str; 2] = ["vitals_", "process_"];
+
+/// Why a configured metric name is refused because of its prefix, if it is.
+pub fn reserved_metric_name(name: &str) -> Option<String> {
+    RESERVED_PREFIXES
+        .iter()
+        .find(|p| name.starts_with(**p))
+        .map(|p| format!("{name:?} starts with `{p}`, which is reserved for vitals' own metrics"))
+}
+
 /// Whether `s` is a valid Prometheus label name (not reserved `__...`).
 pub fn valid_label_name(s: &str) -> bool {
     let mut chars = s.chars();
@@ -398,6 +412,9 @@ impl Mapping {
             }
             if !valid_metric_name(&name) {
                 return Err(format!("`{key}.name`: {name:?} is not a valid metric name"));
+            }
+            if let Some(reason) = reserved_metric_name(&name) {
+                return Err(format!("`{key}.name`: {reason}"));
             }
             if m.kind == MetricKind::Counter && !name.ends_with("_total") {
                 return Err(format!(

@@ -195,6 +195,8 @@ pub async fn run_until(
         ready,
         events,
         reload: Some(reload_tx),
+        compression: cfg.web.compression,
+        openmetrics: cfg.web.openmetrics,
     };
     let app = server::app_with_page(state, cfg.web.max_requests, Vec::new(), page)
         .fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push_routes));
