@@ -169,9 +169,13 @@ enum Seg {
     Index(usize),
 }
 
-/// A JSON path (`a.b[0].c`) parsed once. The empty path (or `$`) is the
-/// value itself; a leading `$.` makes the path start at the document root
-/// even inside `each` elements.
+/// A JSON path parsed once: the one path syntax of every source (MQTT,
+/// HTTP and webhook mappings, JSON log lines, event rules).
+///
+/// `a.b[0].c` walks object keys and array indexes; a numeric key indexes an
+/// array too (`a.b.0.c`). The empty path (or `$`) is the value itself; a
+/// leading `$.` makes the path start at the document root even inside
+/// `each` elements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonPath {
     text: Box<str>,
@@ -232,6 +236,7 @@ impl JsonPath {
             cur = match (seg, cur) {
                 (Seg::Key(k), Value::Object(m)) => m.get(k.as_ref())?,
                 (Seg::Index(i), Value::Array(a)) => a.get(*i)?,
+                (Seg::Key(k), Value::Array(a)) => a.get(k.parse::<usize>().ok()?)?,
                 _ => return None,
             };
         }
@@ -1280,6 +1285,9 @@ mod tests {
         assert_eq!(json_path(&v, ""), Some(&v));
         assert_eq!(json_path(&v, "a.x"), None);
         assert_eq!(json_path(&v, "a.b[9]"), None);
+        // The dotted index form of the logs and webhook sources is the same path.
+        assert_eq!(json_path(&v, "a.b.0.c"), Some(&Value::from(1)));
+        assert_eq!(json_path(&v, "a.b.1.1"), Some(&Value::from(3)));
         assert!(JsonPath::parse("a..b").is_err());
         assert!(JsonPath::parse("a[1").is_err());
     }

@@ -8,36 +8,43 @@ use std::fmt;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer};
 
-/// A field of a record: a capture name, a CSV column, or a dotted JSON path
-/// (`payment.amount`, `items.0.sku`; a numeric segment indexes an array).
-#[derive(Clone, PartialEq, Eq)]
+/// A field of a record: a capture name, a CSV column, or a JSON path in
+/// the one syntax of [`crate::mapping::JsonPath`] (`payment.amount`,
+/// `items[0].sku` or `items.0.sku`).
+#[derive(Clone)]
 pub struct FieldPath {
     raw: Box<str>,
-    segments: Box<[Box<str>]>,
+    /// The path compiled for JSON records; `None` when the text is not a
+    /// JSON path (a CSV column named `t[c]`), which then finds nothing in
+    /// JSON.
+    json: Option<crate::mapping::JsonPath>,
 }
+
+impl PartialEq for FieldPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for FieldPath {}
 
 impl FieldPath {
     pub fn new(raw: &str) -> Result<Self, String> {
         if raw.is_empty() {
             return Err("a field path must not be empty".into());
         }
-        let segments: Vec<Box<str>> = raw.split('.').map(Box::from).collect();
-        if segments.iter().any(|s| s.is_empty()) {
+        if raw.split('.').any(|s| s.is_empty()) {
             return Err(format!("field path {raw:?} has an empty segment"));
         }
         Ok(FieldPath {
             raw: raw.into(),
-            segments: segments.into(),
+            json: crate::mapping::JsonPath::parse(raw).ok(),
         })
     }
 
     /// The path as written.
     pub fn as_str(&self) -> &str {
         &self.raw
-    }
-
-    pub fn segments(&self) -> &[Box<str>] {
-        &self.segments
     }
 }
 
@@ -104,14 +111,7 @@ pub struct JsonRecord<'a>(pub &'a serde_json::Value);
 
 impl Record for JsonRecord<'_> {
     fn get(&self, path: &FieldPath) -> Option<Value<'_>> {
-        let mut v = self.0;
-        for seg in path.segments() {
-            v = match v {
-                serde_json::Value::Object(map) => map.get(seg.as_ref())?,
-                serde_json::Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
-                _ => return None,
-            };
-        }
+        let v = path.json.as_ref()?.get(self.0)?;
         match v {
             serde_json::Value::String(s) => Some(Value::Str(Cow::Borrowed(s))),
             serde_json::Value::Number(n) => n.as_f64().map(Value::Num),
@@ -258,6 +258,9 @@ mod tests {
         assert_eq!(r.get(&p("ok")), Some(Value::Bool(true)));
         assert_eq!(r.get(&p("n")), None);
         assert_eq!(r.get(&p("a.b.9.c")), None);
+        // The mappings' bracket form is the same path.
+        assert_eq!(r.get(&p("a.b[1].c")), Some(Value::Str("x".into())));
+        assert_eq!(r.get(&p("$.a.b[0].c")), Some(Value::Num(2.5)));
         assert!(FieldPath::new("a..b").is_err());
     }
 
