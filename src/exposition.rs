@@ -17,7 +17,7 @@
 //! A counter whose name does not end in `_total` is written as `unknown`
 //! in OpenMetrics, so its series keep their name in both formats.
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 
 /// Content type of the Prometheus text exposition format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -129,11 +129,12 @@ pub fn unit_of(name: &str) -> Option<&'static str> {
 pub struct Writer<'a> {
     out: &'a mut String,
     format: Format,
-    /// Family names (as written in HELP/TYPE) already written.
-    written: FxHashSet<Box<str>>,
+    /// Family names (as written in HELP/TYPE) already written, with their
+    /// type.
+    written: FxHashMap<Box<str>, Kind>,
     /// Family names a later part writes (the self-metrics); an earlier part
     /// that has a family of the same name leaves it out.
-    reserved: FxHashSet<Box<str>>,
+    reserved: FxHashMap<Box<str>, Kind>,
     /// Families left out because their name was taken, in order.
     skipped: Vec<String>,
 }
@@ -143,8 +144,8 @@ impl<'a> Writer<'a> {
         Writer {
             out,
             format,
-            written: FxHashSet::default(),
-            reserved: FxHashSet::default(),
+            written: FxHashMap::default(),
+            reserved: FxHashMap::default(),
             skipped: Vec::new(),
         }
     }
@@ -157,7 +158,7 @@ impl<'a> Writer<'a> {
     /// later [`Writer::family`] call that passes `reserved = true`.
     pub fn reserve(&mut self, name: &str, kind: Kind) {
         let header = self.header_name(name, kind).into();
-        self.reserved.insert(header);
+        self.reserved.insert(header, kind);
     }
 
     /// The family name written in HELP/TYPE for a family whose samples are
@@ -187,9 +188,13 @@ impl<'a> Writer<'a> {
         let om = self.format == Format::OpenMetrics;
         // OpenMetrics counters are named without `_total`; one without it
         // is written as `unknown` so its samples keep their name.
-        let taken = |w: &Self, header: &str| {
-            (!owner && w.reserved.contains(header)) || w.written.contains(header)
+        let taken_by = |w: &Self, header: &str| {
+            w.written
+                .get(header)
+                .or_else(|| (!owner).then(|| w.reserved.get(header)).flatten())
+                .copied()
         };
+        let taken = |w: &Self, header: &str| taken_by(w, header).is_some();
         let (mut header, mut kind) = match (om, kind) {
             (true, Kind::Counter) => match name.strip_suffix("_total") {
                 Some(base) => (base, Kind::Counter),
@@ -199,15 +204,20 @@ impl<'a> Writer<'a> {
         };
         // A histogram `x` and a counter `x_total` are two families in the
         // text format but one name in OpenMetrics: the counter is then
-        // written as `unknown` under its full name (same series).
-        if om && kind == Kind::Counter && taken(self, header) && !taken(self, name) {
+        // written as `unknown` under its full name (same series). Not when
+        // the name is another counter's: its samples are `x_total` too.
+        if om
+            && kind == Kind::Counter
+            && taken_by(self, header).is_some_and(|k| k != Kind::Counter)
+            && !taken(self, name)
+        {
             (header, kind) = (name, Kind::Untyped);
         }
         if taken(self, header) {
             self.skipped.push(name.to_string());
             return false;
         }
-        self.written.insert(header.into());
+        self.written.insert(header.into(), kind);
         let out = &mut *self.out;
         out.push_str("# HELP ");
         out.push_str(header);
