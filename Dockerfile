@@ -8,7 +8,9 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# The commit for vitals_build_info (the build context has no .git).
+# The commit for vitals_build_info and --version: the build context has no
+# .git (.dockerignore), so build.rs takes it from this argument; it re-runs
+# when the argument changes, also with the target/ cache mount below.
 ARG BUILD_VITALS_COMMIT=unknown
 ENV BUILD_VITALS_COMMIT=${BUILD_VITALS_COMMIT}
 COPY . .

@@ -230,6 +230,17 @@ pub struct WebConfig {
     /// Answer OpenMetrics 1.0 when the scraper's Accept header prefers it;
     /// false: always the text format 0.0.4.
     pub openmetrics: bool,
+    /// Further addresses served like `listen_address` (a repeated
+    /// `--web.listen-address` sets them).
+    pub extra_listen_addresses: Vec<SocketAddr>,
+    /// Path of the metrics endpoint.
+    pub telemetry_path: String,
+    /// Leave the exporter's own `process_*` metrics and scrape-duration
+    /// histogram out of the metrics endpoint (node_exporter's flag).
+    pub disable_exporter_metrics: bool,
+    /// Allow `POST`/`PUT /-/reload` (Prometheus' `--web.enable-lifecycle`);
+    /// off, they answer 403. SIGHUP reloads either way.
+    pub enable_lifecycle: bool,
 }
 
 impl Default for WebConfig {
@@ -241,6 +252,10 @@ impl Default for WebConfig {
             config_file: None,
             compression: true,
             openmetrics: true,
+            extra_listen_addresses: Vec::new(),
+            telemetry_path: "/metrics".to_string(),
+            disable_exporter_metrics: false,
+            enable_lifecycle: false,
         }
     }
 }
@@ -271,6 +286,99 @@ pub struct SystemConfig {
     pub filesystems: FilesystemConfig,
     pub network: NetworkConfig,
     pub temperatures: bool,
+    /// Which groups of system series are exported
+    /// (`--collector.<name>` / `--no-collector.<name>`).
+    pub collectors: Collectors,
+}
+
+/// The system collectors, by node_exporter's names where vitals has the
+/// same one; all on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Collectors {
+    pub cpu: bool,
+    pub loadavg: bool,
+    pub meminfo: bool,
+    pub filesystem: bool,
+    pub netdev: bool,
+    pub uptime: bool,
+    /// Temperatures (also switched off by `system.temperatures = false`).
+    pub hwmon: bool,
+    /// The `[[process_groups]]`.
+    pub processgroups: bool,
+}
+
+impl Default for Collectors {
+    fn default() -> Self {
+        Collectors {
+            cpu: true,
+            loadavg: true,
+            meminfo: true,
+            filesystem: true,
+            netdev: true,
+            uptime: true,
+            hwmon: true,
+            processgroups: true,
+        }
+    }
+}
+
+impl Collectors {
+    /// Every collector off (`--collector.disable-defaults`).
+    pub fn none() -> Self {
+        Collectors {
+            cpu: false,
+            loadavg: false,
+            meminfo: false,
+            filesystem: false,
+            netdev: false,
+            uptime: false,
+            hwmon: false,
+            processgroups: false,
+        }
+    }
+
+    /// Switch the collector `name`; false for an unknown name.
+    pub fn set(&mut self, name: &str, on: bool) -> bool {
+        let field = match name {
+            "cpu" => &mut self.cpu,
+            "loadavg" => &mut self.loadavg,
+            "meminfo" => &mut self.meminfo,
+            "filesystem" => &mut self.filesystem,
+            "netdev" => &mut self.netdev,
+            "uptime" => &mut self.uptime,
+            "hwmon" => &mut self.hwmon,
+            "processgroups" => &mut self.processgroups,
+            _ => return false,
+        };
+        *field = on;
+        true
+    }
+
+    /// Whether a system family is exported, by the collector its name
+    /// belongs to.
+    pub fn keeps(&self, family: &str) -> bool {
+        let Some(rest) = family.strip_prefix("vitals_") else {
+            return true;
+        };
+        let prefixes: [(&str, bool); 11] = [
+            ("cpu", self.cpu),
+            ("load", self.loadavg),
+            ("memory_", self.meminfo),
+            ("swap_", self.meminfo),
+            ("filesystem_", self.filesystem),
+            ("disk_", self.filesystem),
+            ("network_", self.netdev),
+            ("boot_time", self.uptime),
+            ("uptime", self.uptime),
+            ("temperature", self.hwmon),
+            ("process_group_", self.processgroups),
+        ];
+        prefixes
+            .iter()
+            .find(|(p, _)| rest.starts_with(p))
+            .is_none_or(|(_, on)| *on)
+    }
 }
 
 impl Default for SystemConfig {
@@ -282,6 +390,7 @@ impl Default for SystemConfig {
             filesystems: FilesystemConfig::default(),
             network: NetworkConfig::default(),
             temperatures: true,
+            collectors: Collectors::default(),
         }
     }
 }
@@ -308,6 +417,9 @@ pub struct FilesystemConfig {
     pub mount_points_exclude: Pattern,
     /// Filesystem types matching this regex (pseudo filesystems) are left out.
     pub fs_types_exclude: Pattern,
+    /// The host's root as mounted in a container (`--path.rootfs`): only
+    /// mount points under it are exported, with this prefix removed.
+    pub rootfs: Option<std::path::PathBuf>,
 }
 
 impl Default for FilesystemConfig {
@@ -320,6 +432,7 @@ impl Default for FilesystemConfig {
                 "autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs|tmpfs|ramfs|nfsd|fuse\\.lxcfs|fuse\\.portal|fuse\\.gvfsd-fuse",
             )
             .expect("valid default"),
+            rootfs: None,
         }
     }
 }
@@ -535,7 +648,44 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Paths the exporter serves itself, which the metrics path cannot take.
+const RESERVED_PATHS: [&str; 7] = [
+    "/",
+    "/healthz",
+    "/readyz",
+    "/-/healthy",
+    "/-/ready",
+    "/-/reload",
+    "/api",
+];
+
 impl Config {
+    /// Check the `web` settings the command line can change (called again
+    /// after the flags are applied).
+    pub fn validate_web(&self) -> Result<(), ConfigError> {
+        self.validate_web_in("command line")
+    }
+
+    fn validate_web_in(&self, file: &str) -> Result<(), ConfigError> {
+        let p = &self.web.telemetry_path;
+        let bad = !p.starts_with('/')
+            || p.len() < 2
+            || p.contains(['?', '#', ' ', '*', '{', '}'])
+            || RESERVED_PATHS.contains(&p.as_str())
+            || p.starts_with("/api/")
+            || p.starts_with("/ingest/");
+        if bad {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                key: "web.telemetry_path".into(),
+                reason: format!(
+                    "{p:?} must be a path such as /metrics, and not one vitals serves itself (/, /healthz, /readyz, /-/..., /api/..., /ingest/...)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks that need more than one key or a range.
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
@@ -549,6 +699,7 @@ impl Config {
         if self.web.max_requests == 0 {
             return Err(invalid("web.max_requests", "must be at least 1"));
         }
+        self.validate_web_in(file)?;
         if self.store.ingest_queue == 0 {
             return Err(invalid("store.ingest_queue", "must be at least 1"));
         }
@@ -631,5 +782,51 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod collector_tests {
+    use super::*;
+
+    #[test]
+    fn collectors_keep_the_families_of_the_collectors_left_on() {
+        let mut c = Collectors::default();
+        assert!(c.keeps("vitals_cpu_usage_ratio") && c.keeps("vitals_load1"));
+        assert!(c.set("meminfo", false) && !c.set("nonsense", false));
+        assert!(!c.keeps("vitals_memory_total_bytes") && !c.keeps("vitals_swap_used_bytes"));
+        assert!(c.keeps("vitals_cpus") && c.keeps("vitals_source_up") && c.keeps("up"));
+        let mut c = Collectors::none();
+        c.set("processgroups", true);
+        assert!(c.keeps("vitals_process_group_up"));
+        assert!(!c.keeps("vitals_network_receive_bytes_total"));
+        assert!(
+            !c.keeps("vitals_filesystem_size_bytes") && !c.keeps("vitals_disk_read_bytes_total")
+        );
+        assert!(!c.keeps("vitals_temperature_celsius") && !c.keeps("vitals_uptime_seconds"));
+        // Not a system family: never dropped.
+        assert!(c.keeps("vitals_anomaly_score"));
+    }
+
+    #[test]
+    fn telemetry_path_must_be_a_free_path() {
+        let mut cfg = Config::default();
+        for ok in ["/metrics", "/node/metrics", "/m"] {
+            cfg.web.telemetry_path = ok.into();
+            assert!(cfg.validate_web().is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "metrics",
+            "/",
+            "/healthz",
+            "/-/reload",
+            "/api/series",
+            "/ingest/x",
+            "/a b",
+        ] {
+            cfg.web.telemetry_path = bad.into();
+            assert!(cfg.validate_web().is_err(), "{bad:?}");
+        }
     }
 }

@@ -122,11 +122,15 @@ pub async fn run_until(
     reload: ConfigLoader,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let address = cfg.web.listen_address;
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| RunError::Bind { address, source })?;
-    let local = listener.local_addr().unwrap_or(address);
+    let mut listeners = Vec::new();
+    for &address in std::iter::once(&cfg.web.listen_address).chain(&cfg.web.extra_listen_addresses)
+    {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| RunError::Bind { address, source })?;
+        listeners.push(listener);
+    }
+    let local = listeners[0].local_addr().unwrap_or(cfg.web.listen_address);
 
     let telemetry = Arc::new(Telemetry::new());
     let store = Arc::new(RwLock::new(Store::new()));
@@ -195,8 +199,7 @@ pub async fn run_until(
         ready,
         events,
         reload: Some(reload_tx),
-        compression: cfg.web.compression,
-        openmetrics: cfg.web.openmetrics,
+        options: server::ServerOptions::from_config(&cfg.web),
     };
     let app = server::app_with_page(state, cfg.web.max_requests, Vec::new(), page)
         .fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push_routes));
@@ -218,14 +221,23 @@ pub async fn run_until(
         ip => ip.to_string(),
     };
     let url = format!("{scheme}://{host}:{}/", local.port());
+    let metrics_path = cfg.web.telemetry_path.trim_start_matches('/');
     if cfg.dashboard.enabled {
-        tracing::info!(address = %local, "Listening; live dashboard at {url}, metrics at {url}metrics.");
+        tracing::info!(address = %local, "Listening; live dashboard at {url}, metrics at {url}{metrics_path}.");
     } else {
-        tracing::info!(address = %local, "Listening; metrics at {url}metrics.");
+        tracing::info!(address = %local, "Listening; metrics at {url}{metrics_path}.");
     }
-    let serve = crate::expose::serve(listener, app, web, shutdown.clone());
+    for extra in &listeners[1..] {
+        if let Ok(address) = extra.local_addr() {
+            tracing::info!(%address, "Listening.");
+        }
+    }
+    // Every listener serves the same router; the first error stops all.
+    let serve = futures_util::future::try_join_all(listeners.into_iter().map(|listener| {
+        crate::expose::serve(listener, app.clone(), web.clone(), shutdown.clone())
+    }));
     let result = tokio::select! {
-        r = serve => r.map_err(RunError::Serve),
+        r = serve => r.map(|_| ()).map_err(RunError::Serve),
         // In-flight requests get `drain` to finish after the signal.
         _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
             tracing::warn!(timeout = ?drain, "Requests still in flight at the shutdown timeout; closing them.");

@@ -1,6 +1,7 @@
-//! The exporter's HTTP server: `/metrics`, `/healthz`, `/readyz` and a
-//! landing page at `/`. Built by [`app`] so tests can drive it without a
-//! socket.
+//! The exporter's HTTP server: `/metrics` (or `--web.telemetry-path`),
+//! `/healthz` and `/-/healthy`, `/readyz` and `/-/ready`, `/-/reload`
+//! (with `--web.enable-lifecycle`) and a landing page at `/`. Built by
+//! [`app`] so tests can drive it without a socket.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,10 +32,54 @@ pub struct AppState {
     pub events: crate::events::EventBus,
     /// Where `POST /-/reload` sends its request; `None` disables it.
     pub reload: Option<tokio::sync::mpsc::Sender<crate::run::ReloadRequest>>,
-    /// Gzip `/metrics` for scrapers that accept it (`web.compression`).
+    /// Paths and switches from the `web` configuration.
+    pub options: ServerOptions,
+}
+
+/// The `web` settings the router is built with.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Path of the metrics endpoint (`web.telemetry_path`).
+    pub telemetry_path: String,
+    /// Include the exporter's own `process_*` metrics and scrape-duration
+    /// histogram (off with `web.disable_exporter_metrics`).
+    pub exporter_metrics: bool,
+    /// Serve `POST`/`PUT /-/reload` (`web.enable_lifecycle`); off, 403.
+    pub lifecycle: bool,
+    /// Gzip the metrics endpoint for scrapers that accept it (`web.compression`).
     pub compression: bool,
     /// Answer OpenMetrics to scrapers that prefer it (`web.openmetrics`).
     pub openmetrics: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            telemetry_path: "/metrics".into(),
+            exporter_metrics: true,
+            lifecycle: false,
+            compression: true,
+            openmetrics: true,
+        }
+    }
+}
+
+impl ServerOptions {
+    pub fn from_config(web: &crate::config::WebConfig) -> Self {
+        ServerOptions {
+            telemetry_path: web.telemetry_path.clone(),
+            exporter_metrics: !web.disable_exporter_metrics,
+            lifecycle: web.enable_lifecycle,
+            compression: web.compression,
+            openmetrics: web.openmetrics,
+        }
+    }
+}
+
+/// The exporter's own metrics that `--web.disable-exporter-metrics` leaves
+/// out (node_exporter leaves out its `process_*`, `go_*` and `promhttp_*`).
+fn is_exporter_metric(family: &str) -> bool {
+    family.starts_with("process_") || family == "vitals_scrape_duration_seconds"
 }
 
 /// The router; `max_requests` bounds concurrent `/metrics` renders.
@@ -64,8 +109,9 @@ pub fn app_with_page(
 }
 
 fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
-    let mut metrics = Router::new().route("/metrics", get(metrics));
-    if state.compression {
+    let path = state.options.telemetry_path.clone();
+    let mut metrics = Router::new().route(&path, get(metrics));
+    if state.options.compression {
         // Gzip only: what Prometheus asks for; the others add code, not
         // compatibility.
         metrics = metrics.layer(
@@ -77,11 +123,17 @@ fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
         );
     }
     let metrics = metrics.layer(GlobalConcurrencyLimitLayer::new(max_requests));
-    let root = page.unwrap_or_else(|| Router::new().route("/", get(landing)));
+    let root = page.unwrap_or_else(|| {
+        let path = path.clone();
+        Router::new().route("/", get(move || landing(path.clone())))
+    });
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // Prometheus' and Alertmanager's spellings of the same two checks.
+        .route("/-/healthy", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/-/reload", axum::routing::post(reload))
+        .route("/-/ready", get(readyz))
+        .route("/-/reload", axum::routing::post(reload).put(reload))
         .merge(metrics)
         .with_state(state)
         .merge(root)
@@ -98,7 +150,10 @@ pub fn render_into(state: &AppState, out: &mut String) {
 /// self-metric is left out (and logged), the self-metric is written.
 pub fn render_format(state: &AppState, format: Format, out: &mut String) {
     let started = Instant::now();
-    let own = state.telemetry.gather();
+    let mut own = state.telemetry.gather();
+    if !state.options.exporter_metrics {
+        own.retain(|family| !is_exporter_metric(family.name()));
+    }
     let mut w = Writer::new(out, format);
     Telemetry::reserve(&own, &mut w);
     state.store.read().render_to(&mut w);
@@ -125,7 +180,7 @@ pub fn render_format(state: &AppState, format: Format, out: &mut String) {
 static LAST_LEN: AtomicUsize = AtomicUsize::new(64 * 1024);
 
 async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let format = if state.openmetrics {
+    let format = if state.options.openmetrics {
         Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
     } else {
         Format::Text
@@ -142,6 +197,14 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
 /// `POST /-/reload`: re-read the configuration; 200 with what changed, or
 /// 400 with why the new configuration was rejected (the old one stays).
 async fn reload(State(state): State<AppState>) -> Response {
+    if !state.options.lifecycle {
+        // Prometheus' answer without --web.enable-lifecycle.
+        return (
+            StatusCode::FORBIDDEN,
+            "Lifecycle API is not enabled (start vitals with --web.enable-lifecycle, or send SIGHUP).\n",
+        )
+            .into_response();
+    }
     let Some(requests) = state.reload.clone() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "reload is not available\n").into_response();
     };
@@ -164,14 +227,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn landing() -> Html<String> {
+async fn landing(metrics: String) -> Html<String> {
+    // The path is validated (no quotes or markup characters are possible
+    // in a path vitals accepts, but escape anyway).
+    let href = metrics
+        .trim_start_matches('/')
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
+    let shown = metrics.replace('&', "&amp;").replace('<', "&lt;");
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>vitals</title></head>\
          <body style=\"font-family:sans-serif;max-width:40em;margin:2em auto\">\
          <h1>vitals</h1><p>Version {VERSION} (commit {COMMIT}).</p><ul>\
-         <li><a href=\"metrics\">/metrics</a> &mdash; Prometheus metrics</li>\
-         <li><a href=\"healthz\">/healthz</a> &mdash; liveness</li>\
-         <li><a href=\"readyz\">/readyz</a> &mdash; readiness</li></ul></body></html>"
+         <li><a href=\"{href}\">{shown}</a> &mdash; Prometheus metrics</li>\
+         <li><a href=\"-/healthy\">/-/healthy</a> (or /healthz) &mdash; liveness</li>\
+         <li><a href=\"-/ready\">/-/ready</a> (or /readyz) &mdash; readiness</li></ul></body></html>"
     ))
 }
 
@@ -190,8 +261,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             events: crate::events::EventBus::default(),
             reload: None,
-            compression: true,
-            openmetrics: true,
+            options: ServerOptions::default(),
         }
     }
 
@@ -299,7 +369,7 @@ mod tests {
         assert_eq!(ct, TEXT_FORMAT);
         assert!(!body.contains("# EOF"));
         let mut off = state();
-        off.openmetrics = false;
+        off.options.openmetrics = false;
         let (ct, _) = get_with(app(off, 4), "application/openmetrics-text").await;
         assert_eq!(ct, TEXT_FORMAT);
     }
@@ -308,7 +378,7 @@ mod tests {
     async fn metrics_are_gzipped_when_asked_and_switched_on() {
         for on in [true, false] {
             let mut s = state();
-            s.compression = on;
+            s.options.compression = on;
             let resp = app(s, 4)
                 .oneshot(
                     Request::get("/metrics")

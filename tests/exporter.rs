@@ -464,7 +464,370 @@ fn version_and_help() {
     );
     let out = Command::new(vitals_bin()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["run", "check", "--web.listen-address", "--config"] {
+    for word in [
+        "run",
+        "check",
+        "healthcheck",
+        "--web.listen-address",
+        "--config",
+        "--web.telemetry-path",
+        "--web.enable-lifecycle",
+        "--no-collector.cpu",
+        "--log.format",
+        "VITALS_WEB__LISTEN_ADDRESS",
+        "VITALS_<SECTION>__<KEY>",
+    ] {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
+}
+
+/// Run the binary with `args` until it exits (a refusal at start-up).
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(vitals_bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_invalid_log_level_is_refused_with_exit_2() {
+    for args in [
+        &["run", "--log.level", "bogus"][..],
+        &["--log.level", "bogus"],
+        &["run", "--log.level", "info,bogus"],
+        &["run", "--log.level", ""],
+        &[
+            "relay",
+            "--config",
+            "/nonexistent.toml",
+            "--log.level",
+            "verbose",
+        ],
+    ] {
+        let (code, stderr) = refused(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("is not a log level"), "{args:?}: {stderr}");
+        assert!(stderr.contains("--log.level"), "{args:?}: {stderr}");
+    }
+}
+
+/// Start `vitals run` with its stderr captured to a file; returns the
+/// process, its address and the log path.
+fn start_logging(args: &[&str]) -> (Vitals, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let child = Command::new(vitals_bin())
+        .args(["run", "--web.listen-address", &addr.to_string()])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let v = Vitals { child, addr, dir };
+    wait_for(Duration::from_secs(20), "vitals to become ready", || {
+        get(addr, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
+    });
+    (v, log)
+}
+
+#[test]
+fn log_level_filters_and_formats_are_honoured() {
+    // A filter with levels is accepted and logs at info.
+    let (v, log) = start_logging(&["--log.level", "info,vitals::sources=debug"]);
+    let text = wait_for(Duration::from_secs(10), "a log line", || {
+        let t = std::fs::read_to_string(&log).unwrap();
+        t.contains("Listening").then_some(t)
+    });
+    // Not a terminal: no colour codes in the file.
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI codes in a log file: {text:?}"
+    );
+    drop(v);
+
+    let (v, log) = start_logging(&["--log.format", "json"]);
+    let text = wait_for(Duration::from_secs(10), "a JSON log line", || {
+        let t = std::fs::read_to_string(&log).unwrap();
+        t.contains("Listening").then_some(t)
+    });
+    for line in text.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(value.get("level").is_some(), "{line}");
+    }
+    drop(v);
+
+    let (v, log) = start_logging(&["--log.format", "logfmt"]);
+    let text = wait_for(Duration::from_secs(10), "a logfmt line", || {
+        let t = std::fs::read_to_string(&log).unwrap();
+        t.contains("Listening").then_some(t)
+    });
+    let line = text.lines().find(|l| l.contains("Listening")).unwrap();
+    assert!(line.contains("level=info"), "{line}");
+    assert!(line.contains("address=127.0.0.1:"), "{line}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    drop(v);
+
+    let (code, stderr) = refused(&["run", "--log.format", "xml"]);
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn telemetry_path_health_endpoints_and_exporter_metrics() {
+    // The plain landing page (the dashboard owns / otherwise).
+    let v = Vitals::start_with(
+        "[system]\nenabled = false\n[dashboard]\nenabled = false\n",
+        &["--web.telemetry-path", "/node/metrics"],
+    );
+    let (status, body) = get(v.addr, "/node/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("vitals_build_info"), "{body}");
+    assert!(body.contains("process_resident_memory_bytes"), "{body}");
+    assert_eq!(get(v.addr, "/metrics").unwrap().0, 404);
+    for path in ["/-/healthy", "/-/ready", "/healthz", "/readyz"] {
+        assert_eq!(get(v.addr, path).unwrap().0, 200, "{path}");
+    }
+    let (_, landing) = get(v.addr, "/").unwrap();
+    assert!(landing.contains("node/metrics"), "{landing}");
+    drop(v);
+
+    let v = Vitals::start_with("", &["--web.disable-exporter-metrics"]);
+    let body = wait_for(Duration::from_secs(15), "system metrics", || {
+        let m = v.metrics();
+        m.contains("vitals_source_up{").then_some(m)
+    });
+    assert!(
+        !body.contains("\nprocess_") && !body.contains("# TYPE process_"),
+        "{body}"
+    );
+    assert!(body.contains("vitals_process_group_up"), "{body}");
+    assert!(!body.contains("vitals_scrape_duration_seconds"), "{body}");
+    assert!(body.contains("vitals_build_info"), "{body}");
+
+    let (code, stderr) = refused(&["run", "--web.telemetry-path", "/-/healthy"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("web.telemetry_path"), "{stderr}");
+}
+
+#[test]
+fn collectors_are_switched_by_flags() {
+    let v = Vitals::start_with(
+        "[system]\ninterval = \"200ms\"\n",
+        &[
+            "--no-collector.meminfo",
+            "--no-collector.cpu",
+            "--collector.cpu",
+            "--no-collector.netdev",
+        ],
+    );
+    let m = wait_for(Duration::from_secs(15), "system metrics", || {
+        let m = v.metrics();
+        m.contains("\nvitals_load1 ").then_some(m)
+    });
+    assert!(!m.contains("\nvitals_memory_total_bytes"), "{m}");
+    assert!(!m.contains("\nvitals_network_"), "{m}");
+    // The last of --no-collector.cpu --collector.cpu wins.
+    assert!(m.contains("\nvitals_cpus "), "{m}");
+    drop(v);
+
+    let v = Vitals::start_with(
+        "[system]\ninterval = \"200ms\"\n",
+        &["--collector.disable-defaults", "--collector.meminfo"],
+    );
+    let m = wait_for(Duration::from_secs(15), "memory metrics", || {
+        let m = v.metrics();
+        m.contains("\nvitals_memory_total_bytes").then_some(m)
+    });
+    for gone in [
+        "vitals_cpus",
+        "vitals_load1",
+        "vitals_filesystem_",
+        "vitals_process_group_",
+    ] {
+        assert!(!m.contains(&format!("\n{gone}")), "{gone} in {m}");
+    }
+}
+
+#[test]
+fn listen_address_is_repeatable_and_takes_a_bare_port() {
+    let second = common::free_port();
+    let v = Vitals::start_with(
+        "[system]\nenabled = false\n",
+        &["--web.listen-address", &format!(":{second}")],
+    );
+    let other: std::net::SocketAddr = format!("127.0.0.1:{second}").parse().unwrap();
+    assert_eq!(get(other, "/-/healthy").unwrap().0, 200);
+    assert_eq!(get(v.addr, "/-/healthy").unwrap().0, 200);
+    let (code, stderr) = refused(&["run", "--web.listen-address", ":99999"]);
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn reload_over_http_needs_the_lifecycle_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vitals.toml");
+    std::fs::write(&config, "[system]\nenabled = false\n").unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let child = Command::new(vitals_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .args(["--web.listen-address", &addr.to_string()])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let v = Vitals { child, addr, dir };
+    wait_for(Duration::from_secs(20), "vitals to become ready", || {
+        get(addr, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
+    });
+    let (status, body) = common::http(v.addr, "POST", "/-/reload", &[], b"").unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--web.enable-lifecycle"), "{body}");
+    drop(v);
+
+    // The harness starts vitals with the flag.
+    let v = Vitals::start("[system]\nenabled = false\n");
+    for method in ["POST", "PUT"] {
+        let (status, body) = common::http(v.addr, method, "/-/reload", &[], b"").unwrap();
+        assert_eq!(status, 200, "{method}: {body}");
+    }
+}
+
+#[test]
+fn healthcheck_subcommand_reports_the_exporter_state() {
+    let v = Vitals::start("[system]\nenabled = false\n");
+    let status = Command::new(vitals_bin())
+        .args(["healthcheck", "--web.listen-address", &v.addr.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let url = format!("http://{}/-/healthy", v.addr);
+    let status = Command::new(vitals_bin())
+        .args(["healthcheck", "--url", &url])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    drop(v);
+    // Nothing listens there any more.
+    let out = Command::new(vitals_bin())
+        .args(["healthcheck", "--url", &url, "--timeout", "2s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&url));
+}
+
+#[test]
+fn path_flags_procfs_and_sysfs_other_than_the_default_are_refused() {
+    let (code, stderr) = refused(&["run", "--path.procfs", "/host/proc"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--path.procfs /host/proc: only /proc"),
+        "{stderr}"
+    );
+    let (code, stderr) = refused(&["run", "--path.sysfs", "/host/sys"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("only /sys"), "{stderr}");
+}
+
+/// A bind mount for one test, unmounted (lazily) when dropped.
+struct BindMount(std::path::PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn rootfs_reports_the_host_mounts_under_it_without_the_prefix() {
+    let host = tempfile::tempdir().unwrap();
+    let at = host.path().join("host");
+    std::fs::create_dir_all(&at).unwrap();
+    let out = Command::new("mount")
+        .args(["--bind", "/"])
+        .arg(&at)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "SKIPPED rootfs test: cannot bind-mount / ({}); it needs root or CAP_SYS_ADMIN",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return;
+    }
+    let _mount = BindMount(at.clone());
+    let config =
+        "[system]\ninterval = \"200ms\"\n[system.filesystems]\nmount_points_exclude = \"\"\n";
+    let at_s = at.to_str().unwrap();
+    let v = Vitals::start_with(config, &["--path.rootfs", at_s]);
+    let m = wait_for(Duration::from_secs(15), "filesystem metrics", || {
+        let m = v.metrics();
+        m.contains("vitals_filesystem_size_bytes{").then_some(m)
+    });
+    let mounts: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("vitals_filesystem_size_bytes{"))
+        .filter_map(|l| l.split("mountpoint=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(mounts.contains(&"/"), "{mounts:?}");
+    assert!(
+        mounts.iter().all(|p| !p.contains(at_s)),
+        "the prefix is removed: {mounts:?}"
+    );
+}
+
+/// Inodes are exported per filesystem, as node_exporter's
+/// node_filesystem_files / node_filesystem_files_free, and agree with
+/// statvfs(3) as `stat -f` reports it.
+#[test]
+fn exports_filesystem_inodes() {
+    let v = Vitals::start("");
+    let metrics = wait_for(Duration::from_secs(15), "filesystem inodes", || {
+        let m = v.metrics();
+        m.contains("\nvitals_filesystem_files_free{").then_some(m)
+    });
+    // A mount point vitals reports with a non-zero inode count.
+    let (mount, files) = metrics
+        .lines()
+        .filter(|l| l.starts_with("vitals_filesystem_files{"))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let mount = series.split("mountpoint=\"").nth(1)?.split('"').next()?;
+            let files: f64 = value.parse().ok()?;
+            (files > 0.0).then(|| (mount.to_string(), files))
+        })
+        .unwrap_or_else(|| panic!("no filesystem with inodes in:\n{metrics}"));
+    let out = Command::new("stat")
+        .args(["-f", "--format=%c %d"])
+        .arg(&mount)
+        .output()
+        .expect("stat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|n| n.parse::<f64>().unwrap());
+    let (want_files, want_free) = (it.next().unwrap(), it.next().unwrap());
+    assert_eq!(files, want_files, "inodes of {mount}");
+    let free = sample_value(
+        &metrics,
+        "vitals_filesystem_files_free",
+        &[&format!("mountpoint=\"{mount}\"")],
+    )
+    .unwrap();
+    // Free inodes move while the machine works; same order of magnitude.
+    assert!(
+        free <= files && (free - want_free).abs() <= want_files * 0.05,
+        "free inodes of {mount}: {free}, stat -f says {want_free}"
+    );
 }

@@ -120,23 +120,124 @@ fn every_alert_has_a_severity_annotations_and_a_runbook_section() {
         .collect();
     let alerts = alert_rules();
     assert!(alerts.len() >= 20, "{} alerts", alerts.len());
+    let mut bases = BTreeSet::new();
     for (name, rule) in &alerts {
         let severity = rule["labels"]["severity"].as_str();
-        assert!(
-            matches!(severity, Some("critical" | "warning" | "info")),
-            "{name}: severity label {severity:?}"
-        );
+        if always_firing(rule) {
+            // The Watchdog pages nobody itself: severity none.
+            assert_eq!(severity, Some("none"), "{name}: severity label");
+        } else {
+            assert!(
+                matches!(severity, Some("critical" | "warning" | "info")),
+                "{name}: severity label {severity:?}"
+            );
+        }
         for key in ["summary", "description", "runbook_url"] {
             let v = rule["annotations"][key].as_str().unwrap_or("");
             assert!(!v.trim().is_empty(), "{name}: annotation {key} is missing");
         }
+        // Absolute, so a link in an e-mail or SMS opens; one base for all,
+        // which alerting/set-runbook-url.sh changes.
         let url = rule["annotations"]["runbook_url"].as_str().unwrap();
-        let anchor = url
-            .strip_prefix("docs/runbooks.md#")
-            .unwrap_or_else(|| panic!("{name}: runbook_url {url} is not docs/runbooks.md#..."));
+        let (base, anchor) = url
+            .split_once("#")
+            .filter(|(b, _)| b.starts_with("https://") || b.starts_with("http://"))
+            .unwrap_or_else(|| {
+                panic!("{name}: runbook_url {url} is not an absolute URL with #anchor")
+            });
+        assert!(base.ends_with("/runbooks.md"), "{name}: runbook_url {url}");
+        bases.insert(base.to_string());
         assert!(
             anchors.contains(anchor),
             "{name}: no section #{anchor} in docs/runbooks.md (have {anchors:?})"
+        );
+    }
+    assert_eq!(bases.len(), 1, "one runbook base URL: {bases:?}");
+}
+
+/// An alert that fires by design all the time (the Watchdog).
+fn always_firing(rule: &Yaml) -> bool {
+    rule["expr"].as_str().map(str::trim) == Some("vector(1)")
+}
+
+/// `alerting/set-runbook-url.sh` points every runbook_url (rules and their
+/// unit tests) at another base; the rules still check and their tests pass.
+#[test]
+fn set_runbook_url_rewrites_every_runbook_url() {
+    let promtool = require("promtool");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("alerting");
+    let (ok, out) = run(Command::new("cp")
+        .arg("-r")
+        .arg(root().join("alerting"))
+        .arg(&copy));
+    assert!(ok, "{out}");
+    let base = "https://wiki.example.org/ops/vitals/runbooks.md";
+    let (ok, out) = run(Command::new("bash")
+        .arg(copy.join("set-runbook-url.sh"))
+        .arg(base));
+    assert!(ok, "set-runbook-url.sh:\n{out}");
+    let mut count = 0;
+    for sub in ["prometheus/rules", "prometheus/tests"] {
+        for e in std::fs::read_dir(copy.join(sub)).unwrap() {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            for line in text.lines().filter(|l| l.contains("runbook_url:")) {
+                assert!(
+                    line.contains(&format!("\"{base}#")),
+                    "not rewritten: {line}"
+                );
+                count += 1;
+            }
+        }
+    }
+    assert!(count >= 2 * alert_rules().len(), "{count} runbook URLs");
+    let rules: Vec<PathBuf> = std::fs::read_dir(copy.join("prometheus/rules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["check", "rules"])
+        .args(&rules));
+    assert!(ok, "{out}");
+    let tests: Vec<PathBuf> = std::fs::read_dir(copy.join("prometheus/tests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["test", "rules"])
+        .args(&tests)
+        .current_dir(copy.join("prometheus")));
+    assert!(ok, "promtool test rules after the rewrite:\n{out}");
+    // Twice in a row is fine (the current base is read from the rules).
+    let (ok, out) = run(Command::new("bash")
+        .arg(copy.join("set-runbook-url.sh"))
+        .arg("https://runbooks.example.net/vitals/runbooks.md"));
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(copy.join("prometheus/rules/host.yml")).unwrap();
+    assert!(text.contains("\"https://runbooks.example.net/vitals/runbooks.md#"));
+    assert!(!text.contains(base));
+}
+
+/// Every recording rule has a `promtool test rules` case that pins its
+/// value and labels.
+#[test]
+fn every_recording_rule_is_unit_tested() {
+    let mut tested = BTreeSet::new();
+    for file in files("alerting/prometheus/tests", "_test.yml") {
+        let doc = yaml(&file);
+        for test in doc["tests"].as_vec().expect("tests") {
+            for case in test["promql_expr_test"].as_vec().into_iter().flatten() {
+                let expr = case["expr"].as_str().expect("expr").trim().to_string();
+                if case["exp_samples"].as_vec().is_some_and(|v| !v.is_empty()) {
+                    tested.insert(expr);
+                }
+            }
+        }
+    }
+    for r in recorded_series() {
+        assert!(
+            tested.contains(&r),
+            "recording rule {r} has no promql_expr_test with expected samples"
         );
     }
 }
@@ -192,6 +293,14 @@ fn every_alert_is_unit_tested_firing_quiet_and_resolved() {
         let cases = checks
             .get(name)
             .unwrap_or_else(|| panic!("alert {name} has no promtool unit test"));
+        if always_firing(&alert_rules()[name]) {
+            // Fires from the first evaluation on and never resolves.
+            assert!(
+                cases.iter().all(|(_, f)| *f) && cases.iter().any(|(t, _)| *t == 0),
+                "{name}: always firing, tested at 0s and never quiet"
+            );
+            continue;
+        }
         let first_fire = cases
             .iter()
             .filter(|(_, f)| *f)
@@ -257,7 +366,9 @@ fn panels(dash: &Value) -> Vec<&Value> {
     out
 }
 
-fn check_datasource(where_: &str, ds: &Value, provisioned: &BTreeMap<String, String>) {
+/// Every Prometheus query goes through the dashboard's `datasource`
+/// variable: no hard-coded uid, so the dashboards work in any Grafana.
+fn check_datasource(where_: &str, ds: &Value) {
     if ds.is_null() {
         return;
     }
@@ -267,16 +378,29 @@ fn check_datasource(where_: &str, ds: &Value, provisioned: &BTreeMap<String, Str
     if uid == "-- Grafana --" {
         return;
     }
-    let kind = provisioned
-        .get(uid)
-        .unwrap_or_else(|| panic!("{where_}: datasource uid {uid} is not provisioned"));
-    assert_eq!(ds["type"].as_str(), Some(kind.as_str()), "{where_}: type");
+    assert_eq!(
+        uid, "${datasource}",
+        "{where_}: hard-coded datasource uid (use the datasource variable)"
+    );
+    assert_eq!(ds["type"].as_str(), Some("prometheus"), "{where_}: type");
 }
 
 #[test]
-fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
+fn dashboards_are_valid_grafana_json_with_a_datasource_variable() {
     let provisioned = provisioned_datasources();
     assert!(provisioned.values().any(|t| t == "prometheus"));
+    // The provisioned dashboards' datasource variable falls back to the
+    // default data source: the stack's Prometheus must be it.
+    let ds = yaml(&root().join("grafana/provisioning/datasources/vitals.yml"));
+    assert!(
+        ds["datasources"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .any(|d| d["type"].as_str() == Some("prometheus")
+                && d["isDefault"].as_bool() == Some(true)),
+        "the provisioned Prometheus is the default data source"
+    );
     let provider = yaml(&root().join("grafana/provisioning/dashboards/vitals.yml"));
     let path = provider["providers"][0]["options"]["path"]
         .as_str()
@@ -308,18 +432,10 @@ fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
         let vars = d["templating"]["list"].as_array().expect("templating.list");
         assert!(!vars.is_empty(), "{f}: template variables");
         for v in vars {
-            check_datasource(
-                &format!("{f} variable {}", v["name"]),
-                &v["datasource"],
-                &provisioned,
-            );
+            check_datasource(&format!("{f} variable {}", v["name"]), &v["datasource"]);
         }
         for a in d["annotations"]["list"].as_array().expect("annotations") {
-            check_datasource(
-                &format!("{f} annotation {}", a["name"]),
-                &a["datasource"],
-                &provisioned,
-            );
+            check_datasource(&format!("{f} annotation {}", a["name"]), &a["datasource"]);
         }
         let mut ids = HashSet::new();
         // Cells covered so far, to catch overlapping panels.
@@ -348,9 +464,9 @@ fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
                     assert!(cells.insert((cx, cy)), "{at}: overlaps another panel");
                 }
             }
-            check_datasource(&at, &p["datasource"], &provisioned);
+            check_datasource(&at, &p["datasource"]);
             for t in p["targets"].as_array().into_iter().flatten() {
-                check_datasource(&at, &t["datasource"], &provisioned);
+                check_datasource(&at, &t["datasource"]);
                 assert!(t["refId"].as_str().is_some(), "{at}: refId");
                 if p["type"] != "row" {
                     assert!(
@@ -375,13 +491,268 @@ fn dashboards_are_valid_grafana_json_wired_to_the_provisioned_datasources() {
     }
 }
 
+/// Names of the series the shipped recording rules produce.
+fn recorded_series() -> Vec<String> {
+    let doc = yaml(&root().join("alerting/prometheus/rules/recording.yml"));
+    let mut out = Vec::new();
+    for group in doc["groups"].as_vec().unwrap() {
+        for rule in group["rules"].as_vec().unwrap() {
+            if let Some(r) = rule["record"].as_str() {
+                out.push(r.to_string());
+            }
+        }
+    }
+    assert!(out.len() >= 10, "{out:?}");
+    out
+}
+
+/// Every PromQL expression of a dashboard: (where, expression), variables
+/// included (their `label_values()` query).
+fn dashboard_exprs(d: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if v["type"] == "query" {
+            let q = v["query"]["query"]
+                .as_str()
+                .or(v["query"].as_str())
+                .unwrap();
+            // The selector of label_values(selector, label).
+            let selector = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.rsplit_once(','))
+                .map_or(q, |(sel, _)| sel);
+            let name = v["name"].as_str().unwrap();
+            out.push((format!("variable {name}"), selector.to_string()));
+        }
+    }
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        if let Some(e) = a["expr"].as_str() {
+            out.push((format!("annotation {}", a["name"]), e.to_string()));
+        }
+    }
+    for p in panels(d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = t["expr"].as_str() {
+                out.push((
+                    format!("panel {} {}", p["title"], t["refId"]),
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// What a dashboard needs to work in someone else's Grafana and
+/// Prometheus: an import input and a `datasource` variable instead of a
+/// data source uid, a `job` variable every vitals query filters on, no
+/// dependency on the shipped recording rules (raw expressions with
+/// `$__rate_interval`), no metric name only the demo configuration
+/// produces in the Sensors and Business dashboards, and panel links to the
+/// other four dashboards.
+#[test]
+fn dashboards_work_in_another_grafana_and_prometheus() {
+    let all = dashboards();
+    let uids: BTreeMap<String, String> = all
+        .iter()
+        .map(|(p, d)| {
+            (
+                d["uid"].as_str().unwrap().to_string(),
+                p.file_name().unwrap().to_string_lossy().to_string(),
+            )
+        })
+        .collect();
+    let recorded = recorded_series();
+    for (file, d) in &all {
+        let f = file.file_name().unwrap().to_string_lossy().to_string();
+        // Import: one Prometheus input, and the datasource variable's
+        // default is that input (Grafana substitutes it on import; a
+        // provisioned copy falls back to the default data source).
+        let inputs = d["__inputs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{f}: no __inputs"));
+        let input = inputs
+            .iter()
+            .find(|i| i["type"] == "datasource" && i["pluginId"] == "prometheus")
+            .unwrap_or_else(|| panic!("{f}: no Prometheus datasource input"));
+        let input_ref = format!("${{{}}}", input["name"].as_str().unwrap());
+        let vars = d["templating"]["list"].as_array().unwrap();
+        let var = |name: &str| vars.iter().find(|v| v["name"] == name);
+        let ds = var("datasource").unwrap_or_else(|| panic!("{f}: no datasource variable"));
+        assert_eq!(ds["type"], "datasource", "{f}: datasource variable type");
+        assert_eq!(ds["query"], "prometheus", "{f}: datasource variable plugin");
+        assert_eq!(
+            ds["current"]["value"].as_str(),
+            Some(input_ref.as_str()),
+            "{f}: the datasource variable defaults to the import input"
+        );
+        let text = serde_json::to_string(d).unwrap();
+        assert!(
+            !text.contains("vitals-prometheus"),
+            "{f}: mentions the stack's data source uid"
+        );
+        let job = var("job").unwrap_or_else(|| panic!("{f}: no job variable"));
+        assert!(
+            job["includeAll"] == true && job["multi"] == true,
+            "{f}: job variable is multi-select with All"
+        );
+
+        for (at, e) in dashboard_exprs(d) {
+            let at = format!("{f} {at}");
+            for r in &recorded {
+                assert!(
+                    !e.contains(r.as_str()),
+                    "{at}: uses the recording rule {r}; a Prometheus without the shipped rules has no data for it: {e}"
+                );
+            }
+            // Every vector selector but ALERTS filters on the job.
+            let selectors = e.replace("${", "").matches('{').count() + bare_metric_names(&e);
+            let filtered =
+                e.matches("job=~\"$job").count() + e.matches("job=~\"$relay_job\"").count();
+            let alerts = e.matches("ALERTS").count();
+            assert!(
+                filtered + alerts >= selectors
+                    || at.contains("variable job")
+                    || at.contains("variable relay_job"),
+                "{at}: a selector without job=~\"$job\": {e}"
+            );
+            if f == "sensors.json" || f == "business.json" {
+                for demo in ["plant_", "payments_"] {
+                    assert!(
+                        !e.contains(demo),
+                        "{at}: depends on the demo's metric names ({demo}*); use the prefix variable: {e}"
+                    );
+                }
+            }
+        }
+
+        // Panel links to each of the other dashboards, keeping the time
+        // range, data source and job.
+        let mut linked = BTreeSet::new();
+        for p in panels(d) {
+            for l in p["links"].as_array().into_iter().flatten() {
+                let url = l["url"].as_str().expect("link url");
+                let uid = url
+                    .strip_prefix("/d/")
+                    .and_then(|r| r.split('?').next())
+                    .unwrap_or_else(|| panic!("{f}: panel link {url} is not /d/<uid>"));
+                assert!(
+                    uids.contains_key(uid),
+                    "{f}: link to unknown dashboard {uid}"
+                );
+                for keep in [
+                    "${__url_time_range}",
+                    "${datasource:queryparam}",
+                    "${job:queryparam}",
+                ] {
+                    assert!(url.contains(keep), "{f}: link {url} drops {keep}");
+                }
+                linked.insert(uid.to_string());
+            }
+        }
+        let own = d["uid"].as_str().unwrap();
+        for uid in uids.keys().filter(|u| *u != own) {
+            assert!(linked.contains(uid), "{f}: no panel links to {}", uids[uid]);
+        }
+    }
+}
+
+/// Metric names written without braces (`up`, `vitals_cpus`): words
+/// outside strings, ranges and label lists, not followed by `(` nor a
+/// keyword. Good enough for the shipped dashboards' expressions.
+fn bare_metric_names(e: &str) -> usize {
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "bool",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "topk",
+        "bottomk",
+        "quantile",
+        "label_values",
+    ];
+    let bytes = e.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    let mut after_list_keyword = false;
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        match c {
+            '"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            '[' => i += e[i..].find(']').map_or(bytes.len(), |j| j + 1),
+            '{' => {
+                // Label matchers, whose quoted values may hold `}`.
+                while i < bytes.len() && bytes[i] != b'}' {
+                    if bytes[i] == b'"' {
+                        i += 1;
+                        while i < bytes.len() && bytes[i] != b'"' {
+                            i += if bytes[i] == b'\\' { 2 } else { 1 };
+                        }
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            '(' if after_list_keyword => {
+                i += e[i..].find(')').map_or(bytes.len(), |j| j + 1);
+                after_list_keyword = false;
+            }
+            c if c.is_ascii_digit() => {
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == '$' => {
+                let start = i;
+                // A name may start with a Grafana variable: `${prefix}_x`.
+                if e[i..].starts_with("${") {
+                    i += e[i..].find('}').map_or(bytes.len(), |j| j + 1);
+                }
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric() || b"_:".contains(&bytes[i]))
+                {
+                    i += 1;
+                }
+                let word = &e[start..i];
+                let rest = e[i..].trim_start();
+                after_list_keyword = matches!(
+                    word,
+                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                );
+                if !KEYWORDS.contains(&word) && !rest.starts_with('(') && !rest.starts_with('{') {
+                    n += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    n
+}
+
 /// Families produced by another process (the relay) or only in some states (drops, hardware sensors, swap). A query mentioning one of
 /// them must parse; it is not required to return data.
 const NOT_ALWAYS_PRESENT: &[&str] = &[
     // detectors: events, set flags and bands exist only once something is
     // anomalous or a detector has a band (scores and flags always exist)
     "vitals_anomaly_events",
-    "vitals_anomaly_flag{metric=~\".*\"} == 1",
+    "metric=~\".*\"} == 1",
     "vitals_anomaly_expected",
     "vitals_anomaly_lower",
     "vitals_anomaly_upper",
@@ -392,7 +763,7 @@ const NOT_ALWAYS_PRESENT: &[&str] = &[
     "vitals_samples_dropped",
     "vitals_mqtt_samples_dropped",
     "vitals_hwmon_",
-    "vitals_swap_usage",
+    "vitals_swap_used_bytes",
 ];
 
 /// A Prometheus server started for a test, killed when dropped.
@@ -523,20 +894,21 @@ fn urlencode(s: &str) -> String {
     out
 }
 
-/// Replace Grafana's built-in and template variables the way Grafana does
-/// for "All": intervals by fixed windows, `$var` by `.*` (used as regex).
-fn substitute(expr: &str, vars: &[String]) -> String {
+/// Replace Grafana's built-in and template variables the way Grafana does:
+/// intervals by fixed windows, each variable by its value (`vars`: name →
+/// value, e.g. `.*` for "All").
+fn substitute(expr: &str, vars: &[(String, String)]) -> String {
     let mut e = expr
         .replace("$__rate_interval", "20s")
         .replace("$__interval", "5s")
         .replace("$__range", "5m");
     // Longest names first so `$source` does not eat `$sourcetype`.
-    let mut names: Vec<&String> = vars.iter().collect();
-    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
-    for n in names {
+    let mut vars: Vec<&(String, String)> = vars.iter().collect();
+    vars.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+    for (n, value) in vars {
         e = e
-            .replace(&format!("${{{n}}}"), ".*")
-            .replace(&format!("${n}"), ".*");
+            .replace(&format!("${{{n}}}"), value)
+            .replace(&format!("${n}"), value);
     }
     assert!(
         !e.contains('$') || e.contains("\"$1\""),
@@ -544,6 +916,31 @@ fn substitute(expr: &str, vars: &[String]) -> String {
     );
     e
 }
+
+/// The value each template variable of a dashboard takes at first load:
+/// `allValue` or `.*` for a variable at "All", the default of a text box or
+/// single-value variable. The data source variable is not in queries.
+fn variable_values(d: &Value) -> Vec<(String, String)> {
+    d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] != "datasource")
+        .map(|v| {
+            let name = v["name"].as_str().unwrap().to_string();
+            let value = if v["includeAll"] == true {
+                v["allValue"].as_str().unwrap_or(".*").to_string()
+            } else {
+                v["current"]["value"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("variable {name}: no default value"))
+                    .to_string()
+            };
+            (name, value)
+        })
+        .collect()
+}
+
 /// The compose stack's vitals configuration (deploy/vitals.toml) pointed at
 /// the test broker, plus a process group that never runs so
 /// ProcessGroupDown and the "down" rows of the dashboards have data.
@@ -661,13 +1058,11 @@ fn every_dashboard_query_runs_against_prometheus_scraping_vitals() {
     let mut label_vars: Vec<(String, String, String, String)> = Vec::new();
     for (file, d) in dashboards() {
         let f = file.file_name().unwrap().to_string_lossy().to_string();
-        let vars: Vec<String> = d["templating"]["list"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["name"].as_str().unwrap().to_string())
-            .collect();
+        let vars = variable_values(&d);
         for v in d["templating"]["list"].as_array().unwrap() {
+            if v["type"] != "query" {
+                continue;
+            }
             let q = v["query"]["query"]
                 .as_str()
                 .or(v["query"].as_str())
@@ -1257,8 +1652,13 @@ impl Drop for RelayProc {
 }
 
 /// The shipped Alertmanager configuration with the test's relay address,
-/// token file and short timings (group_wait 1s, group_interval 2s).
-fn shipped_alertmanager_config(relay: std::net::SocketAddr, token: &Path) -> String {
+/// token file, SMTP server (for the fallback receiver) and short timings
+/// (group_wait 1s, group_interval 2s).
+fn shipped_alertmanager_config(
+    relay: std::net::SocketAddr,
+    token: &Path,
+    smtp_port: u16,
+) -> String {
     let shipped =
         std::fs::read_to_string(root().join("alerting/alertmanager/alertmanager.yml")).unwrap();
     let cfg = shipped
@@ -1266,7 +1666,15 @@ fn shipped_alertmanager_config(relay: std::net::SocketAddr, token: &Path) -> Str
         .replace(
             "/etc/alertmanager/relay-token",
             &token.display().to_string(),
+        )
+        .replace(
+            "smtp_smarthost: mailpit:1025",
+            &format!("smtp_smarthost: 127.0.0.1:{smtp_port}"),
         );
+    assert!(
+        cfg.contains(&format!("127.0.0.1:{smtp_port}")),
+        "smarthost rewritten"
+    );
     let cfg = regex_replace(&cfg, "group_wait:", "1s");
     let cfg = regex_replace(&cfg, "group_interval:", "2s");
     assert!(cfg.contains(&relay.to_string()), "relay URL rewritten");
@@ -1292,10 +1700,18 @@ fn alertmanager_routes_every_shipped_alert_by_its_severity() {
     assert!(ok, "amtool check-config:\n{out}");
     // Every shipped alert, with its own severity, reaches the receiver
     // the routing promises: critical → relay-critical (e-mail + SMS),
-    // warning → relay-warning (e-mail).
+    // warning → relay-warning (e-mail); the relay's own alerts first to
+    // Alertmanager's own e-mail (the relay may be what is down), the
+    // Watchdog to the dead man's switch only.
     for (name, rule) in alert_rules() {
         let severity = rule["labels"]["severity"].as_str().unwrap();
-        let want = format!("relay-{severity}");
+        let want = if always_firing(&rule) {
+            "watchdog".to_string()
+        } else if name.starts_with("Relay") {
+            format!("fallback-email,relay-{severity}")
+        } else {
+            format!("relay-{severity}")
+        };
         let (ok, out) = run(Command::new(&amtool)
             .args(["config", "routes", "test"])
             .arg(format!("--config.file={}", config.display()))
@@ -1312,6 +1728,44 @@ fn alertmanager_routes_every_shipped_alert_by_its_severity() {
         .arg("--verify.receivers=relay-warning")
         .arg("alertname=SomethingElse"));
     assert!(ok, "alerts without severity go to relay-warning:\n{out}");
+}
+
+/// The relay is down: `RelayDown` still reaches a mailbox, through the
+/// shipped Alertmanager configuration's own e-mail receiver
+/// (`fallback-email`), with its runbook link.
+#[test]
+fn relay_down_reaches_the_fallback_email_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("relay-token");
+    std::fs::write(&token, "e2e-token\n").unwrap();
+    let smtp = Smtp::start(dir.path().join("mail"));
+    // Nothing listens there: the relay is down.
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let am = Alertmanager::start(&shipped_alertmanager_config(dead, &token, smtp.port));
+    let prom = Prometheus::start_alerting(&[("vitals-relay", dead.to_string())], Some(am.addr));
+    let started = std::time::Instant::now();
+    // RelayDown has `for: 1m`.
+    let mail = wait_for(Duration::from_secs(150), "the RelayDown e-mail", || {
+        mail_with(&smtp, "RelayDown")
+    });
+    drop(prom);
+    let text = format!(
+        "{}{}",
+        mail["text"].as_str().unwrap_or(""),
+        mail["html"].as_str().unwrap_or("")
+    );
+    assert!(
+        mail["to"].as_str().unwrap().contains("ops@vitals.demo"),
+        "{mail}"
+    );
+    assert!(
+        text.contains("runbooks.md#relaydeliveryfailing"),
+        "runbook link in {mail}"
+    );
+    eprintln!(
+        "RelayDown e-mailed by Alertmanager's fallback receiver {:.1} s after the relay went down (for: 1m)",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn mail_with(smtp: &Smtp, subject_part: &str) -> Option<Value> {
@@ -1336,7 +1790,7 @@ fn alerts_are_emailed_and_texted_through_the_relay() {
     let relay = RelayProc::start(dir.path(), smtp.port, sms.addr, &token);
     let broker = Broker::start();
     let vitals = Vitals::start_with(&deploy_config(broker.port), &["--log.level", "warn"]);
-    let am = Alertmanager::start(&shipped_alertmanager_config(relay.addr, &token));
+    let am = Alertmanager::start(&shipped_alertmanager_config(relay.addr, &token, smtp.port));
     let prom = Prometheus::start_alerting(
         &[
             ("vitals", vitals.addr.to_string()),
@@ -1389,6 +1843,14 @@ fn alerts_are_emailed_and_texted_through_the_relay() {
     assert!(
         mail["text"].as_str().unwrap().contains("potential_fraud"),
         "{mail}"
+    );
+    // The runbook link, absolute, in the text body.
+    assert!(
+        mail["text"]
+            .as_str()
+            .unwrap()
+            .contains("Runbook: https://vitals.invalid/docs/runbooks.md#suspectedfraud"),
+        "runbook_url in the text body: {mail}"
     );
     assert!(
         mail["to"].as_str().unwrap().contains("ops@vitals.demo"),

@@ -534,3 +534,671 @@ fn webhook_ingest_and_dashboard_api_honour_tls_and_basic_auth() {
         assert!(first.starts_with('{'), "a JSON message: {first}");
     });
 }
+
+/// Run the openssl CLI in `dir`, panicking with its stderr on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new(require("openssl"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client certificate `<name>.crt`/`.key` signed by the test CA, with
+/// the given subjectAltName.
+fn client_cert_with_sans(dir: &Path, name: &str, san: &str) {
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName={san}\n"),
+    )
+    .unwrap();
+    let (key, csr, crt, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "91",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+}
+
+/// A self-signed client certificate `<name>.crt`/`.key` (openssl's
+/// default extensions for `req -x509`: basicConstraints CA:TRUE), as a
+/// user makes one for mutual TLS without a CA.
+fn self_signed_client_cert(dir: &Path, name: &str) {
+    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+/// Write `web.yml` (the server certificate part first, then `rest`).
+fn write_web(dir: &Path, file: &str, tls_extra: &str, rest: &str) -> std::path::PathBuf {
+    let text = format!(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{tls_extra}{rest}"
+    );
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `vitals check` on a configuration naming the web configuration file:
+/// (accepted, message).
+fn vitals_accepts(web: &Path) -> (bool, String) {
+    let config = web.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!("[web]\nconfig_file = {:?}\n", web.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(common::vitals_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn promtool_accepts(web: &Path) -> (bool, String) {
+    let out = Command::new(require("promtool"))
+        .args(["check", "web-config"])
+        .arg(web)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn accept_and_reject_decisions_match_exporter_toolkit() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "1");
+    let d = dir.path();
+    // (TLS lines, other sections, accepted by exporter-toolkit, compare
+    // with promtool: false where Debian's promtool predates the field).
+    let cases: &[(&str, &str, bool, bool)] = &[
+        (
+            "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA, TLS_AES_128_GCM_SHA256]\n",
+            "",
+            true,
+            true,
+        ),
+        (
+            "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
+            "",
+            false,
+            true,
+        ),
+        ("  cipher_suites: [NOT_A_CIPHER]\n", "", false, true),
+        (
+            "  curve_preferences: [CurveP256, CurveP384, CurveP521, X25519]\n",
+            "",
+            true,
+            true,
+        ),
+        ("  curve_preferences: [CurveP999]\n", "", false, true),
+        (
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [scraper.example]\n",
+            "",
+            true,
+            false,
+        ),
+        (
+            "  client_allowed_sans: [scraper.example]\n",
+            "",
+            false,
+            false,
+        ),
+        (
+            "  client_auth_type: VerifyClientCertIfGiven\n",
+            "",
+            true,
+            true,
+        ),
+        ("  client_auth_type: RequireAnyClientCert\n", "", true, true),
+        ("  client_auth_type: RequestClientCert\n", "", true, true),
+        ("  client_auth_type: Sometimes\n", "", false, true),
+        ("  client_ca_file: ca.crt\n", "", false, true),
+        ("  min_version: TLS13\n", "", true, true),
+        ("  max_version: TLS12\n", "", true, true),
+        ("  min_version: TLS10\n", "", true, true),
+        ("  min_version: TLS14\n", "", false, true),
+        ("  prefer_server_cipher_suites: false\n", "", true, true),
+        ("", "http_server_config:\n  http2: false\n", true, true),
+        (
+            "",
+            "http_server_config:\n  headers:\n    X-XSS-Protection: 1\n",
+            true,
+            true,
+        ),
+        (
+            "",
+            "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n    X-Frame-Options: sameorigin\n    Strict-Transport-Security: max-age=31536000\n    Content-Security-Policy: default-src 'self'\n",
+            true,
+            true,
+        ),
+        (
+            "",
+            "http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n",
+            false,
+            true,
+        ),
+        (
+            "",
+            "http_server_config:\n  headers:\n    X-Frame-Options: allow-from\n",
+            false,
+            true,
+        ),
+        (
+            "",
+            "http_server_config:\n  headers:\n    X-Frame-Options: DENY\n",
+            false,
+            true,
+        ),
+        (
+            "",
+            "http_server_config:\n  headers:\n    x-frame-options: deny\n",
+            false,
+            true,
+        ),
+        (
+            "",
+            "http_server_config:\n  headers:\n    Server: vitals\n",
+            false,
+            true,
+        ),
+        (
+            "",
+            "rate_limit:\n  interval: 1s\n  burst: 10\n",
+            true,
+            false,
+        ),
+        ("", "rate_limit:\n  interval: 1m30s\n", true, false),
+        ("", "rate_limit:\n  every: 1s\n", false, false),
+        (
+            "",
+            "basic_auth_users:\n  prometheus: plaintext\n",
+            false,
+            true,
+        ),
+    ];
+    let mut mismatches = Vec::new();
+    for (i, (tls, rest, expected, ask_promtool)) in cases.iter().enumerate() {
+        let web = write_web(d, &format!("case{i}.yml"), tls, rest);
+        let (accepted, message) = vitals_accepts(&web);
+        if accepted != *expected {
+            mismatches.push(format!(
+                "vitals {} case {i} ({tls}{rest}): {message}",
+                if accepted { "accepts" } else { "refuses" }
+            ));
+        }
+        if i == 0 {
+            // A suite Go knows and rustls lacks: accepted, with a warning.
+            assert!(
+                message.contains("TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA is not implemented by rustls"),
+                "{message}"
+            );
+        }
+        if !accepted {
+            assert!(
+                message.contains(&format!("case{i}.yml")) && message.contains("key `"),
+                "the refusal names the file and key: {message}"
+            );
+        }
+        if *ask_promtool {
+            let (p, text) = promtool_accepts(&web);
+            if p != *expected {
+                mismatches.push(format!(
+                    "promtool {} case {i} ({tls}{rest}): {text}",
+                    if p { "accepts" } else { "refuses" }
+                ));
+            }
+        }
+    }
+    // tls_server_config without certificate settings is plain HTTP in
+    // both (and not an error).
+    let web = d.join("plain.yml");
+    std::fs::write(&web, "tls_server_config:\n  min_version: TLS13\n").unwrap();
+    assert!(vitals_accepts(&web).0 && promtool_accepts(&web).0);
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// curl's HTTP version and status for `url` with `args`.
+fn curl_version(args: &[&str], url: &str) -> (String, u32) {
+    let out = Command::new(require("curl"))
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (v, code) = text.split_once(' ').unwrap_or(("", "0"));
+    (v.to_string(), code.trim().parse().unwrap_or(0))
+}
+
+#[test]
+fn http2_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "1");
+    let ca = dir.path().join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let on = Vitals::start_tls("", &write_web(dir.path(), "on.yml", "", ""));
+    let url = format!("https://127.0.0.1:{}/-/healthy", on.addr.port());
+    assert_eq!(
+        curl_version(&["--cacert", ca, "--http2"], &url),
+        ("2".into(), 200)
+    );
+    assert!(
+        speaks_h2_without_alpn(on.addr.port()),
+        "HTTP/2 on: prior knowledge works too"
+    );
+    drop(on);
+    let off = Vitals::start_tls(
+        "",
+        &write_web(
+            dir.path(),
+            "off.yml",
+            "",
+            "http_server_config:\n  http2: false\n",
+        ),
+    );
+    let url = format!("https://127.0.0.1:{}/-/healthy", off.addr.port());
+    assert_eq!(
+        curl_version(&["--cacert", ca, "--http2"], &url),
+        ("1.1".into(), 200)
+    );
+    // Not even when the client skips ALPN and speaks HTTP/2 directly.
+    assert!(
+        !speaks_h2_without_alpn(off.addr.port()),
+        "HTTP/2 off: no prior knowledge either"
+    );
+}
+
+/// Send the HTTP/2 connection preface and an empty SETTINGS frame over TLS
+/// negotiated as HTTP/1.1 (ALPN), and report whether the server answered
+/// with an HTTP/2 SETTINGS frame.
+fn speaks_h2_without_alpn(port: u16) -> bool {
+    use std::io::Write;
+    let mut child = Command::new(require("openssl"))
+        .args([
+            "s_client",
+            "-quiet",
+            "-alpn",
+            "http/1.1",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    stdin.flush().unwrap();
+    // Give the server a moment to answer, then close our side; a server
+    // that keeps the connection open is ended after a few seconds.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(stdin);
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    let b = child.wait_with_output().unwrap().stdout;
+    // A frame header: 3 bytes of length, then the type (4 = SETTINGS).
+    b.len() >= 9 && b[3] == 0x04
+}
+
+/// `openssl s_client` against `port` with `args`: (handshake succeeded,
+/// its output).
+fn s_client(port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new(require("openssl"))
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let ok =
+        out.status.success() && !text.contains("Cipher is (NONE)") && text.contains("Cipher is ");
+    (ok, text)
+}
+
+#[test]
+fn min_and_max_version_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "1");
+    let v = Vitals::start_tls(
+        "",
+        &write_web(dir.path(), "min.yml", "  min_version: TLS13\n", ""),
+    );
+    let port = v.addr.port();
+    assert!(
+        !s_client(port, &["-tls1_2"]).0,
+        "TLS 1.2 below min_version TLS13"
+    );
+    let (ok, text) = s_client(port, &["-tls1_3"]);
+    assert!(ok && text.contains("TLSv1.3"), "{text}");
+    drop(v);
+    let v = Vitals::start_tls(
+        "",
+        &write_web(dir.path(), "max.yml", "  max_version: TLS12\n", ""),
+    );
+    let port = v.addr.port();
+    assert!(
+        !s_client(port, &["-tls1_3"]).0,
+        "TLS 1.3 above max_version TLS12"
+    );
+    let (ok, text) = s_client(port, &["-tls1_2"]);
+    assert!(ok && text.contains("TLSv1.2"), "{text}");
+    // And a client that allows both gets TLS 1.2 only.
+    let (ok, text) = s_client(port, &[]);
+    assert!(
+        ok && text.contains("TLSv1.2") && !text.contains("TLSv1.3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cipher_suites_restrict_tls12_in_the_given_order() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "1");
+    let web = write_web(
+        dir.path(),
+        "ciphers.yml",
+        "  max_version: TLS12\n  cipher_suites: [TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\n",
+        "",
+    );
+    let v = Vitals::start_tls("", &web);
+    let port = v.addr.port();
+    let (ok, _) = s_client(port, &["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"]);
+    assert!(!ok, "a suite that is not listed");
+    let (ok, text) = s_client(port, &["-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"]);
+    assert!(ok && text.contains("ECDHE-RSA-AES256-GCM-SHA384"), "{text}");
+    // The server's order wins (prefer_server_cipher_suites defaults to true).
+    let (ok, text) = s_client(
+        port,
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305",
+        ],
+    );
+    assert!(ok && text.contains("ECDHE-RSA-CHACHA20-POLY1305"), "{text}");
+}
+
+#[test]
+fn curve_preferences_include_p521() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "1");
+    let v = Vitals::start_tls(
+        "",
+        &write_web(
+            dir.path(),
+            "curves.yml",
+            "  curve_preferences: [CurveP521]\n",
+            "",
+        ),
+    );
+    let port = v.addr.port();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let (ok, text) = s_client(port, &[version, "-groups", "P-521"]);
+        assert!(ok, "{version} with P-521: {text}");
+        assert!(
+            text.contains("P-521") || text.contains("secp521r1"),
+            "{version}: the key exchange used P-521: {text}"
+        );
+        let (ok, _) = s_client(port, &[version, "-groups", "X25519:P-256"]);
+        assert!(!ok, "{version}: curves not listed are refused");
+    }
+    // The HTTP answer over a P-521 handshake, with curl.
+    let ca = dir.path().join("ca.crt");
+    let url = format!("https://127.0.0.1:{port}/-/healthy");
+    let (_, code) = curl_version(
+        &["--cacert", ca.to_str().unwrap(), "--curves", "P-521"],
+        &url,
+    );
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn client_certificate_policies_and_allowed_sans() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "1");
+    let d = dir.path();
+    client_cert_with_sans(
+        d,
+        "sanclient",
+        "DNS:scraper.example,URI:spiffe://vitals/scraper,IP:10.0.0.7",
+    );
+    self_signed_client_cert(d, "selfsigned");
+    self_signed_client_cert(d, "stranger");
+    let p = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let ca = p("ca.crt");
+    let with = |name: &str| -> Vec<String> {
+        vec![
+            "--cert".into(),
+            p(&format!("{name}.crt")),
+            "--key".into(),
+            p(&format!("{name}.key")),
+        ]
+    };
+    let code_of = |v: &Vitals, extra: Vec<String>| {
+        let url = format!("https://127.0.0.1:{}/-/healthy", v.addr.port());
+        let mut args: Vec<String> = vec!["--cacert".into(), ca.clone()];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl_version(&args, &url).1
+    };
+
+    // client_allowed_sans: DNS, URI and IP entries each admit the client.
+    for allowed in ["scraper.example", "spiffe://vitals/scraper", "10.0.0.7"] {
+        let web = write_web(
+            d,
+            "sans.yml",
+            &format!(
+                "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [{allowed:?}]\n"
+            ),
+            "",
+        );
+        let v = Vitals::start_tls("", &web);
+        assert_eq!(code_of(&v, with("sanclient")), 200, "SAN {allowed}");
+        // A certificate from the same CA without that SAN is refused.
+        assert_eq!(code_of(&v, with("client")), 0, "no SAN {allowed}");
+    }
+    let web = write_web(
+        d,
+        "sans.yml",
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [other.example]\n",
+        "",
+    );
+    let v = Vitals::start_tls("", &web);
+    assert_eq!(code_of(&v, with("sanclient")), 0, "SAN not in the list");
+    drop(v);
+
+    // VerifyClientCertIfGiven without client_ca_file: no certificate is fine.
+    let v = Vitals::start_tls(
+        "",
+        &write_web(
+            d,
+            "ifgiven.yml",
+            "  client_auth_type: VerifyClientCertIfGiven\n",
+            "",
+        ),
+    );
+    assert_eq!(code_of(&v, vec![]), 200);
+    // A certificate no system root signed is still refused.
+    assert_eq!(code_of(&v, with("client")), 0);
+    drop(v);
+
+    // A self-signed client certificate listed as its own CA.
+    let v = Vitals::start_tls(
+        "",
+        &write_web(
+            d,
+            "selfsigned.yml",
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: selfsigned.crt\n",
+            "",
+        ),
+    );
+    assert_eq!(code_of(&v, with("selfsigned")), 200);
+    assert_eq!(
+        code_of(&v, with("stranger")),
+        0,
+        "an unlisted self-signed cert"
+    );
+    assert_eq!(code_of(&v, vec![]), 0, "no certificate");
+    drop(v);
+
+    // RequireAnyClientCert: any certificate, none refused.
+    let v = Vitals::start_tls(
+        "",
+        &write_web(
+            d,
+            "any.yml",
+            "  client_auth_type: RequireAnyClientCert\n",
+            "",
+        ),
+    );
+    assert_eq!(code_of(&v, with("stranger")), 200);
+    assert_eq!(code_of(&v, vec![]), 0);
+    drop(v);
+
+    // RequestClientCert: asked for, neither required nor verified.
+    let v = Vitals::start_tls(
+        "",
+        &write_web(
+            d,
+            "request.yml",
+            "  client_auth_type: RequestClientCert\n",
+            "",
+        ),
+    );
+    assert_eq!(code_of(&v, vec![]), 200);
+    assert_eq!(code_of(&v, with("stranger")), 200);
+    drop(v);
+
+    // Inline PEM (cert, key, client_ca) instead of files.
+    let indent = |f: &str| {
+        std::fs::read_to_string(d.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let inline = format!(
+        "tls_server_config:\n  cert: |\n{}  key: |\n{}  client_auth_type: RequireAndVerifyClientCert\n  client_ca: |\n{}",
+        indent("server.crt"),
+        indent("server.key"),
+        indent("ca.crt")
+    );
+    let web = d.join("inline.yml");
+    std::fs::write(&web, inline).unwrap();
+    // (Debian's promtool 2.42 predates inline `cert`/`key`.)
+    let v = Vitals::start_tls("", &web);
+    assert_eq!(code_of(&v, with("client")), 200);
+    assert_eq!(code_of(&v, vec![]), 0);
+}
+
+#[test]
+fn rate_limit_answers_429_and_numeric_headers_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "1");
+    // One token a minute: the third request in a row finds the bucket empty.
+    let web = write_web(
+        dir.path(),
+        "rate.yml",
+        "",
+        "http_server_config:\n  headers:\n    X-XSS-Protection: 1\nrate_limit:\n  interval: 1m\n  burst: 2\n",
+    );
+    let v = Vitals::start_tls("", &web);
+    let ca = dir.path().join("ca.crt");
+    let url = format!("https://127.0.0.1:{}/metrics", v.addr.port());
+    let (code, text) = curl(&["--cacert", ca.to_str().unwrap(), &url]);
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("x-xss-protection: 1"),
+        "{text}"
+    );
+    let (code, _) = curl(&["--cacert", ca.to_str().unwrap(), &url]);
+    assert_eq!(code, 200);
+    let (code, text) = curl(&["--cacert", ca.to_str().unwrap(), &url]);
+    assert_eq!(code, 429, "{text}");
+}

@@ -2,6 +2,7 @@
 //! TLS (optionally mutual), basic authentication and extra response headers,
 //! re-read when the file changes.
 
+mod kx_p521;
 pub mod webconfig;
 
 use std::collections::HashSet;
@@ -43,6 +44,10 @@ pub async fn serve(
     let app = app.layer(middleware::from_fn_with_state(auth, guard));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // For `http2: false`: hyper-util's auto builder ignores `http1_only`
+    // for connections served with upgrades (WebSocket), so those go to
+    // hyper's HTTP/1 builder directly.
+    let http1 = hyper::server::conn::http1::Builder::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -58,11 +63,26 @@ pub async fn serve(
         };
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
-        let tls = web.current().tls.clone();
+        let current = web.current();
+        let tls = current.tls.clone();
+        // `http_server_config.http2: false`: HTTP/1.1 only, for ALPN and
+        // prior-knowledge HTTP/2 alike (see `serve_http1_only`).
+        let http1_only = (!current.http2).then(|| (http1.clone(), shutdown.clone()));
+        drop(current);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             match tls {
                 None => {
+                    if let Some((http1, stop)) = http1_only {
+                        return serve_http1_only(
+                            &http1,
+                            TokioIo::new(stream),
+                            service,
+                            stop,
+                            watcher,
+                        )
+                        .await;
+                    }
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -103,6 +123,16 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
+                    if let Some((http1, stop)) = http1_only {
+                        return serve_http1_only(
+                            &http1,
+                            TokioIo::new(stream),
+                            service,
+                            stop,
+                            watcher,
+                        )
+                        .await;
+                    }
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -116,6 +146,30 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serve one connection as HTTP/1.1 only (with upgrades), finishing it
+/// gracefully when `stop` fires; `watcher` is held until it ends so the
+/// server's drain waits for it.
+async fn serve_http1_only<I>(
+    http1: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: TowerToHyperService<Router>,
+    stop: CancellationToken,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = http1.serve_connection(io, service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    drop(watcher);
+}
+
 /// Basic-auth verification with a cache, bcrypt off the async threads and
 /// the same work for unknown users as for known ones.
 struct Auth {
@@ -126,6 +180,42 @@ struct Auth {
     dummy: String,
     /// At most two bcrypt verifications at once.
     bcrypt: Semaphore,
+    /// The `rate_limit` token bucket (rebuilt when the setting changes).
+    bucket: Mutex<Option<Bucket>>,
+    /// Requests refused with 429 since the last log line, and when that was.
+    refused: Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+/// A token bucket: `burst` tokens at most (and at first), one more per
+/// `interval`, one taken per request.
+struct Bucket {
+    limit: webconfig::RateLimit,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(limit: webconfig::RateLimit) -> Self {
+        Bucket {
+            limit,
+            tokens: f64::from(limit.burst),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill =
+            now.duration_since(self.last).as_secs_f64() / self.limit.interval.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(f64::from(self.limit.burst));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// How much of a refused request's body is read before the 401, and for
@@ -144,6 +234,38 @@ impl Auth {
             // bcrypt (cost 10) of a string no user has as password.
             dummy: "$2b$10$ISQlx8nWtPlgIrTOujqF5uIETFWZ5ZIScWTgA759fi0t2QzdjD3oG".to_string(),
             bcrypt: Semaphore::new(2),
+            bucket: Mutex::new(None),
+            refused: Mutex::new((0, None)),
+        }
+    }
+
+    /// Log refusals by `rate_limit` at most once every ten seconds, with
+    /// the number refused since the last line.
+    fn log_rate_limited(&self) {
+        let mut refused = self.refused.lock();
+        refused.0 += 1;
+        let due = refused
+            .1
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(
+                refused = refused.0,
+                "Requests over the web configuration's rate_limit refused with 429."
+            );
+            *refused = (0, Some(std::time::Instant::now()));
+        }
+    }
+
+    /// Whether `rate_limit` lets one more request through.
+    fn rate_allows(&self, limit: Option<webconfig::RateLimit>) -> bool {
+        let mut bucket = self.bucket.lock();
+        let Some(limit) = limit else {
+            *bucket = None;
+            return true;
+        };
+        match bucket.as_mut() {
+            Some(b) if b.limit == limit => b.allow(),
+            _ => bucket.insert(Bucket::new(limit)).allow(),
         }
     }
 
@@ -198,6 +320,12 @@ fn basic_credentials(req: &Request) -> Option<(String, String)> {
 
 async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
     let cfg = auth.web.current();
+    // Before authentication and without the configured headers, as
+    // exporter-toolkit answers a request over the limit.
+    if !auth.rate_allows(cfg.rate_limit) {
+        auth.log_rate_limited();
+        return (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n").into_response();
+    }
     let mut response = if cfg.users.is_empty() {
         next.run(req).await
     } else {
@@ -228,4 +356,25 @@ async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Respo
         response.headers_mut().insert(name.clone(), value.clone());
     }
     response
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_holds_burst_tokens_and_refills_one_per_interval() {
+        let limit = webconfig::RateLimit {
+            interval: Duration::from_secs(3600),
+            burst: 2,
+        };
+        let mut b = Bucket::new(limit);
+        assert!(b.allow() && b.allow());
+        assert!(!b.allow(), "empty after the burst");
+        // As if an interval had passed.
+        b.last -= Duration::from_secs(3600);
+        assert!(b.allow() && !b.allow());
+        let mut none = Bucket::new(webconfig::RateLimit { burst: 0, ..limit });
+        assert!(!none.allow(), "burst 0 refuses everything");
+    }
 }

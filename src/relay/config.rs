@@ -342,6 +342,21 @@ impl Secret {
         Secret(value.to_string())
     }
 
+    /// True when the value lives outside the file (`env:` or `file:`).
+    pub fn is_external(&self) -> bool {
+        self.0.starts_with("env:") || self.0.starts_with("file:")
+    }
+
+    /// Where the value comes from, safe to print: `env:NAME`,
+    /// `file:/path`, or `inline` for a literal.
+    pub fn source(&self) -> &str {
+        if self.is_external() {
+            &self.0
+        } else {
+            "inline"
+        }
+    }
+
     /// Read the value from the environment or the file.
     pub fn resolve(&self) -> Result<String, String> {
         if let Some(name) = self.0.strip_prefix("env:") {

@@ -7,6 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -236,15 +238,24 @@ impl Worker {
         if ready.is_empty() {
             return Step::Next;
         }
+        // Each outcome is recorded the moment it is known, not once the
+        // whole batch is done: a mail the server has accepted is marked
+        // delivered (and its mark committed) while slower sends of the same
+        // batch are still under way, so a crash then repeats only the sends
+        // whose outcome was not known yet.
         let outgoing: Vec<Outgoing<'_>> = ready.iter().map(|(job, r)| r.outgoing(job)).collect();
-        let results =
-            futures_util::future::join_all(outgoing.iter().map(|o| channel.notifier.send(o))).await;
-        drop(outgoing);
+        let mut sends: FuturesUnordered<_> = outgoing
+            .iter()
+            .enumerate()
+            .map(|(i, o)| async move { (i, channel.notifier.send(o).await) })
+            .collect();
         let metrics = self.inner.metrics.clone();
         let mut transient = None;
-        for ((job, _), result) in ready.into_iter().zip(results) {
+        while let Some((i, result)) = sends.next().await {
+            let job = &ready[i].0;
             match result {
                 Ok(()) => {
+                    self.inner.outbox.done(job.id);
                     self.failures = 0;
                     self.pop(job.id);
                     if let Some(w) = self.limits.get_mut(job.recipient.as_deref().unwrap_or("")) {
@@ -255,14 +266,13 @@ impl Worker {
                         .latency
                         .with_label_values(&[&self.name])
                         .observe(now_ms().saturating_sub(job.accepted_ms) as f64 / 1000.0);
-                    self.inner.outbox.done(job.id);
                 }
                 Err(e) if e.permanent => {
-                    self.failed(runtime, vec![job], e);
+                    self.failed(runtime, vec![job.clone()], e);
                 }
                 Err(e) => {
                     if transient.is_none() {
-                        transient = Some((job, e));
+                        transient = Some((job.clone(), e));
                     } else {
                         metrics
                             .retries
@@ -272,6 +282,7 @@ impl Worker {
                 }
             }
         }
+        drop(sends);
         self.update_depth();
         match transient {
             Some((job, e)) => self.failed(runtime, vec![job], e),

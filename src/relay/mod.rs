@@ -52,9 +52,11 @@ use self::server::RelayState;
 use crate::config::ConfigError;
 use crate::expose::webconfig::WebConfigWatcher;
 
-/// Validate a relay configuration file for `vitals check` (secrets and CA
-/// files are not read).
-pub fn check(path: &Path) -> Result<(), ConfigError> {
+/// Validate a relay configuration file for `vitals check`: everything
+/// `vitals relay` reads at start, secrets and CA files included, with the
+/// same errors. With `skip_secrets`, `env:`/`file:` secrets and CA files are
+/// not read; the ones skipped are returned (`key (env:NAME)`).
+pub fn check(path: &Path, skip_secrets: bool) -> Result<Vec<String>, ConfigError> {
     ensure_crypto();
     // lettre's connection pool needs a Tokio context even to be built.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -65,7 +67,7 @@ pub fn check(path: &Path) -> Result<(), ConfigError> {
             reason: format!("cannot start the async runtime: {e}"),
         })?;
     let _guard = rt.enter();
-    Runtime::load(path, true).map(|_| ())
+    Runtime::load(path, skip_secrets).map(|rt| rt.not_read)
 }
 
 /// Install the one TLS crypto provider (ring) that SMTP and the SMS

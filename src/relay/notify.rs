@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lettre::message::header::ContentType;
+use email_encoding::headers::rfc2047;
+use email_encoding::headers::writer::EmailWriter;
+use lettre::message::header::{self, ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
@@ -149,29 +151,8 @@ impl EmailNotifier {
     }
 
     async fn send(&self, msg: &Outgoing<'_>) -> Result<(), DeliveryError> {
-        let mut b = Message::builder()
-            .from(self.from.clone())
-            .subject(msg.subject)
-            .message_id(Some(msg.message_id.to_string()))
-            .in_reply_to(msg.thread_id.to_string())
-            .references(msg.thread_id.to_string());
-        for to in &self.to {
-            b = b.to(to.clone());
-        }
-        let text = SinglePart::builder()
-            .header(ContentType::TEXT_PLAIN)
-            .body(msg.text.to_string());
-        let email = match msg.html {
-            Some(html) => b.multipart(
-                MultiPart::alternative().singlepart(text).singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_HTML)
-                        .body(html.to_string()),
-                ),
-            ),
-            None => b.singlepart(text),
-        }
-        .map_err(|e| DeliveryError::permanent("message", e.to_string()))?;
+        let email = build_message(&self.from, &self.to, msg)
+            .map_err(|e| DeliveryError::permanent("message", e.to_string()))?;
         match self.transport.send(email).await {
             Ok(_) => Ok(()),
             // A refused login is a configuration problem (or an expired
@@ -185,6 +166,79 @@ impl EmailNotifier {
             Err(e) if e.is_tls() => Err(DeliveryError::transient("tls", e.to_string())),
             Err(e) => Err(DeliveryError::transient("connect", e.to_string())),
         }
+    }
+}
+
+/// The e-mail of `msg`. Every line fits RFC 5322's limit: the subject is
+/// [`Subject`]; lettre picks 7bit, quoted-printable or base64 for each body
+/// by its longest line and its characters, so a long body line is encoded.
+fn build_message(
+    from: &Mailbox,
+    to: &[Mailbox],
+    msg: &Outgoing<'_>,
+) -> Result<Message, lettre::error::Error> {
+    let mut b = Message::builder()
+        .from(from.clone())
+        .header(Subject(msg.subject.to_string()))
+        .message_id(Some(msg.message_id.to_string()))
+        .in_reply_to(msg.thread_id.to_string())
+        .references(msg.thread_id.to_string());
+    for to in to {
+        b = b.to(to.clone());
+    }
+    let text = SinglePart::builder()
+        .header(ContentType::TEXT_PLAIN)
+        .body(msg.text.to_string());
+    match msg.html {
+        Some(html) => b.multipart(
+            MultiPart::alternative().singlepart(text).singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_HTML)
+                    .body(html.to_string()),
+            ),
+        ),
+        None => b.singlepart(text),
+    }
+}
+
+/// The Subject header, with no line longer than RFC 5322 allows. lettre
+/// folds a header at spaces and RFC 2047-encodes the words that need it,
+/// but writes a plain ASCII word as it is however long, so a subject with
+/// a word too long for one line (a 1,000-character alert name) would make
+/// a line the server refuses (`500 Line too long`). Such a subject is sent
+/// as encoded words instead, which may be split anywhere and decode to the
+/// same text.
+#[derive(Clone)]
+struct Subject(String);
+
+/// The longest word lettre's folding fits on a line: it folds at 76
+/// characters, and a continuation line starts with a space.
+const LONGEST_PLAIN_WORD: usize = 76 - 1;
+
+impl Header for Subject {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Subject")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Subject(s.to_string()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        if self
+            .0
+            .split_whitespace()
+            .all(|w| w.len() <= LONGEST_PLAIN_WORD)
+        {
+            return header::Subject::from(self.0.clone()).display();
+        }
+        let mut encoded = String::with_capacity(self.0.len() * 2);
+        {
+            let mut w = EmailWriter::new(&mut encoded, "Subject: ".len(), 0, false);
+            // Writing into a String cannot fail.
+            let _ = rfc2047::encode(&self.0, &mut w);
+        }
+        HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), encoded)
     }
 }
 
@@ -493,6 +547,45 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_line_of_a_mail_exceeds_rfc_5322_whatever_its_subject_and_body() {
+        let from: Mailbox = "relay <a@example.com>".parse().unwrap();
+        let to: Vec<Mailbox> = vec!["b@example.com".parse().unwrap()];
+        let long = "A".repeat(10_000);
+        let unicode = "ünïcødé✓".repeat(1250);
+        for subject in [
+            format!("[FIRING:1] {long}"),
+            format!("[FIRING:1] {unicode} x={long}"),
+            format!("[FIRING:1] {} DiskFull", "word ".repeat(400)),
+            "[FIRING:2] DiskFull".to_string(),
+        ] {
+            let text = format!("{long}\n{unicode}\n");
+            let msg = Outgoing {
+                subject: &subject,
+                text: &text,
+                html: Some(&text),
+                message_id: "<1.k@relay.test>",
+                thread_id: "<g@relay.test>",
+                recipient: None,
+                job_id: 1,
+            };
+            let raw = build_message(&from, &to, &msg).unwrap().formatted();
+            let raw = String::from_utf8(raw).unwrap();
+            for line in raw.split("\r\n") {
+                assert!(
+                    line.len() <= 998,
+                    "{} characters: {}",
+                    line.len(),
+                    line.chars().take(80).collect::<String>()
+                );
+            }
+            // Short subjects keep their plain form.
+            if subject.len() < 60 {
+                assert!(raw.contains(&format!("Subject: {subject}\r\n")), "{raw}");
+            }
+        }
+    }
 
     #[test]
     fn refused_logins_are_told_from_refused_messages() {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use crate::config::ConfigError;
 
 use super::config::{
-    AuthConfig, ChannelKind, RateLimitConfig, RelayConfig, RetryConfig, SmsProviderConfig,
+    AuthConfig, ChannelKind, RateLimitConfig, RelayConfig, RetryConfig, Secret, SmsProviderConfig,
+    SmsProviderKind,
 };
 use super::notify::{EmailNotifier, Notifier, SmsNotifier};
 use super::routing::Matcher;
@@ -21,6 +22,10 @@ pub struct Runtime {
     pub cfg: RelayConfig,
     pub receivers: HashMap<String, Receiver>,
     pub channels: HashMap<String, Arc<Channel>>,
+    /// What was not read because the runtime was built with `skip_secrets`
+    /// (`vitals check --skip-secrets`): `key (env:NAME)`, `key (file:/path)`;
+    /// always empty for a runtime that runs.
+    pub not_read: Vec<String>,
 }
 
 pub struct Receiver {
@@ -55,9 +60,14 @@ pub struct Channel {
 }
 
 impl Runtime {
-    /// Validate `cfg` and build every part. With `check_only`, secrets and
-    /// CA files are not read (they may live only where the relay runs).
-    pub fn build(cfg: RelayConfig, file: &str, check_only: bool) -> Result<Runtime, ConfigError> {
+    /// Validate `cfg` and build every part, reading secrets and CA files
+    /// exactly as `vitals relay` does. With `skip_secrets`, the secrets
+    /// given as `env:`/`file:` and the CA files are not read (they may live
+    /// only where the relay runs); each one skipped is listed in
+    /// [`Runtime::not_read`].
+    pub fn build(cfg: RelayConfig, file: &str, skip_secrets: bool) -> Result<Runtime, ConfigError> {
+        let check_only = skip_secrets;
+        let mut not_read: Vec<String> = Vec::new();
         let invalid = |key: String, reason: String| ConfigError::Invalid {
             file: file.to_string(),
             key,
@@ -70,11 +80,16 @@ impl Runtime {
             ));
         }
         validate_retry(&cfg.retry).map_err(|(k, r)| invalid(format!("relay.retry.{k}"), r))?;
-        let secret = |s: &super::config::Secret, key: String| -> Result<String, ConfigError> {
-            if check_only {
-                Ok(String::new())
+        // `None`: not read (`skip_secrets`), and listed in `not_read`.
+        let secret = |s: &Secret,
+                      key: String,
+                      not_read: &mut Vec<String>|
+         -> Result<Option<String>, ConfigError> {
+            if check_only && s.is_external() {
+                not_read.push(format!("{key} ({})", s.source()));
+                Ok(None)
             } else {
-                s.resolve().map_err(|r| invalid(key, r))
+                s.resolve().map(Some).map_err(|r| invalid(key, r))
             }
         };
 
@@ -87,7 +102,7 @@ impl Runtime {
                     format!("provider {:?} is defined twice", p.name),
                 ));
             }
-            let n = build_sms(p, check_only).map_err(|r| invalid(key, r))?;
+            let n = build_sms(p, check_only, &key, &mut not_read).map_err(|r| invalid(key, r))?;
             providers.insert(&p.name, Arc::new(Notifier::Sms(n)));
         }
 
@@ -130,13 +145,15 @@ impl Runtime {
                     )
                     .map_err(|err| invalid(format!("{key}.{}", err.name), err.reason))?;
                     let mut smtp = e.smtp.clone();
-                    if check_only {
-                        smtp.ca_file = None;
-                        if smtp.password.is_some() {
-                            smtp.password = Some(super::config::Secret::literal(""));
-                        }
-                    } else if let Some(p) = &smtp.password {
-                        secret(p, format!("{key}.smtp.password"))?;
+                    if check_only && let Some(ca) = smtp.ca_file.take() {
+                        not_read.push(format!("{key}.smtp.ca_file ({})", ca.display()));
+                    }
+                    // Read here for an error naming the key; EmailNotifier
+                    // reads it again.
+                    if let Some(p) = &smtp.password
+                        && secret(p, format!("{key}.smtp.password"), &mut not_read)?.is_none()
+                    {
+                        smtp.password = Some(Secret::literal(""));
                     }
                     let notifier = EmailNotifier::new(&smtp, &e.from, &e.to)
                         .map_err(|r| invalid(key.clone(), r))?;
@@ -235,14 +252,14 @@ impl Runtime {
             }
             let auth = match &r.auth {
                 AuthConfig::Bearer { token } => {
-                    let t = secret(token, format!("{key}.auth.token"))?;
-                    if !check_only && t.is_empty() {
+                    let t = secret(token, format!("{key}.auth.token"), &mut not_read)?;
+                    if t.as_deref().is_some_and(str::is_empty) {
                         return Err(invalid(
                             format!("{key}.auth.token"),
                             "must not be empty".into(),
                         ));
                     }
-                    Auth::Bearer(t)
+                    Auth::Bearer(t.unwrap_or_default())
                 }
                 AuthConfig::Basic { users } => {
                     if users.is_empty() {
@@ -266,7 +283,9 @@ impl Runtime {
                     header,
                     timestamp_header,
                 } => Auth::Hmac {
-                    secret: secret(s, format!("{key}.auth.secret"))?.into_bytes(),
+                    secret: secret(s, format!("{key}.auth.secret"), &mut not_read)?
+                        .unwrap_or_default()
+                        .into_bytes(),
                     header: header.clone(),
                     timestamp_header: timestamp_header.clone(),
                 },
@@ -291,20 +310,40 @@ impl Runtime {
             cfg,
             receivers,
             channels,
+            not_read,
         })
     }
 
     /// Read, parse and build the file at `path`.
-    pub fn load(path: &Path, check_only: bool) -> Result<Runtime, ConfigError> {
+    pub fn load(path: &Path, skip_secrets: bool) -> Result<Runtime, ConfigError> {
         let cfg = super::config::parse_file(path)?;
-        Runtime::build(cfg, &path.display().to_string(), check_only)
+        Runtime::build(cfg, &path.display().to_string(), skip_secrets)
     }
 }
 
-fn build_sms(p: &SmsProviderConfig, check_only: bool) -> Result<SmsNotifier, String> {
-    if check_only {
+/// An SMS provider; with `skip_secrets` its `env:`/`file:` secrets are
+/// replaced by placeholders and listed in `not_read`.
+fn build_sms(
+    p: &SmsProviderConfig,
+    skip_secrets: bool,
+    key: &str,
+    not_read: &mut Vec<String>,
+) -> Result<SmsNotifier, String> {
+    if skip_secrets {
         let mut p = p.clone();
-        p.kind = p.kind.with_placeholder_secrets();
+        let secret = match &p.kind {
+            SmsProviderKind::Twilio { auth_token, .. } => Some(("auth_token", auth_token)),
+            SmsProviderKind::Vonage { api_secret, .. } => Some(("api_secret", api_secret)),
+            SmsProviderKind::Http { bearer_token, .. } => {
+                bearer_token.as_ref().map(|t| ("bearer_token", t))
+            }
+        };
+        if let Some((name, s)) = secret
+            && s.is_external()
+        {
+            not_read.push(format!("{key}.{name} ({})", s.source()));
+            p.kind = p.kind.with_placeholder_secrets();
+        }
         SmsNotifier::new(&p)
     } else {
         SmsNotifier::new(p)

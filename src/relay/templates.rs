@@ -2,7 +2,7 @@
 //! templates (built-in defaults, overridable per channel) and length-aware
 //! SMS text.
 
-use minijinja::{AutoEscape, Environment, Value, context};
+use minijinja::{AutoEscape, Environment, HtmlEscape, Value, context};
 
 use super::payload::{Alert, Notification};
 
@@ -16,6 +16,7 @@ const TEXT: &str = r#"{% if status == "resolved" %}RESOLVED: all alerts of this 
 [FIRING] {{ a.labels.alertname or "alert" }} since {{ a.starts_at }}
 {% if a.annotations.summary %}  Summary: {{ a.annotations.summary }}
 {% endif %}{% if a.annotations.description %}  Description: {{ a.annotations.description }}
+{% endif %}{% if a.annotations.runbook_url %}  Runbook: {{ a.annotations.runbook_url }}
 {% endif %}  Labels:{% for k, v in a.labels|items %} {{ k }}={{ v }}{% endfor %}
 {% if a.generator_url %}  Source: {{ a.generator_url }}
 {% endif %}{% if a.dashboard_url %}  Dashboard: {{ a.dashboard_url }}
@@ -42,8 +43,9 @@ const HTML: &str = r#"<!doctype html>
 <b>[FIRING] {{ a.labels.alertname or "alert" }}</b> since {{ a.starts_at }}<br>
 {% if a.annotations.summary %}<b>Summary:</b> {{ a.annotations.summary }}<br>{% endif %}
 {% if a.annotations.description %}<b>Description:</b> {{ a.annotations.description }}<br>{% endif %}
+{% if a.annotations.runbook_url %}<b>Runbook:</b> <a href="{{ a.annotations.runbook_url }}">{{ a.annotations.runbook_url }}</a><br>{% endif %}
 <b>Labels:</b>{% for k, v in a.labels|items %} <code>{{ k }}={{ v }}</code>{% endfor %}<br>
-{% if a.generator_url %}<a href="{{ a.generator_url }}">Source</a> {% endif %}{% if a.dashboard_url %}<a href="{{ a.dashboard_url }}">Dashboard</a> {% endif %}{% if a.panel_url %}<a href="{{ a.panel_url }}">Panel</a> {% endif %}{% if a.silence_url %}<a href="{{ a.silence_url }}">Silence</a>{% endif %}
+{% if a.generator_url %}{{ a.generator_url|link("Source") }} {% endif %}{% if a.dashboard_url %}{{ a.dashboard_url|link("Dashboard") }} {% endif %}{% if a.panel_url %}{{ a.panel_url|link("Panel") }} {% endif %}{% if a.silence_url %}{{ a.silence_url|link("Silence") }}{% endif %}
 </div>{% endfor %}
 {% for a in resolved %}<div style="border-left:4px solid #2e7d32;padding-left:8px;margin:8px 0">
 <b>[RESOLVED] {{ a.labels.alertname or "alert" }}</b> from {{ a.starts_at }} to {{ a.ends_at }}<br>
@@ -51,7 +53,7 @@ const HTML: &str = r#"<!doctype html>
 <b>Labels:</b>{% for k, v in a.labels|items %} <code>{{ k }}={{ v }}</code>{% endfor %}
 </div>{% endfor %}
 {% if truncated_alerts %}<p>... and {{ truncated_alerts }} more alert(s) not included by Alertmanager.</p>{% endif %}
-{% if external_url %}<p><a href="{{ external_url }}">{% if origin == "grafana" %}Grafana{% else %}Alertmanager{% endif %}</a>{% if silence_url %} &middot; <a href="{{ silence_url }}">Silence</a>{% endif %}</p>{% endif %}
+{% if external_url %}<p>{{ external_url|link("Grafana" if origin == "grafana" else "Alertmanager") }}{% if silence_url %} &middot; {{ silence_url|link("Silence") }}{% endif %}</p>{% endif %}
 </body></html>
 "#;
 
@@ -85,6 +87,7 @@ impl Templates {
         });
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
         env.set_keep_trailing_newline(true);
+        env.add_filter("link", link);
         let items: [(&'static str, Option<&str>); 4] = [
             ("subject.txt", Some(subject.unwrap_or(SUBJECT))),
             ("body.txt", Some(text.unwrap_or(TEXT))),
@@ -166,6 +169,25 @@ fn context(n: &Notification) -> Value {
         resolved => resolved,
         silence_url => silence_url,
     }
+}
+
+/// `{{ url|link("Source") }}` in an HTML template: a link for an `http` or
+/// `https` URL; anything else (`javascript:`, `data:`, a relative path, not
+/// a URL at all) is shown as escaped text after the label, never as a link.
+/// The `href` is the parsed, normalised URL, so what was checked is what is
+/// linked (browsers ignore leading spaces and embedded tabs in a scheme).
+fn link(url: &str, label: &str) -> Value {
+    let esc = |s: &str| HtmlEscape(s).to_string();
+    match web_url(url) {
+        Some(u) => Value::from_safe_string(format!("<a href=\"{}\">{}</a>", esc(&u), esc(label))),
+        None => Value::from_safe_string(format!("{}: {}", esc(label), esc(url))),
+    }
+}
+
+/// The normalised URL when `s` is an absolute `http`/`https` URL.
+pub fn web_url(s: &str) -> Option<String> {
+    let u = reqwest::Url::parse(s).ok()?;
+    matches!(u.scheme(), "http" | "https").then(|| u.to_string())
 }
 
 /// GSM 03.38 basic character set.
@@ -337,6 +359,59 @@ mod tests {
         let (subject, text, _) = t.email(&sample(1, "resolved")).unwrap();
         assert_eq!(subject, "[RESOLVED] DiskFull");
         assert!(text.starts_with("RESOLVED"));
+    }
+
+    #[test]
+    fn html_links_only_http_and_https_urls() {
+        let t = Templates::new(None, None, None, None).unwrap();
+        let mut n = sample(1, "firing");
+        n.external_url = "data:text/html,<script>alert(2)</script>".into();
+        let hostile = [
+            "javascript:alert(1)",
+            " JaVaScRiPt:alert(1)",
+            "java\tscript:alert(1)",
+            "vbscript:msgbox(1)",
+            "//evil.example/x",
+        ];
+        for (i, url) in hostile.iter().enumerate() {
+            let a = &mut n.alerts[0];
+            a.generator_url = url.to_string();
+            a.silence_url = format!("http://am:9093/#/silences/new?{i}\"onclick=\"x");
+            let (_, text, html) = t.email(&n).unwrap();
+            let lower = html.to_lowercase();
+            assert!(!lower.contains("href=\"java"), "{url}: {html}");
+            assert!(!lower.contains("href=\"vbscript"), "{url}: {html}");
+            assert!(!lower.contains("href=\"data"), "{url}: {html}");
+            assert!(!lower.contains("href=\"&#x2f;&#x2f;"), "{url}: {html}");
+            assert!(!html.contains("<script>"), "{html}");
+            // Shown as text instead, escaped.
+            assert!(html.contains("Source: "), "{html}");
+            assert!(
+                html.contains("Alertmanager: data:text&#x2f;html,&lt;script&gt;"),
+                "{html}"
+            );
+            // The http link stays a link; its quote cannot end the attribute.
+            assert!(
+                html.contains("<a href=\"http:&#x2f;&#x2f;am:9093&#x2f;#&#x2f;silences&#x2f;new?"),
+                "{html}"
+            );
+            assert!(!html.contains("\"onclick"), "{html}");
+            assert!(text.contains(&format!("Source: {url}")) || url.contains('\t'));
+        }
+        let (_, _, html) = t.email(&sample(1, "firing")).unwrap();
+        assert!(
+            html.contains("<a href=\"http:&#x2f;&#x2f;prom&#x2f;graph?g0\">Source</a>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<a href=\"http:&#x2f;&#x2f;am:9093&#x2f;\">Alertmanager</a>"),
+            "{html}"
+        );
+        assert_eq!(
+            web_url("HTTPS://Example.com/a b"),
+            Some("https://example.com/a%20b".into())
+        );
+        assert_eq!(web_url("mailto:a@b"), None);
     }
 
     #[test]

@@ -40,6 +40,8 @@ struct Families {
     fs_avail: Arc<FamilyMeta>,
     fs_usage: Arc<FamilyMeta>,
     fs_readonly: Arc<FamilyMeta>,
+    fs_files: Arc<FamilyMeta>,
+    fs_files_free: Arc<FamilyMeta>,
     disk_read: Arc<FamilyMeta>,
     disk_written: Arc<FamilyMeta>,
     net_rx_bytes: Arc<FamilyMeta>,
@@ -114,6 +116,16 @@ impl Families {
                 "vitals_filesystem_readonly",
                 G,
                 "Whether a filesystem is mounted read-only (1) or not (0).",
+            ),
+            fs_files: f(
+                "vitals_filesystem_files",
+                G,
+                "Inodes (file nodes) of a mounted filesystem.",
+            ),
+            fs_files_free: f(
+                "vitals_filesystem_files_free",
+                G,
+                "Free inodes of a mounted filesystem.",
             ),
             disk_read: f(
                 "vitals_disk_read_bytes_total",
@@ -352,7 +364,11 @@ impl SystemCollector {
         let fs = &self.cfg.filesystems;
         let mut seen_mounts = std::collections::HashSet::new();
         for disk in &self.disks {
-            let mount = disk.mount_point().to_string_lossy();
+            let Some(mount) =
+                host_mount_point(&disk.mount_point().to_string_lossy(), fs.rootfs.as_deref())
+            else {
+                continue;
+            };
             let fstype = disk.file_system().to_string_lossy();
             if !fs.mount_points_include.is_match(&mount)
                 || (!fs.mount_points_exclude.is_empty() && fs.mount_points_exclude.is_match(&mount))
@@ -383,6 +399,12 @@ impl SystemCollector {
                 labels.clone(),
                 if disk.is_read_only() { 1.0 } else { 0.0 },
             );
+            // Inodes: sysinfo has no inode counts; statvfs(3) of the mount
+            // point. A filesystem without inodes (btrfs, vfat) reports 0.
+            if let Ok(st) = rustix::fs::statvfs(disk.mount_point()) {
+                push(&fam.fs_files, labels.clone(), st.f_files as f64);
+                push(&fam.fs_files_free, labels.clone(), st.f_ffree as f64);
+            }
             let usage = disk.usage();
             push(
                 &fam.disk_read,
@@ -515,6 +537,9 @@ impl SystemCollector {
                 }
             }
         }
+        // `--no-collector.<name>`: drop the families of switched-off collectors.
+        let collectors = self.cfg.collectors;
+        out.retain(|s| collectors.keeps(&s.family.name));
         out
     }
 }
@@ -573,6 +598,16 @@ pub fn cpu_seconds(stat: &str, per_core: bool) -> Vec<(Labels, f64)> {
         push(None, &stats.total);
     }
     out
+}
+
+/// With `--path.rootfs`, the mount point as the host sees it, or `None`
+/// for a mount outside the host root (the container's own).
+fn host_mount_point(mount: &str, rootfs: Option<&std::path::Path>) -> Option<String> {
+    let Some(root) = rootfs.filter(|r| *r != std::path::Path::new("/")) else {
+        return Some(mount.to_string());
+    };
+    let rest = std::path::Path::new(mount).strip_prefix(root).ok()?;
+    Some(format!("/{}", rest.display()))
 }
 
 fn disk_refresh() -> DiskRefreshKind {
@@ -687,5 +722,29 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         }
         telemetry.source_ok(NAME, NAME, started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod rootfs_tests {
+    use super::host_mount_point;
+    use std::path::Path;
+
+    #[test]
+    fn rootfs_prefix_is_removed_and_other_mounts_left_out() {
+        let root = Some(Path::new("/host"));
+        assert_eq!(host_mount_point("/host", root).as_deref(), Some("/"));
+        assert_eq!(
+            host_mount_point("/host/boot", root).as_deref(),
+            Some("/boot")
+        );
+        assert_eq!(host_mount_point("/", root), None);
+        assert_eq!(host_mount_point("/hostile", root), None);
+        assert_eq!(host_mount_point("/etc/hosts", root), None);
+        assert_eq!(host_mount_point("/data", None).as_deref(), Some("/data"));
+        assert_eq!(
+            host_mount_point("/data", Some(Path::new("/"))).as_deref(),
+            Some("/data")
+        );
     }
 }

@@ -142,6 +142,8 @@ impl Vitals {
             .arg(&path)
             .arg("--web.listen-address")
             .arg(addr.to_string())
+            // POST /-/reload, which tests use, needs it since it is gated.
+            .arg("--web.enable-lifecycle")
             .args(extra_args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -175,6 +177,7 @@ impl Vitals {
             .arg(addr.to_string())
             .arg("--web.config.file")
             .arg(web_config)
+            .arg("--web.enable-lifecycle")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

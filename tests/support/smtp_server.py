@@ -12,7 +12,17 @@ PASSWORD as the bearer token; each attempt is appended to auths.jsonl
 
 SMTP_REJECT_RCPT: comma-separated addresses answered "550 5.1.1" at RCPT
 TO; each refusal is appended to rejects.jsonl.
+
+SMTP_DELAY_SUBJECT / SMTP_DELAY_SECONDS: a message whose Subject contains
+that text is held this long before it is stored and answered (a slow send);
+a client that disconnects meanwhile leaves nothing stored.
+
+Lines are limited as RFC 5321 4.5.3.1.6 and RFC 5322 2.1.1 say: 1000 octets
+with the CRLF (998 characters). A message with a longer line is refused
+with "500 Line too long", as Postfix and aiosmtpd itself do (aiosmtpd's own
+limit is one octet more lenient).
 """
+import asyncio
 import email
 import email.policy
 import json
@@ -24,7 +34,10 @@ import time
 from base64 import b64decode
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
+from aiosmtpd.smtp import SMTP, AuthResult
+
+# The StreamReader limit: a line (CRLF included) longer than this is refused.
+SMTP.line_length_limit = 1000
 
 
 def append(path, record):
@@ -72,8 +85,11 @@ class Store:
 
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content or envelope.content
-        self.box.add(raw)
         msg = email.message_from_bytes(raw, policy=email.policy.default)
+        marker = os.environ.get("SMTP_DELAY_SUBJECT")
+        if marker and marker in str(msg.get("Subject", "")):
+            await asyncio.sleep(float(os.environ.get("SMTP_DELAY_SECONDS", "5")))
+        self.box.add(raw)
         text = html = ""
         for part in msg.walk():
             ctype = part.get_content_type()
