@@ -225,6 +225,11 @@ pub struct WebConfig {
     /// Web configuration file (TLS, basic auth, headers) in the format
     /// node_exporter and Prometheus take; overridden by --web.config.file.
     pub config_file: Option<std::path::PathBuf>,
+    /// Gzip `/metrics` when the scraper accepts it (Prometheus always does).
+    pub compression: bool,
+    /// Answer OpenMetrics 1.0 when the scraper's Accept header prefers it;
+    /// false: always the text format 0.0.4.
+    pub openmetrics: bool,
     /// Further addresses served like `listen_address` (a repeated
     /// `--web.listen-address` sets them).
     pub extra_listen_addresses: Vec<SocketAddr>,
@@ -262,6 +267,8 @@ impl Default for WebConfig {
             max_requests: 40,
             shutdown_timeout: Duration::from_secs(10),
             config_file: None,
+            compression: true,
+            openmetrics: true,
             extra_listen_addresses: Vec::new(),
             telemetry_path: "/metrics".to_string(),
             disable_exporter_metrics: false,

@@ -17,6 +17,7 @@
 //! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
+//! - [`exposition`]: the `/metrics` formats (text 0.0.4, OpenMetrics 1.0), each family once.
 //! - [`expose`]: serving with the web config file (TLS, basic auth, headers),
 //!   connection cap and slow-client timeouts.
 //! - [`dashboard`]: the live page at `/` and its WebSocket stream.
@@ -31,6 +32,7 @@ pub mod dashboard;
 pub mod detect;
 pub mod events;
 pub mod expose;
+pub mod exposition;
 pub mod mapping;
 pub mod model;
 pub mod pipeline;

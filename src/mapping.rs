@@ -169,9 +169,13 @@ enum Seg {
     Index(usize),
 }
 
-/// A JSON path (`a.b[0].c`) parsed once. The empty path (or `$`) is the
-/// value itself; a leading `$.` makes the path start at the document root
-/// even inside `each` elements.
+/// A JSON path parsed once: the one path syntax of every source (MQTT,
+/// HTTP and webhook mappings, JSON log lines, event rules).
+///
+/// `a.b[0].c` walks object keys and array indexes; a numeric key indexes an
+/// array too (`a.b.0.c`). The empty path (or `$`) is the value itself; a
+/// leading `$.` makes the path start at the document root even inside
+/// `each` elements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonPath {
     text: Box<str>,
@@ -232,6 +236,7 @@ impl JsonPath {
             cur = match (seg, cur) {
                 (Seg::Key(k), Value::Object(m)) => m.get(k.as_ref())?,
                 (Seg::Index(i), Value::Array(a)) => a.get(*i)?,
+                (Seg::Key(k), Value::Array(a)) => a.get(k.parse::<usize>().ok()?)?,
                 _ => return None,
             };
         }
@@ -297,6 +302,20 @@ pub fn valid_metric_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
+/// Prefixes of vitals' own metric families (self-metrics, the system
+/// source, the anomaly families, the process collector): a configured
+/// metric may not start with one, so it can never take the name of a
+/// family vitals writes itself (which made `/metrics` invalid).
+pub const RESERVED_PREFIXES: [&str; 2] = ["vitals_", "process_"];
+
+/// Why a configured metric name is refused because of its prefix, if it is.
+pub fn reserved_metric_name(name: &str) -> Option<String> {
+    RESERVED_PREFIXES
+        .iter()
+        .find(|p| name.starts_with(**p))
+        .map(|p| format!("{name:?} starts with `{p}`, which is reserved for vitals' own metrics"))
+}
+
 /// Whether `s` is a valid Prometheus label name (not reserved `__...`).
 pub fn valid_label_name(s: &str) -> bool {
     let mut chars = s.chars();
@@ -327,8 +346,16 @@ impl Mapping {
                 format_name(cfg.format)
             ));
         }
-        if csv && (cfg.csv_delimiter == '"' || cfg.csv_delimiter == '\n') {
-            return Err("`csv_delimiter` must not be a quote or a newline".into());
+        if csv
+            && (cfg.csv_delimiter == '"'
+                || cfg.csv_delimiter == '\n'
+                || cfg.csv_delimiter == '\r'
+                || !cfg.csv_delimiter.is_ascii())
+        {
+            return Err(
+                "`csv_delimiter` must be one ASCII character other than a quote or a newline"
+                    .into(),
+            );
         }
         let field = |key: &str, path: &str| -> Result<Field, String> {
             match cfg.format {
@@ -398,6 +425,9 @@ impl Mapping {
             }
             if !valid_metric_name(&name) {
                 return Err(format!("`{key}.name`: {name:?} is not a valid metric name"));
+            }
+            if let Some(reason) = reserved_metric_name(&name) {
+                return Err(format!("`{key}.name`: {reason}"));
             }
             if m.kind == MetricKind::Counter && !name.ends_with("_total") {
                 return Err(format!(
@@ -870,45 +900,11 @@ fn truncate(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Split one CSV record, honouring double quotes (`""` inside quotes is a quote).
+/// Split one CSV record with the one CSV splitter of every source.
 fn split_csv<'a>(line: &'a str, delim: char, out: &mut Vec<Cow<'a, str>>) -> Result<(), MapError> {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    if !line.contains('"') {
-        out.extend(line.split(delim).map(Cow::Borrowed));
-        return Ok(());
-    }
-    let mut chars = line.char_indices().peekable();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut at_start = true;
-    while let Some((_, c)) = chars.next() {
-        if quoted {
-            if c == '"' {
-                if chars.peek().map(|(_, c)| *c) == Some('"') {
-                    chars.next();
-                    field.push('"');
-                } else {
-                    quoted = false;
-                }
-            } else {
-                field.push(c);
-            }
-        } else if c == '"' && at_start {
-            quoted = true;
-            at_start = false;
-        } else if c == delim {
-            out.push(Cow::Owned(std::mem::take(&mut field)));
-            at_start = true;
-        } else {
-            field.push(c);
-            at_start = false;
-        }
-    }
-    if quoted {
-        return Err(MapError::InvalidCsv("unterminated quoted field".into()));
-    }
-    out.push(Cow::Owned(field));
-    Ok(())
+    // `Mapping::new` admits ASCII delimiters only.
+    crate::sources::record::split_csv_with(line, delim as u8, out)
+        .map_err(|e| MapError::InvalidCsv(e.to_string()))
 }
 
 /// Seconds below this are seconds; above, milliseconds (year 5138 in seconds).
@@ -942,64 +938,12 @@ fn text_timestamp(s: &str) -> Option<i64> {
 }
 
 /// Parse an RFC 3339 date-time (`2026-01-02T03:04:05.678+01:00`, `Z`, or a
-/// space instead of `T`) to milliseconds since the Unix epoch.
+/// space instead of `T`) to milliseconds since the Unix epoch, with `jiff`
+/// (which refuses dates that do not exist, such as 2020-02-31).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        if !t.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        t.parse().ok()
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut frac_ms = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        let digits = &s[start..i.min(start + 3)];
-        frac_ms = digits.parse::<i64>().ok()? * 10i64.pow(3 - digits.len() as u32);
-    }
-    let offset_s = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let h = num(i + 1..i + 3)?;
-            let m = num(i + 4..i + 6)?;
-            let o = h * 3600 + m * 60;
-            if *sign == b'+' { o } else { -o }
-        }
-        _ => return None,
-    };
-    // Days from the civil date (proleptic Gregorian).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_s;
-    Some(secs * 1000 + frac_ms)
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 #[cfg(test)]
@@ -1244,6 +1188,18 @@ mod tests {
         "#,
         );
         assert_eq!(map(&by_index, "x;101325").unwrap()[0].value, 101325.0);
+        // Quoting as the csv crate reads it, as the logs and webhook
+        // sources do (one splitter).
+        assert_eq!(map(&by_index, "\"a;b\";\"7\"").unwrap()[0].value, 7.0);
+        assert_eq!(
+            map(&by_index, "x;1\"2").unwrap_err().reason(),
+            "unmapped_string"
+        );
+        let bad = MappingConfig {
+            csv_delimiter: 'é',
+            ..toml::from_str("format = \"csv\"\n[[metrics]]\nname = \"a\"\npath = \"a\"").unwrap()
+        };
+        assert!(Mapping::new(&bad).unwrap_err().contains("ASCII"));
     }
 
     #[test]
@@ -1329,6 +1285,9 @@ mod tests {
         assert_eq!(json_path(&v, ""), Some(&v));
         assert_eq!(json_path(&v, "a.x"), None);
         assert_eq!(json_path(&v, "a.b[9]"), None);
+        // The dotted index form of the logs and webhook sources is the same path.
+        assert_eq!(json_path(&v, "a.b.0.c"), Some(&Value::from(1)));
+        assert_eq!(json_path(&v, "a.b.1.1"), Some(&Value::from(3)));
         assert!(JsonPath::parse("a..b").is_err());
         assert!(JsonPath::parse("a[1").is_err());
     }
@@ -1346,6 +1305,13 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2000-03-01T00:00:00"), None);
         assert_eq!(parse_rfc3339("2000-13-01T00:00:00Z"), None);
+        // Days that do not exist (the hand-written parser took them).
+        assert_eq!(parse_rfc3339("2020-02-31T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2021-02-29T00:00:00Z"), None);
+        assert_eq!(
+            parse_rfc3339("2020-02-29T00:00:00Z"),
+            Some(1_582_934_400_000)
+        );
     }
 
     #[test]

@@ -282,17 +282,6 @@ pub fn escape_label_value(v: &str, out: &mut String) {
     }
 }
 
-/// Escape HELP text for the text exposition format.
-pub fn escape_help(v: &str, out: &mut String) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
 /// Write a float the way Prometheus parses it.
 pub fn write_value(v: f64, out: &mut String) {
     if v.is_nan() {

@@ -15,11 +15,12 @@ use axum::routing::get;
 use parking_lot::RwLock;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
+use crate::exposition::{Format, Writer};
 use crate::store::Store;
 use crate::telemetry::{COMMIT, Telemetry, VERSION};
 
 /// Content type of the Prometheus text exposition format.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const TEXT_FORMAT: &str = crate::exposition::TEXT_CONTENT_TYPE;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -45,6 +46,10 @@ pub struct ServerOptions {
     pub exporter_metrics: bool,
     /// Serve `POST`/`PUT /-/reload` (`web.enable_lifecycle`); off, 403.
     pub lifecycle: bool,
+    /// Gzip the metrics endpoint for scrapers that accept it (`web.compression`).
+    pub compression: bool,
+    /// Answer OpenMetrics to scrapers that prefer it (`web.openmetrics`).
+    pub openmetrics: bool,
 }
 
 impl Default for ServerOptions {
@@ -53,6 +58,8 @@ impl Default for ServerOptions {
             telemetry_path: "/metrics".into(),
             exporter_metrics: true,
             lifecycle: false,
+            compression: true,
+            openmetrics: true,
         }
     }
 }
@@ -63,6 +70,8 @@ impl ServerOptions {
             telemetry_path: web.telemetry_path.clone(),
             exporter_metrics: !web.disable_exporter_metrics,
             lifecycle: web.enable_lifecycle,
+            compression: web.compression,
+            openmetrics: web.openmetrics,
         }
     }
 }
@@ -101,9 +110,19 @@ pub fn app_with_page(
 
 fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
     let path = state.options.telemetry_path.clone();
-    let metrics = Router::new()
-        .route(&path, get(metrics))
-        .layer(GlobalConcurrencyLimitLayer::new(max_requests));
+    let mut metrics = Router::new().route(&path, get(metrics));
+    if state.options.compression {
+        // Gzip only: what Prometheus asks for; the others add code, not
+        // compatibility.
+        metrics = metrics.layer(
+            tower_http::compression::CompressionLayer::new()
+                .gzip(true)
+                .no_br()
+                .no_deflate()
+                .no_zstd(),
+        );
+    }
+    let metrics = metrics.layer(GlobalConcurrencyLimitLayer::new(max_requests));
     let root = page.unwrap_or_else(|| {
         let path = path.clone();
         Router::new().route("/", get(move || landing(path.clone())))
@@ -120,19 +139,36 @@ fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
         .merge(root)
 }
 
-/// Render the store and the self-metrics into `out` (appended).
+/// Render the store and the self-metrics into `out` (appended) in the
+/// text format.
 pub fn render_into(state: &AppState, out: &mut String) {
+    render_format(state, Format::Text, out);
+}
+
+/// Render the store, the anomaly families and the self-metrics into `out`
+/// (appended) in `format`, each family once: a store family named like a
+/// self-metric is left out (and logged), the self-metric is written.
+pub fn render_format(state: &AppState, format: Format, out: &mut String) {
     let started = Instant::now();
-    state.store.read().render(out);
-    let mut own = Vec::with_capacity(16 * 1024);
-    if state.options.exporter_metrics {
-        state.telemetry.render(&mut own);
-    } else {
-        state
-            .telemetry
-            .render_filtered(&mut own, |family| !is_exporter_metric(family));
+    let mut own = state.telemetry.gather();
+    if !state.options.exporter_metrics {
+        own.retain(|family| !is_exporter_metric(family.name()));
     }
-    out.push_str(&String::from_utf8_lossy(&own));
+    let mut w = Writer::new(out, format);
+    Telemetry::reserve(&own, &mut w);
+    state.store.read().render_to(&mut w);
+    state.telemetry.write(&own, &mut w);
+    let skipped = w.finish();
+    if let Some(first) = skipped.first()
+        && let Some(suppressed) = state.telemetry.should_log("exposition", "duplicate_family")
+    {
+        tracing::warn!(
+            family = %first,
+            families = skipped.len(),
+            suppressed,
+            "Families left out of /metrics: their name is already written."
+        );
+    }
     state
         .telemetry
         .scrape_duration
@@ -143,14 +179,19 @@ pub fn render_into(state: &AppState, out: &mut String) {
 /// copied) step by step while a large store is written.
 static LAST_LEN: AtomicUsize = AtomicUsize::new(64 * 1024);
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let format = if state.options.openmetrics {
+        Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
+    } else {
+        Format::Text
+    };
     // Rendering is CPU work bounded by the store size; it holds the store's
     // read lock only while the store part is written.
     let hint = LAST_LEN.load(Ordering::Relaxed);
     let mut out = String::with_capacity(hint + hint / 8);
-    render_into(&state, &mut out);
+    render_format(&state, format, &mut out);
     LAST_LEN.store(out.len(), Ordering::Relaxed);
-    ([(header::CONTENT_TYPE, TEXT_FORMAT)], out).into_response()
+    ([(header::CONTENT_TYPE, format.content_type())], out).into_response()
 }
 
 /// `POST /-/reload`: re-read the configuration; 200 with what changed, or
@@ -244,6 +285,115 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ct.as_deref(), Some(TEXT_FORMAT));
         assert!(body.contains("# TYPE vitals_build_info gauge"));
+    }
+
+    async fn get_with(app: Router, accept: &str) -> (String, String) {
+        let resp = app
+            .oneshot(
+                Request::get("/metrics")
+                    .header(header::ACCEPT, accept)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let ct = resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (ct, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Names of the `# HELP` lines, in order.
+    fn helps(body: &str) -> Vec<&str> {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_store_family_named_like_a_self_metric_is_written_once() {
+        use crate::model::{Labels, MetricKind, Sample};
+        let s = state();
+        {
+            let mut store = s.store.write();
+            let src: Arc<str> = "hook".into();
+            let g = store.begin_batch();
+            for (name, kind) in [
+                ("process_cpu_seconds_total", MetricKind::Counter),
+                ("vitals_build_info", MetricKind::Gauge),
+                ("user_x_total", MetricKind::Counter),
+            ] {
+                let sample = Sample {
+                    family: crate::store::family(name, kind, "From a user mapping."),
+                    labels: Labels::from_pairs(&[("a", "1")]),
+                    value: 1.0,
+                    timestamp_ms: 0,
+                };
+                store.upsert(&src, &sample, g).unwrap();
+            }
+        }
+        for accept in ["text/plain", "application/openmetrics-text; version=1.0.0"] {
+            let (_, body) = get_with(app(s.clone(), 4), accept).await;
+            let names = helps(&body);
+            let unique: std::collections::HashSet<&&str> = names.iter().collect();
+            assert_eq!(
+                unique.len(),
+                names.len(),
+                "{accept}: a family twice:\n{body}"
+            );
+            // The self-metrics win; the user's family of another name stays.
+            assert!(
+                !body.contains("From a user mapping.\n# TYPE process_cpu"),
+                "{body}"
+            );
+            assert!(!body.contains("vitals_build_info{a=\"1\"}"), "{body}");
+            assert!(body.contains("user_x_total{a=\"1\"} 1\n"), "{body}");
+            assert!(body.contains("\nprocess_cpu_seconds_total "), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn openmetrics_when_the_scraper_prefers_it() {
+        let (ct, body) = get_with(
+            app(state(), 4),
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .await;
+        assert_eq!(ct, crate::exposition::OPENMETRICS_CONTENT_TYPE);
+        assert!(body.ends_with("# EOF\n"));
+        assert!(body.contains("# TYPE process_cpu_seconds counter\n"));
+        let (ct, body) = get_with(app(state(), 4), "text/plain;version=0.0.4").await;
+        assert_eq!(ct, TEXT_FORMAT);
+        assert!(!body.contains("# EOF"));
+        let mut off = state();
+        off.options.openmetrics = false;
+        let (ct, _) = get_with(app(off, 4), "application/openmetrics-text").await;
+        assert_eq!(ct, TEXT_FORMAT);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_gzipped_when_asked_and_switched_on() {
+        for on in [true, false] {
+            let mut s = state();
+            s.options.compression = on;
+            let resp = app(s, 4)
+                .oneshot(
+                    Request::get("/metrics")
+                        .header(header::ACCEPT_ENCODING, "gzip")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let enc = resp.headers().get(header::CONTENT_ENCODING).cloned();
+            assert_eq!(
+                enc.as_ref().map(|v| v.to_str().unwrap()),
+                on.then_some("gzip")
+            );
+        }
     }
 
     #[tokio::test]

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::exposition::{Format, Writer};
 use crate::model::{
-    FamilyMeta, LabelLimits, Labels, LimitExceeded, MetricKind, Sample, escape_help, write_value,
+    FamilyMeta, LabelLimits, Labels, LimitExceeded, MetricKind, Sample, write_value,
 };
 
 /// One series: the latest value of one label set of one family.
@@ -523,11 +524,18 @@ impl Store {
 
     /// Render every family in the Prometheus text format (0.0.4), families
     /// sorted by name, with HELP and TYPE lines.
+    pub fn render(&self, out: &mut String) {
+        let mut w = Writer::new(out, Format::Text);
+        self.render_to(&mut w);
+    }
+
+    /// Render every family through `w` (either format), families sorted by
+    /// name; a family whose name `w` already wrote or reserved is left out.
     ///
     /// Histogram parts (`x_bucket`, `x_sum`, `x_count`, each a family of kind
     /// [`MetricKind::Histogram`]) are written together under one header for
     /// `x`, buckets in `le` order.
-    pub fn render(&self, out: &mut String) {
+    pub fn render_to(&self, w: &mut Writer) {
         // (name written in HELP/TYPE, part order, family)
         let mut order: Vec<(&str, u8, &Family)> = self
             .families
@@ -542,20 +550,17 @@ impl Store {
             .collect();
         order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut header: Option<&str> = None;
+        let mut keep = false;
         for (base, _, family) in order {
             if header != Some(base) {
                 header = Some(base);
-                out.push_str("# HELP ");
-                out.push_str(base);
-                out.push(' ');
-                escape_help(&family.meta.help, out);
-                out.push_str("\n# TYPE ");
-                out.push_str(base);
-                out.push(' ');
-                out.push_str(family.meta.kind.as_str());
-                out.push('\n');
+                keep = w.family(base, family.meta.kind.into(), &family.meta.help);
+            }
+            if !keep {
+                continue;
             }
             let name = &family.meta.name;
+            let out = w.out();
             if family.meta.kind == MetricKind::Histogram {
                 let mut series: Vec<(&Labels, &Series)> = family.series.iter().collect();
                 series.sort_unstable_by(|a, b| bucket_order(a.0, b.0));
@@ -568,7 +573,7 @@ impl Store {
                 }
             }
         }
-        crate::detect::live::render(self.families.values(), self.detector_scores, out);
+        crate::detect::live::render(self.families.values(), self.detector_scores, w);
     }
 }
 
@@ -826,6 +831,28 @@ mod tests {
         assert_eq!(
             out,
             "# HELP b_total A \\\\ help\\nline\n# TYPE b_total counter\nb_total{device=\"x\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_names_counters_without_total_and_adds_units() {
+        let mut store = Store::new();
+        let src: Arc<str> = "s".into();
+        let g = store.begin_batch();
+        let c = family("io_bytes_total", MetricKind::Counter, "IO.");
+        let t = family("t_celsius", MetricKind::Gauge, "T.");
+        store.upsert(&src, &sample(&c, "x", 3.0, 0), g).unwrap();
+        store.upsert(&src, &sample(&t, "x", 20.5, 0), g).unwrap();
+        let mut out = String::new();
+        let mut w = Writer::new(&mut out, Format::OpenMetrics);
+        store.render_to(&mut w);
+        w.finish();
+        assert_eq!(
+            out,
+            "# HELP io_bytes IO.\n# TYPE io_bytes counter\n# UNIT io_bytes bytes\n\
+             io_bytes_total{device=\"x\"} 3\n\
+             # HELP t_celsius T.\n# TYPE t_celsius gauge\n# UNIT t_celsius celsius\n\
+             t_celsius{device=\"x\"} 20.5\n# EOF\n"
         );
     }
 

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use crate::exposition::{Kind, Writer};
+use crate::model::Labels;
 
 /// Version and commit baked in at build time.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -41,6 +44,9 @@ pub struct Telemetry {
     /// 1 when the last configuration (re)load succeeded (Prometheus' convention).
     pub reload_ok: IntGauge,
     pub reload_time: Gauge,
+    /// Unix time (s) the registry was made: the start of every count in
+    /// it (the OpenMetrics `_created` of its counters and histograms).
+    started: f64,
     limiter: Mutex<HashMap<(String, &'static str), LogWindow>>,
 }
 
@@ -142,7 +148,8 @@ impl Telemetry {
         build_info.with_label_values(&[VERSION, COMMIT]).set(1);
         let start_time = Gauge::new("vitals_start_time_seconds", "Unix time vitals started.")
             .expect("valid metric");
-        start_time.set(crate::model::now_ms() as f64 / 1000.0);
+        let started = crate::model::now_ms() as f64 / 1000.0;
+        start_time.set(started);
 
         for c in [
             Box::new(source_up.clone()) as Box<dyn prometheus::core::Collector>,
@@ -176,6 +183,7 @@ impl Telemetry {
             scrape_duration,
             reload_ok,
             reload_time,
+            started,
             limiter: Mutex::new(HashMap::new()),
         }
     }
@@ -186,20 +194,96 @@ impl Telemetry {
         &self.registry
     }
 
-    /// Append the text exposition of every self-metric to `out`.
-    pub fn render(&self, out: &mut Vec<u8>) {
-        let families = self.registry.gather();
-        if let Err(error) = TextEncoder::new().encode(&families, out) {
-            tracing::warn!(%error, "Self-metrics could not be encoded.");
+    /// The current value of every self-metric (for [`Telemetry::reserve`]
+    /// and [`Telemetry::write`]).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// Reserve the names of `families` in `w`, so parts written before
+    /// them (the store) cannot take a self-metric's name.
+    pub fn reserve(families: &[MetricFamily], w: &mut Writer) {
+        for mf in families {
+            w.reserve(mf.name(), kind(mf.get_field_type()));
         }
     }
 
-    /// [`Telemetry::render`] with only the families `keep` accepts.
-    pub fn render_filtered(&self, out: &mut Vec<u8>, keep: impl Fn(&str) -> bool) {
-        let mut families = self.registry.gather();
-        families.retain(|f| keep(f.name()));
-        if let Err(error) = TextEncoder::new().encode(&families, out) {
-            tracing::warn!(%error, "Self-metrics could not be encoded.");
+    /// Write `families` (from [`Telemetry::gather`]) through `w`.
+    pub fn write(&self, families: &[MetricFamily], w: &mut Writer) {
+        for mf in families {
+            let name = mf.name();
+            let kind = kind(mf.get_field_type());
+            if !w.reserved_family(name, kind, mf.help()) {
+                continue;
+            }
+            for m in mf.get_metric() {
+                let pairs: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                let labels = Labels::from_pairs(&pairs);
+                match mf.get_field_type() {
+                    MetricType::COUNTER => {
+                        w.sample(name, labels.as_str(), m.get_counter().get_value());
+                        w.created(name, labels.as_str(), self.started);
+                    }
+                    MetricType::GAUGE => w.sample(name, labels.as_str(), m.get_gauge().get_value()),
+                    MetricType::UNTYPED => {
+                        // Nothing registers one; kept for completeness.
+                        #[allow(deprecated)]
+                        let v = m.get_untyped().get_value();
+                        w.sample(name, labels.as_str(), v);
+                    }
+                    MetricType::HISTOGRAM => {
+                        let h = m.get_histogram();
+                        let bucket = format!("{name}_bucket");
+                        let mut bound = String::new();
+                        let mut inf = false;
+                        for b in h.get_bucket() {
+                            bound.clear();
+                            crate::model::write_value(b.upper_bound(), &mut bound);
+                            inf |= b.upper_bound() == f64::INFINITY;
+                            let mut with_le = pairs.clone();
+                            with_le.push(("le", &bound));
+                            let l = Labels::from_pairs(&with_le);
+                            w.sample(&bucket, l.as_str(), b.cumulative_count() as f64);
+                        }
+                        if !inf {
+                            let mut with_le = pairs.clone();
+                            with_le.push(("le", "+Inf"));
+                            let l = Labels::from_pairs(&with_le);
+                            w.sample(&bucket, l.as_str(), h.get_sample_count() as f64);
+                        }
+                        w.sample(&format!("{name}_sum"), labels.as_str(), h.get_sample_sum());
+                        w.sample(
+                            &format!("{name}_count"),
+                            labels.as_str(),
+                            h.get_sample_count() as f64,
+                        );
+                        w.created(name, labels.as_str(), self.started);
+                    }
+                    MetricType::SUMMARY => {
+                        let sm = m.get_summary();
+                        let mut q = String::new();
+                        for quantile in sm.get_quantile() {
+                            q.clear();
+                            crate::model::write_value(quantile.quantile(), &mut q);
+                            let mut with_q = pairs.clone();
+                            with_q.push(("quantile", &q));
+                            let l = Labels::from_pairs(&with_q);
+                            w.sample(name, l.as_str(), quantile.value());
+                        }
+                        w.sample(&format!("{name}_sum"), labels.as_str(), sm.sample_sum());
+                        w.sample(
+                            &format!("{name}_count"),
+                            labels.as_str(),
+                            sm.sample_count() as f64,
+                        );
+                        w.created(name, labels.as_str(), self.started);
+                    }
+                }
+            }
         }
     }
 
@@ -336,6 +420,16 @@ fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, owned: impl Fn(&str) -> bool)
     }
 }
 
+fn kind(t: MetricType) -> Kind {
+    match t {
+        MetricType::COUNTER => Kind::Counter,
+        MetricType::GAUGE => Kind::Gauge,
+        MetricType::HISTOGRAM => Kind::Histogram,
+        MetricType::SUMMARY => Kind::Summary,
+        MetricType::UNTYPED => Kind::Untyped,
+    }
+}
+
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
@@ -400,10 +494,26 @@ mod tests {
     #[test]
     fn render_includes_build_info_and_process_metrics() {
         let t = Telemetry::new();
-        let mut out = Vec::new();
-        t.render(&mut out);
-        let text = String::from_utf8(out).unwrap();
+        t.scrape_duration.observe(0.002);
+        t.source_error("s", "timeout", &"boom");
+        let families = t.gather();
+        let mut text = String::new();
+        let mut w = Writer::new(&mut text, crate::exposition::Format::Text);
+        t.write(&families, &mut w);
+        w.finish();
         assert!(text.contains("vitals_build_info{"));
         assert!(text.contains("process_resident_memory_bytes"));
+        assert!(text.contains("vitals_scrape_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("vitals_scrape_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("# TYPE vitals_source_errors_total counter\n"));
+        assert!(!text.contains("_created"));
+        let mut om = String::new();
+        let mut w = Writer::new(&mut om, crate::exposition::Format::OpenMetrics);
+        t.write(&families, &mut w);
+        w.finish();
+        assert!(om.contains("# TYPE vitals_source_errors counter\n"));
+        assert!(om.contains("vitals_source_errors_created{reason=\"timeout\",source=\"s\"} "));
+        assert!(om.contains("# UNIT vitals_scrape_duration_seconds seconds\n"));
+        assert!(om.ends_with("# EOF\n"));
     }
 }

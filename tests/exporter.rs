@@ -66,6 +66,107 @@ fn serves_system_and_process_metrics_that_pass_promtool() {
     assert!(ok, "promtool check metrics findings:\n{findings}");
 }
 
+/// `curl` on `/metrics` with `Accept` (and gzip when `gzip`); returns the
+/// response headers (lower-cased) and the decoded body.
+fn curl_metrics(addr: std::net::SocketAddr, accept: &str, gzip: bool) -> (String, String) {
+    let curl = common::require("curl");
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("headers");
+    let mut cmd = Command::new(curl);
+    cmd.args(["-sS", "--fail", "-H"])
+        .arg(format!("Accept: {accept}"))
+        .arg("-D")
+        .arg(&headers);
+    if gzip {
+        cmd.arg("--compressed");
+    }
+    let out = cmd.arg(format!("http://{addr}/metrics")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(headers)
+            .unwrap()
+            .to_ascii_lowercase(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+/// What Prometheus 2.x sends.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+#[test]
+fn openmetrics_and_gzip_are_negotiated_and_text_stays_promtool_clean() {
+    let v = Vitals::start(GROUPS);
+    wait_for(Duration::from_secs(15), "system metrics", || {
+        v.metrics()
+            .contains("vitals_process_group_up{")
+            .then_some(())
+    });
+    // Prometheus' request: OpenMetrics, gzipped.
+    let (headers, om) = curl_metrics(v.addr, PROMETHEUS_ACCEPT, true);
+    assert!(headers.contains("content-encoding: gzip"), "{headers}");
+    assert!(
+        headers.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{headers}"
+    );
+    assert!(
+        om.ends_with("# EOF\n"),
+        "{}",
+        &om[om.len().saturating_sub(200)..]
+    );
+    for line in [
+        "# TYPE vitals_cpu_seconds counter\n# UNIT vitals_cpu_seconds seconds\n",
+        "# TYPE vitals_network_receive_bytes counter\n",
+        "# TYPE process_cpu_seconds counter\n",
+        "\nprocess_cpu_seconds_created ",
+        "# TYPE vitals_scrape_duration_seconds histogram\n# UNIT vitals_scrape_duration_seconds seconds\n",
+    ] {
+        assert!(om.contains(line), "missing {line:?} in OpenMetrics:\n{om}");
+    }
+    assert!(!om.contains("# TYPE vitals_cpu_seconds_total"), "{om}");
+    assert_eq!(om.matches("# EOF").count(), 1);
+    // Every family once.
+    let mut helps = std::collections::HashSet::new();
+    for l in om.lines().filter(|l| l.starts_with("# HELP ")) {
+        let name = l.split(' ').nth(2).unwrap();
+        assert!(helps.insert(name.to_string()), "{name} written twice");
+    }
+    assert!(
+        sample_value(&om, "vitals_cpu_seconds_total", &["mode=\"idle\""]).unwrap() > 0.0,
+        "{om}"
+    );
+
+    // No Accept header, no gzip: the text format, uncompressed.
+    let (headers, text) = curl_metrics(v.addr, "*/*", false);
+    assert!(!headers.contains("content-encoding"), "{headers}");
+    assert!(
+        headers.contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    assert!(!text.contains("# EOF") && !text.contains("_created"));
+    assert!(text.contains("# TYPE vitals_cpu_seconds_total counter\n"));
+    assert!(sample_value(&text, "vitals_network_receive_bytes_total", &["device=\""]).is_some());
+    let (ok, findings) = promtool_check_metrics(&text);
+    assert!(ok, "promtool check metrics findings:\n{findings}");
+}
+
+#[test]
+fn compression_and_openmetrics_can_be_switched_off() {
+    let v = Vitals::start(
+        "[system]\nenabled = false\n[web]\ncompression = false\nopenmetrics = false\n",
+    );
+    let (headers, text) = curl_metrics(v.addr, PROMETHEUS_ACCEPT, true);
+    assert!(!headers.contains("content-encoding"), "{headers}");
+    assert!(
+        headers.contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    assert!(text.contains("# TYPE vitals_build_info gauge"));
+}
+
 #[test]
 fn process_groups_report_up_and_down_including_never_started() {
     let v = Vitals::start(GROUPS);
@@ -216,6 +317,18 @@ fn check_names_file_key_and_reason() {
             "key `sources[0].hots`: unknown field `hots`",
         ),
         ("system = [\n", "FILE: TOML parse error"),
+        // A configured metric may not take a self-metric's name (it made
+        // /metrics invalid: two HELP lines for one family).
+        (
+            "[[sources]]\ntype = \"webhook\"\nname = \"w\"\n\n[[sources.metrics]]\n\
+             name = \"process_cpu_seconds_total\"\ntype = \"counter\"\n",
+            "key `sources[0].metrics[0].name`: \"process_cpu_seconds_total\" starts with `process_`, which is reserved",
+        ),
+        (
+            "[[sources]]\ntype = \"http\"\nname = \"h\"\nurl = \"http://127.0.0.1:1/\"\n\n\
+             [[sources.mappings]]\n[[sources.mappings.metrics]]\nname = \"vitals_store_series\"\npath = \"a\"\n",
+            "metrics[0].name`: \"vitals_store_series\" starts with `vitals_`",
+        ),
     ];
     for (config, expected) in cases {
         let (code, stderr) = check(config, "toml");

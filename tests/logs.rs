@@ -422,3 +422,70 @@ labels = {{ sensor = "sensor", unit = "unit" }}
         "the short row"
     );
 }
+
+/// The saved offsets reach the disk before the rename makes them the state
+/// file: traced with strace, the temporary file is fsynced before it is
+/// renamed (a crash right after the rename cannot leave an empty state).
+#[test]
+fn saved_offsets_are_fsynced_before_the_rename() {
+    let strace = common::require("strace");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let state = dir.path().join("offsets.json");
+    append(&log, &[&req("GET", 200, 0.1)]);
+    let config = regex_config(&log, &format!("state_file = \"{}\"", state.display()));
+    let cfg = dir.path().join("vitals.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let trace = dir.path().join("trace");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut child = std::process::Command::new(strace)
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg(common::vitals_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--web.listen-address", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn strace");
+    let renamed = |t: &str| {
+        t.lines()
+            .any(|l| l.contains("rename") && l.contains("offsets.tmp"))
+    };
+    let text = wait_for(WAIT, "the state file to be written", || {
+        let t = std::fs::read_to_string(&trace).ok()?;
+        (state.exists() && renamed(&t)).then_some(t)
+    });
+    // Stop vitals (the traced process; strace exits with it).
+    let pid = text.split_whitespace().next().unwrap().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let _ = child.wait();
+    let lines: Vec<&str> = text.lines().collect();
+    let rename_at = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("offsets.tmp"))
+        .unwrap();
+    let fd = lines[..rename_at]
+        .iter()
+        .rev()
+        .find(|l| l.contains("openat(") && l.contains("offsets.tmp"))
+        .and_then(|l| l.rsplit("= ").next())
+        .map(|fd| fd.trim().to_string())
+        .expect("the temporary state file is opened before the rename");
+    assert!(
+        lines[..rename_at].iter().any(|l| {
+            l.contains(&format!("fsync({fd})")) || l.contains(&format!("fdatasync({fd})"))
+        }),
+        "no fsync of fd {fd} before the rename:\n{}",
+        lines[..=rename_at].join("\n")
+    );
+}

@@ -1898,3 +1898,46 @@ fn alerts_are_emailed_and_texted_through_the_relay() {
         cooled.elapsed().as_secs_f64()
     );
 }
+
+/// A real Prometheus scrapes two vitals: one with the defaults (Prometheus
+/// asks for OpenMetrics and gzip, and gets both), one with both switched
+/// off (the text format 0.0.4). Both scrapes succeed and carry the series.
+#[test]
+fn prometheus_scrapes_openmetrics_with_gzip_and_the_text_format() {
+    let om = Vitals::start("[system]\ninterval = \"500ms\"\n");
+    let text = Vitals::start(
+        "[system]\ninterval = \"500ms\"\n[web]\ncompression = false\nopenmetrics = false\n",
+    );
+    let prom = Prometheus::start(&[("om", om.addr.to_string()), ("text", text.addr.to_string())]);
+    wait_for(Duration::from_secs(60), "both targets up", || {
+        let up = |job: &str| prom.query(&format!("up{{job=\"{job}\"}} == 1")) == Ok(1);
+        let cpu = |job: &str| {
+            prom.query(&format!(
+                "vitals_cpu_seconds_total{{job=\"{job}\",mode=\"idle\"}}"
+            ))
+            .is_ok_and(|n| n >= 1)
+        };
+        (up("om") && up("text") && cpu("om") && cpu("text")).then_some(())
+    });
+    for job in ["om", "text"] {
+        assert_eq!(
+            prom.query(&format!("vitals_build_info{{job=\"{job}\"}}")),
+            Ok(1),
+            "{job}"
+        );
+        assert!(
+            prom.query(&format!(
+                "vitals_network_receive_bytes_total{{job=\"{job}\",device=~\".+\"}}"
+            ))
+            .unwrap()
+                >= 1,
+            "{job}"
+        );
+    }
+    // Only the OpenMetrics exposition has `_created` samples.
+    assert_eq!(prom.query("process_cpu_seconds_created{job=\"om\"}"), Ok(1));
+    assert_eq!(
+        prom.query("process_cpu_seconds_created{job=\"text\"}"),
+        Ok(0)
+    );
+}

@@ -111,8 +111,10 @@ pub struct Report {
     pub threshold: f64,
 }
 
-/// Parse `YYYY-MM-DD[ T]HH:MM[:SS[.frac]][Z]`, or a number of seconds (or
-/// milliseconds, when above 1e11) since the Unix epoch.
+/// Parse `YYYY-MM-DD[ T]HH:MM[:SS[.frac]]` with an offset (`Z`, `+01:00`)
+/// or without one (UTC), with `jiff` (dates that do not exist, such as
+/// 2020-02-31, are refused), or a number of seconds (or milliseconds, when
+/// above 1e11) since the Unix epoch.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let s = s.trim().trim_matches('"');
     if let Ok(n) = s.parse::<f64>() {
@@ -125,51 +127,14 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
             (n * 1000.0) as i64
         });
     }
-    let b = s.as_bytes();
-    if b.len() < 16
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !(b[10] == b' ' || b[10] == b'T')
-        || b[13] != b':'
-    {
-        return None;
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Some(t.as_millisecond());
     }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-    );
-    let mut sec = 0.0;
-    let rest = s[16..].trim_end_matches('Z');
-    if let Some(r) = rest.strip_prefix(':') {
-        sec = r.parse::<f64>().ok()?;
-    } else if !rest.is_empty() {
-        return None;
-    }
-    if !(1..=12).contains(&mo)
-        || !(1..=31).contains(&d)
-        || h > 23
-        || mi > 59
-        || !(0.0..61.0).contains(&sec)
-    {
-        return None;
-    }
-    let days = days_from_civil(y, mo, d);
-    Some(((days * 86_400 + h * 3600 + mi * 60) as f64 * 1000.0 + sec * 1000.0).round() as i64)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let civil = s.parse::<jiff::civil::DateTime>().ok()?;
+    civil
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp().as_millisecond())
 }
 
 /// One parsed CSV row: line number, timestamp as written, timestamp (ms), value.
@@ -182,13 +147,56 @@ pub fn parse_csv(text: &str) -> (Vec<ParsedRow>, Vec<RowIssue>) {
     let mut issues = Vec::new();
     let mut cols = (0usize, 1usize);
     let mut header_done = false;
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let l = raw.trim();
-        if l.is_empty() || l.starts_with('#') {
+    // The csv crate: quoted fields (`"4,5"` is one field), blank lines and
+    // `#` comment lines skipped, rows of any length.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut record = csv::StringRecord::new();
+    // Line numbers of the file (the csv crate does not count skipped
+    // comment lines): newlines before a record's first byte, counted on.
+    let (mut counted_to, mut newlines) = (0usize, 0usize);
+    let mut line_at = |byte: usize| {
+        // A record's position is where reading it began: before the
+        // comment and blank lines the reader skipped.
+        let mut byte = byte.min(text.len());
+        while let Some(rest) = text.get(byte..).filter(|r| !r.is_empty()) {
+            let end = rest.find('\n').map_or(rest.len(), |i| i + 1);
+            let l = rest[..end].trim();
+            if !(l.is_empty() || rest.starts_with('#')) {
+                break;
+            }
+            byte += end;
+        }
+        if byte > counted_to {
+            newlines += memchr::memchr_iter(b'\n', &text.as_bytes()[counted_to..byte]).count();
+            counted_to = byte;
+        }
+        newlines + 1
+    };
+    loop {
+        let at = reader.position().byte() as usize;
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(_) if reader.position().byte() as usize == at => break,
+            Err(error) => {
+                let byte = error.position().map_or(at, |p| p.byte() as usize);
+                issues.push(RowIssue {
+                    line: line_at(byte),
+                    reason: format!("unreadable CSV: {error}"),
+                });
+                continue;
+            }
+        }
+        let line = line_at(record.position().map_or(at, |p| p.byte() as usize));
+        let fields: Vec<&str> = record.iter().collect();
+        if fields.iter().all(|f| f.is_empty()) {
             continue;
         }
-        let fields: Vec<&str> = l.split(',').map(|f| f.trim().trim_matches('"')).collect();
         if !header_done {
             header_done = true;
             let find = |n: &[&str]| {
@@ -901,6 +909,30 @@ mod tests {
         assert_eq!(parse_timestamp("2014-13-10 16:15:00"), None);
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp("NaN"), None);
+        // Days that do not exist (the hand-written parser took them).
+        assert_eq!(parse_timestamp("2020-02-31 00:00:00"), None);
+        assert_eq!(parse_timestamp("2020-02-31T00:00:00Z"), None);
+        assert_eq!(
+            parse_timestamp("2014-04-10T17:15:00+01:00"),
+            Some(1_397_146_500_000)
+        );
+    }
+
+    #[test]
+    fn quoted_csv_fields_are_whole_values() {
+        // `"4,5"` is one field (it was read as 4); `"4.5"` is 4.5.
+        let text = "timestamp,value\n\
+                    \"2020-01-01 00:00:00\",\"4.5\"\n\
+                    2020-01-01 00:01:00,\"4,5\"\n\
+                    # a comment\n\
+                    \n\
+                    2020-01-01 00:02:00 , 6 \n";
+        let (parsed, issues) = parse_csv(text);
+        let values: Vec<(usize, f64)> = parsed.iter().map(|r| (r.0, r.3)).collect();
+        assert_eq!(values, vec![(2, 4.5), (6, 6.0)]);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].line, 3);
+        assert!(issues[0].reason.contains("\"4,5\""), "{issues:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use super::threshold::ThresholdSpec;
 use super::{DetectConfig, DetectorKind, Ensemble};
 use crate::events::{Event, EventBus, Severity};
+use crate::exposition::Kind;
 use crate::model::{Labels, MetricKind, Sample, write_value_f32};
 use crate::pipeline::filters::PipelineRule;
 use crate::store::Family;
@@ -159,44 +160,44 @@ fn strongest(members: &[f32], kinds: &[DetectorKind], threshold: Option<f32>) ->
 
 struct Fam {
     name: &'static str,
-    kind: &'static str,
+    kind: Kind,
     help: &'static str,
 }
 
 const FAMILIES: [Fam; 7] = [
     Fam {
         name: "vitals_anomaly_detector_score",
-        kind: "gauge",
+        kind: Kind::Gauge,
         help: "Anomaly likelihood of one detector of the ensemble (0..1).",
     },
     Fam {
         name: "vitals_anomaly_events_total",
-        kind: "counter",
+        kind: Kind::Counter,
         help: "Anomaly events (rising edges of vitals_anomaly_flag) of the series.",
     },
     Fam {
         name: "vitals_anomaly_expected",
-        kind: "gauge",
+        kind: Kind::Gauge,
         help: "Value the detectors expected for the series.",
     },
     Fam {
         name: "vitals_anomaly_flag",
-        kind: "gauge",
+        kind: Kind::Gauge,
         help: "1 while the series is in an anomaly (from an event until the suppression period ends).",
     },
     Fam {
         name: "vitals_anomaly_lower",
-        kind: "gauge",
+        kind: Kind::Gauge,
         help: "Lower edge of the band of normal values of the series.",
     },
     Fam {
         name: "vitals_anomaly_score",
-        kind: "gauge",
+        kind: Kind::Gauge,
         help: "Ensemble anomaly score of the series (0..1); at or above the threshold on events.",
     },
     Fam {
         name: "vitals_anomaly_upper",
-        kind: "gauge",
+        kind: Kind::Gauge,
         help: "Upper edge of the band of normal values of the series.",
     },
 ];
@@ -211,7 +212,7 @@ const FAMILIES: [Fam; 7] = [
 pub fn render<'a>(
     families: impl Iterator<Item = &'a Family>,
     detector_scores: bool,
-    out: &mut String,
+    w: &mut crate::exposition::Writer,
 ) {
     const DETECTOR: usize = 0;
     const EVENTS: usize = 1;
@@ -290,19 +291,10 @@ pub fn render<'a>(
         }
     }
     for (fam, buf) in FAMILIES.iter().zip(bufs.iter()) {
-        if buf.is_empty() {
+        if buf.is_empty() || !w.family(fam.name, fam.kind, fam.help) {
             continue;
         }
-        out.push_str("# HELP ");
-        out.push_str(fam.name);
-        out.push(' ');
-        out.push_str(fam.help);
-        out.push_str("\n# TYPE ");
-        out.push_str(fam.name);
-        out.push(' ');
-        out.push_str(fam.kind);
-        out.push('\n');
-        out.push_str(buf);
+        w.out().push_str(buf);
     }
     // Let go of buffers far larger than this render needed (the store shrank).
     for buf in bufs.iter_mut() {

@@ -162,6 +162,9 @@ impl MetricConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let name = self.name.0.as_str();
         let bad = |k: &str, r: String| Err((k.to_string(), r));
+        if let Some(reason) = crate::mapping::reserved_metric_name(name) {
+            return bad("name", reason);
+        }
         match self.kind {
             MappingKind::Counter if !name.ends_with("_total") => {
                 return bad("name", format!("counter {name:?} must end in `_total`"));

@@ -167,92 +167,111 @@ impl LogsConfig {
     }
 }
 
-/// A path whose file name may hold wildcards.
+/// A path that may hold wildcards (`globset` syntax: `*` and `?` within
+/// one path component, `[...]`, `{a,b}`, `**` for any number of
+/// directories), matched against the whole path.
 #[derive(Debug, Clone)]
 struct Glob {
-    dir: PathBuf,
+    /// The leading components without wildcards: where the walk starts.
+    base: PathBuf,
     /// `None` for a literal path.
-    name: Option<regex::Regex>,
+    matcher: Option<globset::GlobMatcher>,
+    /// Directory levels below `base` the walk descends: the pattern's
+    /// depth, or [`GLOB_MAX_DEPTH`] with `**`.
+    depth: usize,
     literal: PathBuf,
 }
+
+/// Deepest a `**` pattern looks below its base directory.
+const GLOB_MAX_DEPTH: usize = 16;
+/// Most directory entries one expansion of a pattern visits (a `**` under
+/// a large tree must not make a poll unbounded).
+const GLOB_MAX_ENTRIES: usize = 100_000;
 
 impl Glob {
     fn new(pattern: &str) -> Result<Self, String> {
         let path = Path::new(pattern);
-        let file = path
-            .file_name()
-            .and_then(|f| f.to_str())
-            .ok_or_else(|| format!("{pattern:?} has no file name"))?;
-        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let wild = |s: &str| s.contains(['*', '?', '[']);
-        if wild(&dir.to_string_lossy()) {
-            return Err(format!(
-                "{pattern:?}: wildcards are supported in the file name only"
-            ));
+        if path.file_name().is_none() {
+            return Err(format!("{pattern:?} has no file name"));
         }
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        let name = if wild(file) {
-            let mut re = String::from("^");
-            let mut chars = file.chars().peekable();
-            while let Some(c) = chars.next() {
-                match c {
-                    '*' => re.push_str(".*"),
-                    '?' => re.push('.'),
-                    '[' => {
-                        re.push('[');
-                        if chars.peek() == Some(&'!') {
-                            chars.next();
-                            re.push('^');
-                        }
-                        let mut closed = false;
-                        for c in chars.by_ref() {
-                            if c == ']' {
-                                closed = true;
-                                break;
-                            }
-                            if c == '\\' || c == '[' {
-                                re.push('\\');
-                            }
-                            re.push(c);
-                        }
-                        if !closed {
-                            return Err(format!("{pattern:?}: `[` is not closed"));
-                        }
-                        re.push(']');
-                    }
-                    c => re.push_str(&regex::escape(&c.to_string())),
-                }
+        let wild = |s: &str| s.contains(['*', '?', '[', '{']);
+        let mut base = PathBuf::new();
+        let mut below = 0usize;
+        let mut in_pattern = false;
+        for c in path.components() {
+            let text = c.as_os_str().to_string_lossy();
+            if !in_pattern && wild(&text) {
+                in_pattern = true;
             }
-            re.push('$');
-            Some(regex::Regex::new(&re).map_err(|e| format!("{pattern:?}: {e}"))?)
+            if in_pattern {
+                below += 1;
+            } else {
+                base.push(c);
+            }
+        }
+        if !in_pattern {
+            return Ok(Glob {
+                base,
+                matcher: None,
+                depth: 0,
+                literal: path.to_path_buf(),
+            });
+        }
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| format!("{pattern:?}: {}", e.kind()))?;
+        let depth = if pattern.contains("**") {
+            GLOB_MAX_DEPTH
         } else {
-            None
+            below
         };
         Ok(Glob {
-            dir,
-            name,
+            base,
+            matcher: Some(glob.compile_matcher()),
+            depth,
             literal: path.to_path_buf(),
         })
     }
 
-    /// Paths matching now (a literal path is returned whether or not it exists).
+    /// Paths matching now (a literal path is returned whether or not it
+    /// exists). Directories are walked from the base without following
+    /// symbolic links to directories, to the pattern's depth.
     fn expand(&self, out: &mut Vec<PathBuf>) {
-        let Some(re) = &self.name else {
+        let Some(matcher) = &self.matcher else {
             out.push(self.literal.clone());
             return;
         };
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if let Some(name) = entry.file_name().to_str()
-                && re.is_match(name)
-            {
-                out.push(entry.path());
+        let mut budget = GLOB_MAX_ENTRIES;
+        let mut stack = vec![(self.base.clone(), 1usize)];
+        while let Some((dir, level)) = stack.pop() {
+            let read = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir.as_path()
+            };
+            let Ok(entries) = std::fs::read_dir(read) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if budget == 0 {
+                    return;
+                }
+                budget -= 1;
+                let path = dir.join(entry.file_name());
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                // A matching directory is returned too: reading it fails
+                // and is counted (`unreadable`), as for any bad match.
+                let descend = kind.is_dir() && level < self.depth;
+                if matcher.is_match(&path) {
+                    out.push(path.clone());
+                }
+                if descend {
+                    stack.push((path, level + 1));
+                }
             }
         }
     }
@@ -372,8 +391,27 @@ fn save_state(path: &Path, state: &State) -> Result<(), StateError> {
     }
     let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        // On disk before the rename makes it the state: a crash right
+        // after must not leave an empty or partial file under the name.
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    // And the rename itself (the directory entry).
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// One file being followed.
@@ -1070,19 +1108,51 @@ pub fn run(mut tailer: Tailer, ctx: SourceContext) {
 mod tests {
     use super::*;
 
+    fn expanded(pattern: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        Glob::new(pattern).unwrap().expand(&mut out);
+        out.sort();
+        out
+    }
+
     #[test]
-    fn globs_match_file_names_only() {
-        let g = Glob::new("/var/log/app-*.log").unwrap();
-        let re = g.name.unwrap();
-        assert!(re.is_match("app-1.log"));
-        assert!(!re.is_match("app-1.log.1"));
-        let g = Glob::new("/x/[!a]?.csv").unwrap();
-        let re = g.name.unwrap();
-        assert!(re.is_match("bc.csv"));
-        assert!(!re.is_match("ac.csv"));
-        assert!(Glob::new("/var/*/app.log").is_err());
+    fn globs_match_names_directories_and_double_stars() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "app-1.log",
+            "app-1.log.1",
+            "bc.csv",
+            "ac.csv",
+            "a/app.log",
+            "a/b/c/app.log",
+            "x/app.log",
+        ] {
+            let p = d.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "").unwrap();
+        }
+        let at = |f: &str| d.join(f);
+        let p = |s: &str| format!("{}/{s}", d.display());
+        assert_eq!(expanded(&p("app-*.log")), vec![at("app-1.log")]);
+        assert_eq!(expanded(&p("[!a]?.csv")), vec![at("bc.csv")]);
+        assert_eq!(
+            expanded(&p("{ac,bc}.csv")),
+            vec![at("ac.csv"), at("bc.csv")]
+        );
+        // `*` stays within one directory; `**` crosses any number.
+        assert_eq!(
+            expanded(&p("*/app.log")),
+            vec![at("a/app.log"), at("x/app.log")]
+        );
+        assert_eq!(
+            expanded(&p("a/**/app.log")),
+            vec![at("a/app.log"), at("a/b/c/app.log")]
+        );
+        assert_eq!(expanded(&p("**/*.log")).len(), 4);
         assert!(Glob::new("/x/[ab.log").is_err());
-        assert!(Glob::new("/x/app.log").unwrap().name.is_none());
+        assert!(Glob::new("/x/app.log").unwrap().matcher.is_none());
+        assert_eq!(expanded("/x/app.log"), vec![PathBuf::from("/x/app.log")]);
     }
 
     fn tailer(path: &Path, max_line_bytes: usize) -> Tailer {

@@ -8,36 +8,43 @@ use std::fmt;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer};
 
-/// A field of a record: a capture name, a CSV column, or a dotted JSON path
-/// (`payment.amount`, `items.0.sku`; a numeric segment indexes an array).
-#[derive(Clone, PartialEq, Eq)]
+/// A field of a record: a capture name, a CSV column, or a JSON path in
+/// the one syntax of [`crate::mapping::JsonPath`] (`payment.amount`,
+/// `items[0].sku` or `items.0.sku`).
+#[derive(Clone)]
 pub struct FieldPath {
     raw: Box<str>,
-    segments: Box<[Box<str>]>,
+    /// The path compiled for JSON records; `None` when the text is not a
+    /// JSON path (a CSV column named `t[c]`), which then finds nothing in
+    /// JSON.
+    json: Option<crate::mapping::JsonPath>,
 }
+
+impl PartialEq for FieldPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for FieldPath {}
 
 impl FieldPath {
     pub fn new(raw: &str) -> Result<Self, String> {
         if raw.is_empty() {
             return Err("a field path must not be empty".into());
         }
-        let segments: Vec<Box<str>> = raw.split('.').map(Box::from).collect();
-        if segments.iter().any(|s| s.is_empty()) {
+        if raw.split('.').any(|s| s.is_empty()) {
             return Err(format!("field path {raw:?} has an empty segment"));
         }
         Ok(FieldPath {
             raw: raw.into(),
-            segments: segments.into(),
+            json: crate::mapping::JsonPath::parse(raw).ok(),
         })
     }
 
     /// The path as written.
     pub fn as_str(&self) -> &str {
         &self.raw
-    }
-
-    pub fn segments(&self) -> &[Box<str>] {
-        &self.segments
     }
 }
 
@@ -105,15 +112,7 @@ pub struct JsonRecord<'a>(pub &'a serde_json::Value);
 impl<'a> JsonRecord<'a> {
     /// The JSON value at `path`, whatever its type.
     pub fn lookup(&self, path: &FieldPath) -> Option<&'a serde_json::Value> {
-        let mut v = self.0;
-        for seg in path.segments() {
-            v = match v {
-                serde_json::Value::Object(map) => map.get(seg.as_ref())?,
-                serde_json::Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
-                _ => return None,
-            };
-        }
-        Some(v)
+        path.json.as_ref()?.get(self.0)
     }
 }
 
@@ -167,56 +166,56 @@ impl Record for CapturesRecord<'_> {
 pub enum CsvError {
     #[error("a quoted field is not closed")]
     UnclosedQuote,
-    #[error("a quote appears inside an unquoted field or after a closing quote")]
-    StrayQuote,
 }
 
-/// Split one CSV line (RFC 4180 quoting: `"a ""b"""` is `a "b"`). Fields
-/// without quotes borrow from the line. A trailing `\r` is ignored.
+/// Split one comma-separated line: [`split_csv_with`] with `,`.
 pub fn split_csv(line: &str) -> Result<Vec<Cow<'_, str>>, CsvError> {
+    let mut out = Vec::new();
+    split_csv_with(line, b',', &mut out)?;
+    Ok(out)
+}
+
+/// Split one CSV line on `delimiter` (ASCII) into `out`, the way the `csv`
+/// crate reads it (csv-core's parser): RFC 4180 quoting (`"a ""b"""` is
+/// `a "b"`, a quoted field may hold the delimiter); a quote inside an
+/// unquoted field is kept as written (`a,b"c` is `a` and `b"c`); a quoted
+/// field that is not closed by the end of the line is an error. Every
+/// source that reads CSV (logs, webhooks, MQTT/HTTP mappings) splits with
+/// this. Lines without quotes borrow their fields; a trailing `\r` is
+/// ignored.
+pub fn split_csv_with<'a>(
+    line: &'a str,
+    delimiter: u8,
+    out: &mut Vec<Cow<'a, str>>,
+) -> Result<(), CsvError> {
     let line = line.strip_suffix('\r').unwrap_or(line);
-    let mut fields = Vec::new();
-    let bytes = line.as_bytes();
-    let mut i = 0;
-    loop {
-        if bytes.get(i) == Some(&b'"') {
-            // Quoted field.
-            let mut value = String::new();
-            let mut j = i + 1;
-            loop {
-                match line[j..].find('"') {
-                    None => return Err(CsvError::UnclosedQuote),
-                    Some(k) => {
-                        value.push_str(&line[j..j + k]);
-                        j += k + 1;
-                        if bytes.get(j) == Some(&b'"') {
-                            value.push('"');
-                            j += 1;
-                        } else {
-                            break;
-                        }
-                    }
-                }
-            }
-            fields.push(Cow::Owned(value));
-            match bytes.get(j) {
-                None => return Ok(fields),
-                Some(b',') => i = j + 1,
-                Some(_) => return Err(CsvError::StrayQuote),
-            }
-        } else {
-            let end = line[i..].find(',').map_or(line.len(), |k| i + k);
-            let field = &line[i..end];
-            if field.contains('"') {
-                return Err(CsvError::StrayQuote);
-            }
-            fields.push(Cow::Borrowed(field));
-            if end == line.len() {
-                return Ok(fields);
-            }
-            i = end + 1;
-        }
+    if !line.contains('"') {
+        // Without quotes, csv-core's fields are exactly the pieces between
+        // delimiters; skip its copy.
+        out.extend(line.split(delimiter as char).map(Cow::Borrowed));
+        return Ok(());
     }
+    let mut reader = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
+    // The line plus its terminator: the record ends at the newline unless a
+    // quoted field is still open there.
+    let mut input = Vec::with_capacity(line.len() + 1);
+    input.extend_from_slice(line.as_bytes());
+    input.push(b'\n');
+    let mut output = vec![0u8; input.len()];
+    let mut ends = vec![0usize; line.bytes().filter(|b| *b == delimiter).count() + 1];
+    let (result, _, _, fields) = reader.read_record(&input, &mut output, &mut ends);
+    if result != csv_core::ReadRecordResult::Record {
+        return Err(CsvError::UnclosedQuote);
+    }
+    let mut start = 0;
+    for &end in &ends[..fields] {
+        // Fields split on ASCII bytes of valid UTF-8 are valid UTF-8.
+        out.push(Cow::Owned(
+            String::from_utf8_lossy(&output[start..end]).into_owned(),
+        ));
+        start = end;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -232,10 +231,25 @@ mod tests {
     }
 
     #[test]
-    fn csv_rejects_broken_quoting() {
+    fn csv_quotes_are_read_as_the_csv_crate_reads_them() {
         assert_eq!(split_csv("a,\"b"), Err(CsvError::UnclosedQuote));
-        assert_eq!(split_csv("a,b\"c"), Err(CsvError::StrayQuote));
-        assert_eq!(split_csv("\"a\"b"), Err(CsvError::StrayQuote));
+        assert_eq!(split_csv("a,\"b,c\nd"), Err(CsvError::UnclosedQuote));
+        // A quote inside an unquoted field is data (the mapping's splitter
+        // used to agree, this one refused the line).
+        assert_eq!(split_csv("a,b\"c").unwrap(), vec!["a", "b\"c"]);
+        assert_eq!(split_csv("\"a\"b,c").unwrap(), vec!["ab", "c"]);
+        let mut out = Vec::new();
+        split_csv_with("x;\"1;5\";\"\"", b';', &mut out).unwrap();
+        assert_eq!(out, vec!["x", "1;5", ""]);
+        // The same lines through the csv crate itself.
+        for line in ["a,b\"c", "\"a\"b,c", "a,\"b,c\",,\"say \"\"hi\"\"\""] {
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(line.as_bytes());
+            let rec = r.records().next().unwrap().unwrap();
+            let theirs: Vec<&str> = rec.iter().collect();
+            assert_eq!(split_csv(line).unwrap(), theirs, "{line}");
+        }
     }
 
     #[test]
@@ -250,6 +264,9 @@ mod tests {
         assert_eq!(r.get(&p("ok")), Some(Value::Bool(true)));
         assert_eq!(r.get(&p("n")), None);
         assert_eq!(r.get(&p("a.b.9.c")), None);
+        // The mappings' bracket form is the same path.
+        assert_eq!(r.get(&p("a.b[1].c")), Some(Value::Str("x".into())));
+        assert_eq!(r.get(&p("$.a.b[0].c")), Some(Value::Num(2.5)));
         assert!(FieldPath::new("a..b").is_err());
     }
 

@@ -217,6 +217,9 @@ impl SqlConfig {
                         &format!("{:?} is not a valid metric name", m.name),
                     );
                 }
+                if let Some(reason) = crate::mapping::reserved_metric_name(&m.name) {
+                    return bad(&format!("{mkey}.name"), &reason);
+                }
                 if m.kind == MetricKind::Counter && !m.name.ends_with("_total") {
                     return bad(
                         &format!("{mkey}.name"),

@@ -23,6 +23,7 @@ use crate::telemetry::Telemetry;
 
 /// Families of the system source, created once.
 struct Families {
+    cpu_seconds: Arc<FamilyMeta>,
     cpu_usage: Arc<FamilyMeta>,
     cpu_core_usage: Arc<FamilyMeta>,
     cpu_count: Arc<FamilyMeta>,
@@ -67,6 +68,11 @@ impl Families {
         use MetricKind::{Counter as C, Gauge as G};
         let f = FamilyMeta::new;
         Families {
+            cpu_seconds: f(
+                "vitals_cpu_seconds_total",
+                C,
+                "CPU time spent in each mode, per logical CPU (from /proc/stat).",
+            ),
             cpu_usage: f(
                 "vitals_cpu_usage_ratio",
                 G,
@@ -281,7 +287,19 @@ impl SystemCollector {
             });
         };
 
-        // CPU
+        // CPU: time per mode as counters (a scrape at any interval sees all
+        // of it through rate()), and the busy share over the last interval
+        // (the live dashboard's and the shipped alerts' gauges).
+        if cfg!(target_os = "linux") {
+            match std::fs::read_to_string("/proc/stat") {
+                Ok(text) => {
+                    for (labels, secs) in cpu_seconds(&text, self.cfg.cpu.per_core) {
+                        push(&fam.cpu_seconds, labels, secs);
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "Cannot read /proc/stat."),
+            }
+        }
         self.system.refresh_cpu_usage();
         push(
             &fam.cpu_usage,
@@ -407,7 +425,8 @@ impl SystemCollector {
             {
                 continue;
             }
-            let labels = Labels::from_pairs(&[("interface", name)]);
+            // `device`, as node_exporter and its mixin name it.
+            let labels = Labels::from_pairs(&[("device", name)]);
             push(
                 &fam.net_rx_bytes,
                 labels.clone(),
@@ -525,6 +544,62 @@ impl SystemCollector {
     }
 }
 
+/// The modes of /proc/stat exported as `vitals_cpu_seconds_total{mode}`,
+/// as node_exporter names them (guest time is already part of user time).
+const CPU_MODES: [&str; 8] = [
+    "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+];
+
+/// CPU seconds per mode from the text of /proc/stat, parsed by `procfs`:
+/// per logical CPU (`cpu` label, the number of its `cpuN` line, so offline
+/// CPUs leave gaps as in the kernel's numbering) or, with `per_core` off,
+/// the machine's total. Nothing when the text does not parse.
+pub fn cpu_seconds(stat: &str, per_core: bool) -> Vec<(Labels, f64)> {
+    use procfs::FromBufReadSI as _;
+    let Ok(stats) =
+        procfs::KernelStats::from_buf_read(stat.as_bytes(), procfs::current_system_info())
+    else {
+        return Vec::new();
+    };
+    let times = |t: &procfs::CpuTime| -> [Option<u64>; 8] {
+        [
+            Some(t.user_ms()),
+            Some(t.nice_ms()),
+            Some(t.system_ms()),
+            Some(t.idle_ms()),
+            t.iowait_ms(),
+            t.irq_ms(),
+            t.softirq_ms(),
+            t.steal_ms(),
+        ]
+    };
+    let mut out = Vec::new();
+    let mut push = |cpu: Option<&str>, t: &procfs::CpuTime| {
+        for (mode, ms) in CPU_MODES.iter().zip(times(t)) {
+            let Some(ms) = ms else { continue };
+            let labels = match cpu {
+                Some(cpu) => Labels::from_pairs(&[("cpu", cpu), ("mode", mode)]),
+                None => Labels::from_pairs(&[("mode", *mode)]),
+            };
+            out.push((labels, ms as f64 / 1000.0));
+        }
+    };
+    if per_core {
+        // procfs keeps the `cpuN` lines in order but not their numbers.
+        let ids = stat
+            .lines()
+            .filter_map(|l| l.strip_prefix("cpu"))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        for (id, t) in ids.zip(&stats.cpu_time) {
+            push(Some(id), t);
+        }
+    } else {
+        push(None, &stats.total);
+    }
+    out
+}
+
 /// With `--path.rootfs`, the mount point as the host sees it, or `None`
 /// for a mount outside the host root (the container's own).
 fn host_mount_point(mount: &str, rootfs: Option<&std::path::Path>) -> Option<String> {
@@ -537,6 +612,47 @@ fn host_mount_point(mount: &str, rootfs: Option<&std::path::Path>) -> Option<Str
 
 fn disk_refresh() -> DiskRefreshKind {
     DiskRefreshKind::nothing().with_storage().with_io_usage()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "cpu  200 10 100 5000 30 1 2 3 0 0
+cpu0 100 5 50 2500 15 1 1 2 0 0
+cpu2 100 5 50 2500 15 0 1 1 0 0
+intr 1 2 3
+ctxt 12345
+btime 1700000000
+processes 99
+procs_running 1
+procs_blocked 0
+";
+
+    #[test]
+    fn cpu_seconds_are_counters_per_cpu_and_mode_like_node_exporter() {
+        let tps = procfs::ticks_per_second() as f64;
+        let per_cpu = cpu_seconds(STAT, true);
+        assert_eq!(per_cpu.len(), 16);
+        let get = |cpu: &str, mode: &str| {
+            per_cpu
+                .iter()
+                .find(|(l, _)| {
+                    l.get("cpu").as_deref() == Some(cpu) && l.get("mode").as_deref() == Some(mode)
+                })
+                .map(|(_, v)| *v)
+        };
+        // Numbered as the kernel numbers them (cpu1 is offline).
+        assert_eq!(get("2", "user"), Some(100.0 / tps));
+        assert_eq!(get("0", "idle"), Some(2500.0 / tps));
+        assert_eq!(get("0", "steal"), Some(2.0 / tps));
+        assert_eq!(get("1", "user"), None);
+        let total = cpu_seconds(STAT, false);
+        assert_eq!(total.len(), 8);
+        assert_eq!(total[0].0.as_str(), r#"{mode="user"}"#);
+        assert_eq!(total[0].1, 200.0 / tps);
+        assert!(cpu_seconds("garbage", true).is_empty());
+    }
 }
 
 /// Run the system source until `shutdown` fires.

@@ -236,7 +236,7 @@
     const cpu = one("vitals_cpu_usage_ratio");
     const cores = bySeries("vitals_cpu_core_usage_ratio", OVERVIEW);
     const used = one("vitals_memory_used_bytes"), total = one("vitals_memory_total_bytes");
-    const nics = (m) => bySeries(m, OVERVIEW).filter((s) => s.labels.interface !== "lo");
+    const nics = (m) => bySeries(m, OVERVIEW).filter((s) => s.labels.device !== "lo");
     const disksR = bySeries("vitals_disk_read_bytes_total", OVERVIEW), disksW = bySeries("vitals_disk_written_bytes_total", OVERVIEW);
     const rx = nics("vitals_network_receive_bytes_total"), tx = nics("vitals_network_transmit_bytes_total");
     const css = getComputedStyle(document.documentElement);
