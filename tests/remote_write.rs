@@ -178,8 +178,21 @@ impl Receiver {
         });
     }
 
+    /// SIGTERM, so the receiver persists what it took (VictoriaMetrics
+    /// keeps recent rows in memory until it flushes).
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -241,8 +254,8 @@ fn prometheus_receives_every_sample_with_event_time_across_an_outage() {
         publish(&broker, "d1", start, 0, 1);
         (metric(&v, "vitals_remote_storage_samples_enqueued_total", &[]) > 0.0).then_some(())
     });
-    let before = metric(&v, "vitals_remote_storage_samples_enqueued_total", &[]) as usize;
-    publish(&broker, "d1", start, before, 100 - before);
+    // Reading 0 may have been sent more than once (same time, same value).
+    publish(&broker, "d1", start, 1, 99);
     expect_count(&prom, "d1", 100);
     // Value 42 was observed at start + 42 s.
     let at = (start + 42_000) as f64 / 1000.0;
@@ -272,14 +285,9 @@ fn prometheus_receives_every_sample_with_event_time_across_an_outage() {
     wait_for(Duration::from_secs(20), "the queue to drain", || {
         (metric(&v, "vitals_remote_storage_queue_samples", &[]) == 0.0).then_some(())
     });
-    assert_eq!(
-        metric(
-            &v,
-            "vitals_remote_storage_samples_sent_total",
-            &[r#"remote="central""#]
-        ),
-        250.0
-    );
+    // Reading 0 may have gone more than once while the subscription started.
+    let sent = metric(&v, "vitals_remote_storage_samples_sent_total", &[]);
+    assert!(sent >= 250.0, "{sent}");
     assert_eq!(
         metric(&v, "vitals_remote_storage_samples_failed_total", &[]),
         0.0
@@ -298,8 +306,7 @@ fn victoriametrics_gets_every_sample_after_outage_and_sigkill() {
         publish(&broker, "d2", start, 0, 1);
         (metric(&v, "vitals_remote_storage_samples_enqueued_total", &[]) > 0.0).then_some(())
     });
-    let before = metric(&v, "vitals_remote_storage_samples_enqueued_total", &[]) as usize;
-    publish(&broker, "d2", start, before, 200 - before);
+    publish(&broker, "d2", start, 1, 199);
     expect_count(&vm, "d2", 200);
 
     // Receiver down, 300 more readings queued, then vitals is SIGKILLed.
