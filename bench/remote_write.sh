@@ -52,7 +52,7 @@ stop_vm() { kill "$VMPID"; wait "$VMPID" 2>/dev/null || true; }
 # vitals with the demo source; $1 = series, $2 = interval, $3 = remote write on/off.
 start_vitals() {
   local series=$1 interval=$2 rw=$3 devices lines
-  lines=$(( series / 4000 )); [ "$lines" -ge 1 ] || lines=1
+  lines=$(( (series / 4 + 999) / 1000 ))   # at most 1000 devices per line
   devices=$(( series / 4 / lines ))
   VPORT=$(free_port)
   rm -rf "$OUT/queue"
