@@ -113,6 +113,7 @@ rate=$(echo "($s1-$s0)/($t1-$t0)" | bc -l)
 offered=$(echo "($i1-$i0)/($t1-$t0)" | bc -l)
 rw_us=$(echo "($c1-$c0)/$HZ*1000000/($s1-$s0)" | bc -l)
 marg_us=$(echo "$rw_us - $base_us" | bc -l)
+echo "throughput: sent/s=$rate offered/s=$offered cpu_us_per_sample=$rw_us without_rw=$base_us drops=$drops" >&2
 
 # ---- 2. outage and backfill: vitals -------------------------------------------
 start_vitals 10000 1s on
@@ -131,6 +132,7 @@ backfill=$(echo "$te-$tb" | bc -l)
 lost=$(metric "$(VM_METRICS)" vitals_remote_storage_samples_dropped_total)
 v_bps=$(echo "$disk/($qs+1)" | bc -l)
 v_payload_bps=$(echo "$qb/($qs+1)" | bc -l)
+echo "outage: queued=$qs file_bytes_per_sample=$v_bps payload_bytes_per_sample=$v_payload_bps backfill_s=$backfill dropped=$lost" >&2
 
 # ---- 3. peers: Prometheus agent and vmagent scraping vitals (same 10k series) --
 peer() { # $1 = name; starts with the receiver up, stops it for OUTAGE, measures
@@ -156,6 +158,7 @@ EOF
   esac
   local pid=$!; PIDS+=("$pid")
   wait_http "http://127.0.0.1:$port/metrics"
+  echo "peer $name started" >&2
   sleep 3
   stop_vm
   local d0; d0=$(du -sb "$dir" | awk '{print $1}')
