@@ -51,6 +51,9 @@ pub struct Config {
     pub pipeline: Vec<crate::pipeline::filters::PipelineRule>,
     /// The built-in live dashboard at `/`.
     pub dashboard: DashboardConfig,
+    /// `[[remote_write]]`: Prometheus remote-write receivers fed from a
+    /// durable on-disk queue (read at start; a reload does not change them).
+    pub remote_write: Vec<crate::remote_write::RemoteWriteConfig>,
 }
 
 /// One configured source; `type` selects the variant.
@@ -208,6 +211,7 @@ impl Default for Config {
             detect: crate::detect::DetectConfig::default(),
             pipeline: Vec::new(),
             dashboard: DashboardConfig::default(),
+            remote_write: Vec::new(),
         }
     }
 }
@@ -893,6 +897,9 @@ impl Config {
             if let Err((key, reason)) = rule.validate() {
                 return Err(invalid(&format!("pipeline[{i}].{key}"), &reason));
             }
+        }
+        if let Err((key, reason)) = crate::remote_write::config::validate_all(&self.remote_write) {
+            return Err(invalid(&key, &reason));
         }
         let mut source_names = std::collections::HashSet::from(["system"]);
         let mut routes = std::collections::HashSet::new();

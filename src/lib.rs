@@ -23,6 +23,7 @@
 //! - [`dashboard`]: the live page at `/` and its WebSocket stream.
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
+//! - [`remote_write`]: Prometheus remote write from a durable on-disk queue.
 //! - [`relay`]: `vitals relay`, Alertmanager/Grafana webhooks to e-mail and SMS.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod mapping;
 pub mod model;
 pub mod pipeline;
 pub mod relay;
+pub mod remote_write;
 pub mod run;
 pub mod server;
 pub mod sources;

@@ -36,6 +36,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("{0}")]
     WebConfig(crate::expose::webconfig::WebConfigError),
+    #[error("{0}")]
+    RemoteWrite(crate::remote_write::RemoteWriteError),
 }
 
 /// Reads the configuration again on reload (the file, environment and
@@ -155,12 +157,17 @@ pub async fn run_until(
     let ingest_stop = CancellationToken::new();
     // Reloads hand the ingest task a rebuilt pipeline on this channel.
     let (pipeline_tx, pipeline_rx) = tokio::sync::mpsc::channel(1);
+    // Remote write queues what the ingest task stores; its writers run
+    // until the ingest task ends, so what it applies at shutdown is queued.
+    let tap = crate::remote_write::start(&cfg.remote_write, &telemetry, &tracker, shutdown.clone())
+        .map_err(RunError::RemoteWrite)?;
     tracker.spawn(pipeline::run_ingest_with_control(
         rx,
         pipeline_rx,
         Pipeline::from_config(&cfg, events.clone()),
         store.clone(),
         telemetry.clone(),
+        tap,
         ingest_stop.clone(),
     ));
     let ctx = sources::SourceContext {

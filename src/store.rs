@@ -204,8 +204,23 @@ impl Refused {
     }
 }
 
+/// A series that left the store (expired, missing from a snapshot, its
+/// source removed), for the staleness markers of remote write.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub family: Arc<str>,
+    pub labels: Labels,
+    /// Time of its last sample (ms).
+    pub last_ms: i64,
+    /// It had detector state (so an anomaly score series ends with it).
+    pub scored: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Store {
+    /// Series removed since the last [`Store::take_ended`]; `None` when
+    /// nobody asked to track them.
+    ended: Option<Vec<Ended>>,
     families: FxHashMap<Arc<str>, Family>,
     sources: FxHashMap<Arc<str>, SourceBook>,
     generation: u64,
@@ -294,6 +309,16 @@ impl Store {
         } else {
             false
         }
+    }
+
+    /// Record the series that leave the store (see [`Store::take_ended`]).
+    pub fn track_ended(&mut self) {
+        self.ended.get_or_insert_with(Vec::new);
+    }
+
+    /// The series removed since the last call (empty unless tracked).
+    pub fn take_ended(&mut self) -> Vec<Ended> {
+        self.ended.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Limit the number of series `source` may own.
@@ -474,12 +499,21 @@ impl Store {
         let mut removed = 0;
         let mut bytes = 0;
         let sources = &mut self.sources;
+        let ended = &mut self.ended;
         for family in self.families.values_mut() {
             let name = &family.meta.name;
             family.series.retain(|labels, s| {
                 if pred(s) {
                     removed += 1;
                     bytes += series_bytes(name, labels);
+                    if let Some(ended) = ended.as_mut() {
+                        ended.push(Ended {
+                            family: name.clone(),
+                            labels: labels.clone(),
+                            last_ms: s.timestamp_ms,
+                            scored: s.detect.is_some(),
+                        });
+                    }
                     if let Some(b) = sources.get_mut(s.source.as_ref()) {
                         b.series = b.series.saturating_sub(1);
                     }

@@ -424,6 +424,10 @@ impl Supervisor {
         if old.store.ingest_queue != new.store.ingest_queue {
             summary.needs_restart.push("store.ingest_queue");
         }
+        // Remote write queues and senders are set up once, at start.
+        if format!("{:?}", old.remote_write) != format!("{:?}", new.remote_write) {
+            summary.needs_restart.push("remote_write");
+        }
 
         // New bounds apply to the series created from here on (and to the
         // sources started below).

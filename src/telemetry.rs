@@ -465,9 +465,11 @@ mod tests {
         }
         t.forget_source_health("db");
         t.forget_source_samples("db");
-        let mut out = Vec::new();
-        t.render(&mut out);
-        let text = String::from_utf8(out).unwrap();
+        let families = t.gather();
+        let mut text = String::new();
+        let mut w = Writer::new(&mut text, crate::exposition::Format::Text);
+        t.write(&families, &mut w);
+        w.finish();
         for gone in ["source=\"db\"", "source=\"db/q1\""] {
             assert!(!text.contains(gone), "{gone} left in:\n{text}");
         }

@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, get, http, promtool_check_metrics, require, sample_value, wait_for};
+use common::{
+    Tmpfs, fill, free_port, get, http, promtool_check_metrics, require, sample_value, wait_for,
+};
 
 const TOKEN: &str = "test-token-123";
 const LONG: Duration = Duration::from_secs(60);
@@ -1415,9 +1417,6 @@ fn smtp_550_is_recorded_as_failed_not_retried_and_other_mail_keeps_flowing() {
     }
 }
 
-/// A tmpfs mounted for one test, unmounted (lazily) when dropped.
-struct Tmpfs(PathBuf);
-
 /// A 4 MiB tmpfs for a full-disk test's outbox, or `None` (with the reason
 /// printed) where mounting is not allowed; scripts/test runs as root.
 fn outbox_tmpfs(data: &Path, test: &str) -> Option<Tmpfs> {
@@ -1429,43 +1428,6 @@ fn outbox_tmpfs(data: &Path, test: &str) -> Option<Tmpfs> {
             )
         })
         .ok()
-}
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("vitals-test")
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(Tmpfs(at.to_path_buf()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Write to `path` until the filesystem is full.
-fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut total = 0u64;
-    for chunk in [1 << 16, 4096, 512, 1] {
-        let buf = vec![0xa5u8; chunk];
-        while f.write_all(&buf).is_ok() {
-            total += chunk as u64;
-        }
-    }
-    let _ = f.sync_all();
-    total
 }
 
 #[test]

@@ -71,16 +71,40 @@ impl Pipeline {
     }
 
     /// Run every sample of `batch` through the stages and into `store`.
-    pub fn apply(&mut self, mut batch: Batch, store: &mut Store, telemetry: &Telemetry) {
+    pub fn apply(&mut self, batch: Batch, store: &mut Store, telemetry: &Telemetry) {
+        self.apply_tapped(batch, store, telemetry, None)
+    }
+
+    /// [`Pipeline::apply`], handing what was stored (samples, anomaly
+    /// scores, series that ended) to `tap` (remote write) without waiting.
+    pub fn apply_tapped(
+        &mut self,
+        mut batch: Batch,
+        store: &mut Store,
+        telemetry: &Telemetry,
+        tap: Option<&crate::remote_write::Tap>,
+    ) {
         if batch.mode == BatchMode::Remove {
             store.remove_source(&batch.source);
             telemetry.forget_source_samples(&batch.source);
             telemetry.store_size(store);
+            if let Some(tap) = tap {
+                tap.send(crate::remote_write::TapBatch {
+                    samples: Vec::new(),
+                    ended: store.take_ended(),
+                });
+            }
             return;
         }
         let generation = store.begin_batch();
         let mut ingested = 0u64;
+        // Which samples were stored, and the scores, when tapped.
+        let mut kept: Vec<bool> = Vec::new();
+        let mut scores: Vec<Sample> = Vec::new();
         'samples: for sample in batch.samples.iter_mut() {
+            if tap.is_some() {
+                kept.push(false);
+            }
             for stage in self.stages.iter_mut() {
                 if let Verdict::Drop(reason) = stage.process(sample) {
                     telemetry.sample_dropped(&batch.source, reason, &sample.family.name);
@@ -90,12 +114,23 @@ impl Pipeline {
             match store.upsert(&batch.source, sample, generation) {
                 Ok(series) => {
                     ingested += 1;
+                    if let Some(k) = kept.last_mut() {
+                        *k = true;
+                    }
                     if let Some(detect) = &self.detect
                         && let Some(score) =
                             detect.observe(&batch.source, sample, &mut series.detect)
                     {
                         // The live dashboard draws the score under the value.
                         series.record_score(sample.timestamp_ms, score);
+                        if let Some(tap) = tap {
+                            scores.push(tap.score_sample(
+                                &sample.family.name,
+                                &sample.labels,
+                                sample.timestamp_ms,
+                                score,
+                            ));
+                        }
                     }
                 }
                 Err(refused) => {
@@ -105,6 +140,19 @@ impl Pipeline {
         }
         if batch.mode == BatchMode::Snapshot {
             store.retain_generation(&batch.source, generation);
+        }
+        if let Some(tap) = tap {
+            let mut i = 0;
+            batch.samples.retain(|_| {
+                i += 1;
+                kept[i - 1]
+            });
+            let mut samples = std::mem::take(&mut batch.samples);
+            samples.append(&mut scores);
+            tap.send(crate::remote_write::TapBatch {
+                samples,
+                ended: store.take_ended(),
+            });
         }
         if ingested > 0 {
             telemetry
@@ -138,20 +186,26 @@ pub async fn run_ingest(
     shutdown: CancellationToken,
 ) {
     let (_keep, control) = mpsc::channel(1);
-    run_ingest_with_control(rx, control, pipeline, store, telemetry, shutdown).await
+    run_ingest_with_control(rx, control, pipeline, store, telemetry, None, shutdown).await
 }
 
 /// [`run_ingest`] that also swaps in a new pipeline on each [`Reconfigure`]
 /// from `control` (hot reload). A swap is taken before the next batch, so
 /// every batch queued after the reload answered goes through the new one.
+/// With a `tap`, what is stored is also handed to remote write.
 pub async fn run_ingest_with_control(
     mut rx: mpsc::Receiver<Batch>,
     mut control: mpsc::Receiver<Reconfigure>,
     mut pipeline: Pipeline,
     store: Arc<RwLock<Store>>,
     telemetry: Arc<Telemetry>,
+    tap: Option<crate::remote_write::Tap>,
     shutdown: CancellationToken,
 ) {
+    let tap = tap.as_ref();
+    if tap.is_some() {
+        store.write().track_ended();
+    }
     let mut expiry = tokio::time::interval(std::time::Duration::from_secs(1));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut control_open = true;
@@ -172,13 +226,17 @@ pub async fn run_ingest_with_control(
                 None => control_open = false,
             },
             batch = rx.recv() => match batch {
-                Some(batch) => pipeline.apply(batch, &mut store.write(), &telemetry),
+                Some(batch) => pipeline.apply_tapped(batch, &mut store.write(), &telemetry, tap),
                 None => break,
             },
             _ = expiry.tick() => {
                 let mut store = store.write();
                 store.expire(crate::model::now_ms());
                 telemetry.store_size(&store);
+                    if let Some(tap) = tap {
+                    let ended = store.take_ended();
+                    tap.send(crate::remote_write::TapBatch { samples: Vec::new(), ended });
+                }
             }
             _ = shutdown.cancelled() => break,
         }
@@ -186,6 +244,6 @@ pub async fn run_ingest_with_control(
     // Whatever is already queued is applied before exit, so nothing
     // accepted by a source is lost on shutdown.
     while let Ok(batch) = rx.try_recv() {
-        pipeline.apply(batch, &mut store.write(), &telemetry);
+        pipeline.apply_tapped(batch, &mut store.write(), &telemetry, tap);
     }
 }

@@ -358,3 +358,44 @@ impl Drop for Broker {
         self.kill();
     }
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (e.g. "4m") at `at`; needs root or CAP_SYS_ADMIN.
+    pub fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("vitals-test")
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Tmpfs(at.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Write to `path` until the filesystem is full.
+pub fn fill(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut total = 0u64;
+    for chunk in [1 << 16, 4096, 512, 1] {
+        let buf = vec![0xa5u8; chunk];
+        while f.write_all(&buf).is_ok() {
+            total += chunk as u64;
+        }
+    }
+    let _ = f.sync_all();
+    total
+}
