@@ -200,6 +200,17 @@ impl Telemetry {
         self.registry.gather()
     }
 
+    /// Every self-metric in the text format (for checks and tests; the
+    /// `/metrics` handler writes them with the store in one writer).
+    pub fn render_text(&self) -> String {
+        let families = self.gather();
+        let mut text = String::new();
+        let mut w = Writer::new(&mut text, crate::exposition::Format::Text);
+        self.write(&families, &mut w);
+        w.finish();
+        text
+    }
+
     /// Reserve the names of `families` in `w`, so parts written before
     /// them (the store) cannot take a self-metric's name.
     pub fn reserve(families: &[MetricFamily], w: &mut Writer) {
@@ -465,11 +476,7 @@ mod tests {
         }
         t.forget_source_health("db");
         t.forget_source_samples("db");
-        let families = t.gather();
-        let mut text = String::new();
-        let mut w = Writer::new(&mut text, crate::exposition::Format::Text);
-        t.write(&families, &mut w);
-        w.finish();
+        let text = t.render_text();
         for gone in ["source=\"db\"", "source=\"db/q1\""] {
             assert!(!text.contains(gone), "{gone} left in:\n{text}");
         }

@@ -688,9 +688,7 @@ mod tests {
                 ended: Vec::new(),
             });
         }
-        let mut text = Vec::new();
-        telemetry.render(&mut text);
-        let text = String::from_utf8(text).unwrap();
+        let text = telemetry.render_text();
         assert!(
             text.contains(r#"vitals_remote_storage_samples_dropped_total{reason="writer_behind",remote="r",url="http://x/"} 1"#),
             "{text}"
