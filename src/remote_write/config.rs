@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::Pattern;
-use crate::sources::http::BasicAuthConfig;
+use crate::sources::http::{BasicAuthConfig, check_auth_choice};
 use crate::sources::secret::{Secret, resolve_secret};
 
 /// One `[[remote_write]]` table.
@@ -171,42 +171,14 @@ impl RemoteWriteConfig {
                 return bad(&format!("headers.{k}"), "is not a valid header value");
             }
         }
-        let bearer = [
-            self.bearer_token.is_some(),
-            self.bearer_token_env.is_some(),
-            self.bearer_token_file.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if bearer > 1 {
-            return bad(
-                "bearer_token",
-                "set at most one of `bearer_token`, `bearer_token_env` and `bearer_token_file`",
-            );
-        }
-        if let Some(b) = &self.basic_auth {
-            if bearer > 0 {
-                return bad("basic_auth", "cannot be combined with a bearer token");
-            }
-            if b.username.is_empty() {
-                return bad("basic_auth.username", "must not be empty");
-            }
-            let given = [
-                b.password.is_some(),
-                b.password_env.is_some(),
-                b.password_file.is_some(),
-            ]
-            .iter()
-            .filter(|b| **b)
-            .count();
-            if given > 1 {
-                return bad(
-                    "basic_auth.password",
-                    "set at most one of `password`, `password_env` and `password_file`",
-                );
-            }
-        }
+        check_auth_choice(
+            [
+                self.bearer_token.is_some(),
+                self.bearer_token_env.is_some(),
+                self.bearer_token_file.is_some(),
+            ],
+            self.basic_auth.as_ref(),
+        )?;
         self.auth()?;
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return bad("tls.cert_file", "`cert_file` and `key_file` go together");

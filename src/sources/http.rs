@@ -149,42 +149,14 @@ impl HttpConfig {
                 return bad(&format!("headers.{k}"), "is not a valid header value");
             }
         }
-        let bearer = [
-            self.bearer_token.is_some(),
-            self.bearer_token_env.is_some(),
-            self.bearer_token_file.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if bearer > 1 {
-            return bad(
-                "bearer_token",
-                "set at most one of `bearer_token`, `bearer_token_env` and `bearer_token_file`",
-            );
-        }
-        if let Some(b) = &self.basic_auth {
-            if bearer > 0 {
-                return bad("basic_auth", "cannot be combined with a bearer token");
-            }
-            if b.username.is_empty() {
-                return bad("basic_auth.username", "must not be empty");
-            }
-            let given = [
-                b.password.is_some(),
-                b.password_env.is_some(),
-                b.password_file.is_some(),
-            ]
-            .iter()
-            .filter(|b| **b)
-            .count();
-            if given > 1 {
-                return bad(
-                    "basic_auth.password",
-                    "set at most one of `password`, `password_env` and `password_file`",
-                );
-            }
-        }
+        check_auth_choice(
+            [
+                self.bearer_token.is_some(),
+                self.bearer_token_env.is_some(),
+                self.bearer_token_file.is_some(),
+            ],
+            self.basic_auth.as_ref(),
+        )?;
         if self.interval < Duration::from_millis(100) {
             return bad("interval", "must be at least 100ms");
         }
@@ -481,6 +453,48 @@ async fn fetch(client: &reqwest::Client, cfg: &HttpConfig) -> Result<Vec<u8>, Po
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+
+/// The credential choices of an HTTP client (the http source, remote
+/// write): at most one form of bearer token (`given`: literal, env, file),
+/// and basic auth, when set, with a user, at most one form of password and
+/// no bearer token. The error is (key, reason).
+pub(crate) fn check_auth_choice(
+    given: [bool; 3],
+    basic: Option<&BasicAuthConfig>,
+) -> Result<(), (String, String)> {
+    let bad = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+    let bearer = given.iter().filter(|b| **b).count();
+    if bearer > 1 {
+        return bad(
+            "bearer_token",
+            "set at most one of `bearer_token`, `bearer_token_env` and `bearer_token_file`",
+        );
+    }
+    if let Some(b) = basic {
+        if bearer > 0 {
+            return bad("basic_auth", "cannot be combined with a bearer token");
+        }
+        if b.username.is_empty() {
+            return bad("basic_auth.username", "must not be empty");
+        }
+        let given = [
+            b.password.is_some(),
+            b.password_env.is_some(),
+            b.password_file.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given > 1 {
+            return bad(
+                "basic_auth.password",
+                "set at most one of `password`, `password_env` and `password_file`",
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
