@@ -455,7 +455,6 @@ async fn fetch(client: &reqwest::Client, cfg: &HttpConfig) -> Result<Vec<u8>, Po
     Ok(body)
 }
 
-
 /// The credential choices of an HTTP client (the http source, remote
 /// write): at most one form of bearer token (`given`: literal, env, file),
 /// and basic auth, when set, with a user, at most one form of password and
