@@ -54,6 +54,8 @@ pub struct Config {
     /// `[[remote_write]]`: Prometheus remote-write receivers fed from a
     /// durable on-disk queue (read at start; a reload does not change them).
     pub remote_write: Vec<crate::remote_write::RemoteWriteConfig>,
+    /// `[history]`: the on-disk history store (on by default).
+    pub history: crate::history::HistoryConfig,
 }
 
 /// One configured source; `type` selects the variant.
@@ -212,6 +214,7 @@ impl Default for Config {
             pipeline: Vec::new(),
             dashboard: DashboardConfig::default(),
             remote_write: Vec::new(),
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }

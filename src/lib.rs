@@ -23,6 +23,8 @@
 //! - [`dashboard`]: the live page at `/` and its WebSocket stream.
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
+//! - [`history`]: the on-disk history store (raw and rolled-up tiers).
+//! - [`query`]: the Prometheus-shaped query API over history.
 //! - [`remote_write`]: Prometheus remote write from a durable on-disk queue.
 //! - [`relay`]: `vitals relay`, Alertmanager/Grafana webhooks to e-mail and SMS.
 
@@ -34,9 +36,11 @@ pub mod detect;
 pub mod events;
 pub mod expose;
 pub mod exposition;
+pub mod history;
 pub mod mapping;
 pub mod model;
 pub mod pipeline;
+pub mod query;
 pub mod relay;
 pub mod remote_write;
 pub mod run;
