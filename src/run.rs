@@ -149,6 +149,12 @@ pub async fn run_until(
     store
         .write()
         .set_detector_scores(cfg.detect.detector_scores);
+    // Detector state and idempotency windows of the previous run, before
+    // the first sample; saved periodically and once more after shutdown.
+    let saver = crate::detect::state::Saver::start(&cfg, &store, &telemetry);
+    if let Some(saver) = &saver {
+        tracker.spawn(saver.clone().run(shutdown.clone()));
+    }
 
     // The ingest task runs until every sender is gone (sources stopped, the
     // HTTP server with its push routes drained), so a batch a webhook
@@ -263,6 +269,9 @@ pub async fn run_until(
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         ingest_stop.cancel();
         tracing::warn!(timeout = ?drain, "Tasks still running at the shutdown timeout.");
+    }
+    if let Some(saver) = saver {
+        let _ = tokio::task::spawn_blocking(move || saver.save_logged()).await;
     }
     tracing::info!("Stopped.");
     result

@@ -238,6 +238,9 @@ pub struct Store {
     /// Bumped on every change; shared so the dashboard can poll it without
     /// taking the store lock.
     changes: Arc<std::sync::atomic::AtomicU64>,
+    /// Detector state restored at start (taken by a series when it comes
+    /// back) and the idempotency windows saved with it.
+    pub persisted: crate::detect::state::Persisted,
 }
 
 impl Store {
@@ -425,7 +428,7 @@ impl Store {
                     timestamp_ms: sample.timestamp_ms,
                     source: source.clone(),
                     generation,
-                    detect: None,
+                    detect: self.persisted.take_detector(&meta.name, &sample.labels),
                     id: self.next_id,
                     seq: 0,
                     history: History::default(),
@@ -487,6 +490,7 @@ impl Store {
     /// Drop the anomaly detector state of every series (the detectors were
     /// reconfigured by a reload); the next sample of a series starts afresh.
     pub fn reset_detectors(&mut self) {
+        self.persisted.forget_detectors();
         for family in self.families.values_mut() {
             for s in family.series.values_mut() {
                 s.detect = None;

@@ -356,14 +356,6 @@ impl Supervisor {
         }
     }
 
-    /// Fingerprint of what the per-series detector state is built from
-    /// (`detector_scores` only changes what is rendered).
-    fn detector_fingerprint(config: &Config) -> String {
-        let mut detect = config.detect.clone();
-        detect.detector_scores = false;
-        format!("{detect:?}{:?}", config.pipeline)
-    }
-
     /// Hand the ingest task a pipeline built from `new` when `[[pipeline]]`
     /// or `[detect]` changed; detector state is reset when what it is built
     /// from changed. False when they changed but could not be applied.
@@ -383,9 +375,13 @@ impl Supervisor {
             return false;
         };
         let (done, applied) = tokio::sync::oneshot::channel();
+        // What the per-series detector state is built from
+        // (`detector_scores` only changes what is rendered).
+        let state_config = crate::detect::state::config_fingerprint(new);
         let request = Reconfigure {
             pipeline: Pipeline::from_config(new, self.ctx.events.clone()),
-            reset_detectors: Self::detector_fingerprint(old) != Self::detector_fingerprint(new),
+            reset_detectors: state_config != crate::detect::state::config_fingerprint(old),
+            state_config,
             detector_scores: new.detect.detector_scores,
             done,
         };

@@ -39,7 +39,7 @@ const BETA: f64 = 0.1;
 const VIGILANCE: (f64, f64) = (0.75, 0.97);
 const LOWER_GAP: f64 = 0.12;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ArTime {
     lo: f64,
     hi: f64,

@@ -45,7 +45,7 @@ const WORDS: usize = FILTER_BITS / 64;
 /// A generation is retired after this many new contexts.
 const GENERATION_INSERTS: u32 = 2800;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CadOse {
     lo: f64,
     hi: f64,
@@ -54,7 +54,9 @@ pub struct CadOse {
     /// Which left semi-contexts fully predicted the previous value (bit k
     /// for history length k + 1): the "active neurons" of the last step.
     active: u8,
+    #[serde(with = "serde_big_array::BigArray")]
     current: [u64; WORDS],
+    #[serde(with = "serde_big_array::BigArray")]
     previous: [u64; WORDS],
     inserts: u32,
     seen: u32,

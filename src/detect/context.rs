@@ -18,7 +18,7 @@ const WORDS: usize = BITS / 64;
 /// A generation is retired after this many inserts.
 const GENERATION_INSERTS: u32 = 1500;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ContextNovelty {
     lo: f64,
     hi: f64,
@@ -27,7 +27,9 @@ pub struct ContextNovelty {
     /// How far the last value lay outside the range seen before it, as a
     /// share of that range (0 inside).
     excess: f64,
+    #[serde(with = "serde_big_array::BigArray")]
     current: [u64; WORDS],
+    #[serde(with = "serde_big_array::BigArray")]
     previous: [u64; WORDS],
     inserts: u32,
     seen: u32,

@@ -39,7 +39,7 @@ pub fn threshold_for(sensitivity: f64) -> f64 {
 pub const MEMBERS: usize = 6;
 
 /// What the ensemble decided for one sample.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Output {
     /// Ensemble score in [0, 1]; at or above the threshold only on events
     /// (suppressed samples are capped just below it).
@@ -63,7 +63,7 @@ pub struct Output {
 /// suppression period after each event (one incident, one alert) unless a
 /// much stronger anomaly follows. Kept apart from the members so that the
 /// backtest can replay the same decision for other thresholds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Alarm {
     pub threshold: f64,
     pub suppress: u32,
@@ -106,7 +106,7 @@ impl Alarm {
 }
 
 /// A member's likelihood layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Lik {
     Ewm(Likelihood),
     Numenta(Box<NumentaLikelihood>),
@@ -144,7 +144,7 @@ impl Lik {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Member<D> {
     det: D,
     lik: Lik,
@@ -165,7 +165,7 @@ impl<D: Detector> Member<D> {
 }
 
 /// The per-series detector state behind the exported score.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Ensemble {
     median: Option<Member<MedianMad>>,
     cusum: Option<Member<Cusum>>,

@@ -16,7 +16,7 @@ const SHORT: usize = 8;
 /// Tail probability that maps to score 1.
 pub const LOG_SPAN: f64 = 1e10;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Likelihood {
     short: [f32; SHORT],
     idx: u8,
@@ -89,12 +89,13 @@ impl Likelihood {
 /// 100) would need 34 KiB per member; the window is kept as the sums of its
 /// last [`BLOCKS`] blocks of [`BLOCK`] samples instead, which is the same
 /// windowed estimate at the re-estimation granularity, in 0.7 KiB.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NumentaLikelihood {
     short: [f32; NUMENTA_SHORT],
     idx: u8,
     filled: u8,
     /// (sum, sum of squares) of each completed block, a ring.
+    #[serde(with = "serde_big_array::BigArray")]
     blocks: [(f32, f32); BLOCKS],
     head: u8,
     full_blocks: u8,

@@ -11,12 +11,14 @@ use crate::pipeline::filters::PipelineRule;
 use crate::store::Family;
 
 /// Per-series detector state, kept in the store next to the series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SeriesDetector {
     /// `None` when detection is switched off for the series by a rule.
     ensemble: Option<Ensemble>,
     /// Labels of the anomaly families: `metric="<family>"` plus the series'
-    /// own labels (its `metric` label renamed `exported_metric`).
+    /// own labels (its `metric` label renamed `exported_metric`). Not
+    /// saved: rebuilt from the series key on restore.
+    #[serde(skip)]
     labels: Labels,
     events: u64,
     /// Counters are scored as per-second rates: the previous (ts, value).
@@ -26,6 +28,13 @@ pub struct SeriesDetector {
 }
 
 impl SeriesDetector {
+    /// Saved state of the series `family{labels}`, its anomaly labels
+    /// rebuilt (they are not saved).
+    pub fn with_labels(mut self, family: &str, labels: &Labels) -> Self {
+        self.labels = anomaly_labels(family, labels);
+        self
+    }
+
     /// Bytes of state: the struct and what it owns.
     pub fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()

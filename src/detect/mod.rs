@@ -27,6 +27,7 @@ pub mod live;
 pub mod nab;
 pub mod robust;
 pub mod seasonal;
+pub mod state;
 pub mod stats;
 pub mod threshold;
 
@@ -53,7 +54,7 @@ pub trait Detector {
 }
 
 /// Expected value and a band of normal values.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Band {
     pub expected: f64,
     pub lower: f64,

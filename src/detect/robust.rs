@@ -24,7 +24,7 @@ pub const SURPRISAL_SPAN: f64 = 48.0;
 /// Distance from the rolling median in units of the rolling MAD (scaled to
 /// a standard deviation). The MAD is the rolling median of recent absolute
 /// deviations, which keeps the work per sample O(log n).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct MedianMad {
     values: stats::Window<MEDIAN_WINDOW>,
     deviations: stats::Window<MEDIAN_WINDOW>,
@@ -77,7 +77,7 @@ impl Detector for MedianMad {
 /// Two-sided CUSUM on the residual of an exponentially weighted mean,
 /// standardised by the exponentially weighted deviation. Catches level
 /// shifts and slow drifts that a point-wise z-score misses.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Cusum {
     ewm: stats::Ewm,
     pos: f64,

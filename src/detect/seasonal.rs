@@ -7,10 +7,13 @@ use super::{Band, Detector, robust::z_to_score};
 const SLOTS: usize = 24 * 7;
 const HOUR_MS: i64 = 3_600_000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Seasonal {
+    #[serde(with = "serde_big_array::BigArray")]
     mean: [f32; SLOTS],
+    #[serde(with = "serde_big_array::BigArray")]
     var: [f32; SLOTS],
+    #[serde(with = "serde_big_array::BigArray")]
     count: [u8; SLOTS],
     /// Whole-series statistics: floor of the per-slot deviation.
     global: super::stats::Ewm,

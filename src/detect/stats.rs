@@ -26,7 +26,7 @@ pub fn normal_tail(z: f64) -> f64 {
 }
 
 /// Exponentially weighted mean and variance.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Ewm {
     pub mean: f64,
     pub var: f64,
@@ -62,9 +62,11 @@ impl Ewm {
 
 /// The last `N` values with their sorted copy, for rolling medians and
 /// quantiles: O(log N) search plus an O(N) memmove of at most N floats.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Window<const N: usize> {
+    #[serde(with = "serde_big_array::BigArray")]
     ring: [f64; N],
+    #[serde(with = "serde_big_array::BigArray")]
     sorted: [f64; N],
     len: usize,
     head: usize,

@@ -4,7 +4,7 @@
 use super::Detector;
 
 /// Settings of one static threshold.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ThresholdSpec {
     /// Breached when the value is above this.
     pub above: Option<f64>,
@@ -18,7 +18,7 @@ pub struct ThresholdSpec {
 }
 
 /// Fires (score 1) while the spec is breached for at least `for_ms`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StaticThreshold {
     spec: ThresholdSpec,
     /// Start of the current breach, if the value is beyond a limit.

@@ -170,6 +170,9 @@ pub struct Reconfigure {
     /// Drop the detector state kept in the store (`[detect]` or the
     /// `[[pipeline]]` rules changed, so the old state no longer fits).
     pub reset_detectors: bool,
+    /// [`crate::detect::state::config_fingerprint`] of the new configuration
+    /// (saved with the detector state).
+    pub state_config: crate::detect::state::Digest32,
     /// Render per-detector scores (`[detect] detector_scores`).
     pub detector_scores: bool,
     /// Answered once the new pipeline is in place.
@@ -219,6 +222,7 @@ pub async fn run_ingest_with_control(
                     if r.reset_detectors {
                         store.reset_detectors();
                     }
+                    store.persisted.set_config(r.state_config);
                     store.set_detector_scores(r.detector_scores);
                     drop(store);
                     let _ = r.done.send(());

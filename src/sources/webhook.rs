@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -247,26 +247,28 @@ impl Reject {
 type KeyDigest = [u8; 32];
 
 /// Accepted keys (by digest), remembered for a window, bounded in number.
+/// Times are ms since the Unix epoch, so the window is saved and restored
+/// across restarts ([`crate::detect::state`]).
 struct Dedupe {
-    window: Duration,
+    window_ms: i64,
     capacity: usize,
-    seen: FxHashMap<KeyDigest, Instant>,
-    order: VecDeque<(Instant, KeyDigest)>,
+    seen: FxHashMap<KeyDigest, i64>,
+    order: VecDeque<(i64, KeyDigest)>,
 }
 
 impl Dedupe {
     fn new(window: Duration, capacity: usize) -> Self {
         Dedupe {
-            window,
+            window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             capacity,
             seen: FxHashMap::default(),
             order: VecDeque::new(),
         }
     }
 
-    fn expire(&mut self, now: Instant) {
+    fn expire(&mut self, now_ms: i64) {
         while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) <= self.window && self.order.len() <= self.capacity {
+            if now_ms.saturating_sub(*at) <= self.window_ms && self.order.len() <= self.capacity {
                 break;
             }
             if let Some((at, key)) = self.order.pop_front()
@@ -278,15 +280,37 @@ impl Dedupe {
     }
 
     /// True when `key` is new (and remembers it).
-    fn insert(&mut self, key: &str, now: Instant) -> bool {
+    fn insert(&mut self, key: &str, now_ms: i64) -> bool {
         use sha2::Digest;
         let key: KeyDigest = Sha256::digest(key.as_bytes()).into();
+        self.insert_digest(key, now_ms)
+    }
+
+    fn insert_digest(&mut self, key: KeyDigest, at_ms: i64) -> bool {
         if self.seen.contains_key(&key) {
             return false;
         }
-        self.seen.insert(key, now);
-        self.order.push_back((now, key));
+        self.seen.insert(key, at_ms);
+        self.order.push_back((at_ms, key));
         true
+    }
+
+    /// The keys remembered, oldest first.
+    fn entries(&self) -> Vec<(i64, KeyDigest)> {
+        self.order
+            .iter()
+            .filter(|(at, key)| self.seen.get(key) == Some(at))
+            .copied()
+            .collect()
+    }
+
+    /// Remember saved keys again (those still within the window).
+    fn restore(&mut self, mut entries: Vec<(i64, KeyDigest)>, now_ms: i64) {
+        entries.sort_by_key(|(at, _)| *at);
+        for (at, key) in entries {
+            self.insert_digest(key, at);
+        }
+        self.expire(now_ms);
     }
 }
 
@@ -401,14 +425,25 @@ impl Webhook {
         for m in &mut metrics {
             m.set_limits(limits);
         }
+        let mut dedupe = Dedupe::new(cfg.idempotency_window, cfg.idempotency_capacity);
+        // The window saved by the previous run, if any.
+        let saved = cfg.idempotency_key.as_ref().and_then(|field| {
+            ctx.store
+                .write()
+                .persisted
+                .take_window(&cfg.name, &field.to_string())
+        });
+        if let Some(saved) = saved {
+            dedupe.restore(saved.entries, now_ms());
+        }
         let inner = Inner {
             metrics,
             rules: RuleSet::new(&cfg.name, &cfg.rules),
-            dedupe: Dedupe::new(cfg.idempotency_window, cfg.idempotency_capacity),
+            dedupe,
             accepted: 0,
             duplicates: 0,
         };
-        Arc::new(Webhook {
+        let webhook = Arc::new(Webhook {
             columns: (!cfg.csv_columns.is_empty()).then(|| {
                 cfg.csv_columns
                     .iter()
@@ -426,7 +461,13 @@ impl Webhook {
                 "Events received by a webhook source, by outcome (accepted, duplicate).",
             ),
             cfg,
-        })
+        });
+        if webhook.cfg.idempotency_key.is_some() {
+            let weak = Arc::downgrade(&webhook);
+            let weak: std::sync::Weak<dyn crate::detect::state::SavedWindow> = weak;
+            webhook.ctx.store.write().persisted.watch_window(weak);
+        }
+        webhook
     }
 
     /// The samples every source shows from the start (counters at 0).
@@ -658,17 +699,16 @@ impl Webhook {
             }
         };
         let ts = now_ms();
-        let now = Instant::now();
         let mut samples = Vec::new();
         let mut events: Vec<Event> = Vec::new();
         let (accepted, duplicates) = {
             let mut guard = self.inner.lock();
             let inner = &mut *guard;
-            inner.dedupe.expire(now);
+            inner.dedupe.expire(ts);
             let (mut accepted, mut duplicates) = (0, 0);
             for (i, record) in records.iter().enumerate() {
                 if let Some(Some(key)) = keys.get(i)
-                    && !inner.dedupe.insert(key, now)
+                    && !inner.dedupe.insert(key, ts)
                 {
                     duplicates += 1;
                     continue;
@@ -703,6 +743,19 @@ impl Webhook {
         };
         rules::publish(events, &self.ctx.events, &self.ctx.telemetry, &self.name);
         Ok((accepted, duplicates))
+    }
+}
+
+impl crate::detect::state::SavedWindow for Webhook {
+    fn save_window(&self) -> Option<crate::detect::state::WindowState> {
+        let key = self.cfg.idempotency_key.as_ref()?;
+        let mut inner = self.inner.lock();
+        inner.dedupe.expire(now_ms());
+        Some(crate::detect::state::WindowState {
+            source: self.cfg.name.clone(),
+            key: key.to_string(),
+            entries: inner.dedupe.entries(),
+        })
     }
 }
 
@@ -905,7 +958,7 @@ mod tests {
 
     #[test]
     fn dedupe_forgets_after_window_and_capacity() {
-        let t0 = Instant::now();
+        let t0 = 1_700_000_000_000;
         let mut d = Dedupe::new(Duration::from_secs(10), 2);
         assert!(d.insert("a", t0));
         assert!(!d.insert("a", t0));
@@ -914,7 +967,28 @@ mod tests {
         d.expire(t0);
         // Capacity 2: "a" is forgotten first.
         assert!(d.insert("a", t0));
-        d.expire(t0 + Duration::from_secs(11));
+        d.expire(t0 + 11_000);
         assert!(d.seen.is_empty());
+    }
+
+    #[test]
+    fn dedupe_restored_from_its_entries_refuses_the_same_keys() {
+        let t0 = 1_700_000_000_000;
+        let mut d = Dedupe::new(Duration::from_secs(10), 3);
+        assert!(d.insert("a", t0));
+        assert!(d.insert("b", t0 + 5_000));
+        let mut again = Dedupe::new(Duration::from_secs(10), 3);
+        again.restore(d.entries(), t0 + 8_000);
+        assert!(!again.insert("a", t0 + 8_000));
+        assert!(!again.insert("b", t0 + 8_000));
+        assert!(again.insert("c", t0 + 8_000));
+        // Restored keys still leave when their own window ends.
+        again.expire(t0 + 12_000);
+        assert!(again.insert("a", t0 + 12_000));
+        assert!(!again.insert("b", t0 + 12_000));
+        // Keys older than the window are not restored.
+        let mut late = Dedupe::new(Duration::from_secs(10), 3);
+        late.restore(d.entries(), t0 + 60_000);
+        assert!(late.seen.is_empty());
     }
 }
