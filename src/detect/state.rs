@@ -555,7 +555,15 @@ impl Saver {
     /// Save every [`SAVE_INTERVAL`] until `shutdown` (the final save is the
     /// caller's, once the ingest task has applied what was queued).
     pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(SAVE_INTERVAL);
+        self.run_every(SAVE_INTERVAL, shutdown).await
+    }
+
+    async fn run_every(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
@@ -638,6 +646,45 @@ mod tests {
             .collect()
     }
 
+    /// Equal, or the first difference (not thousands of outputs).
+    fn assert_same<T: PartialEq + std::fmt::Debug>(got: &[T], expected: &[T], what: &str) {
+        assert_eq!(got.len(), expected.len(), "{what}");
+        if let Some(i) = (0..got.len()).find(|i| got[*i] != expected[*i]) {
+            panic!(
+                "{what}: sample {i} differs: {:?} != {:?}",
+                got[i], expected[i]
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_is_kept_with_history_off() {
+        let mut cfg = test_config();
+        cfg.history.enabled = false;
+        let store = Arc::new(RwLock::new(Store::new()));
+        assert!(Saver::start(&cfg, &store, &Telemetry::new()).is_none());
+    }
+
+    #[tokio::test]
+    async fn saves_periodically_until_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (saver, _store) = start_saver(dir.path(), &test_config());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(
+            saver
+                .clone()
+                .run_every(Duration::from_millis(20), stop.clone()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while saver.metrics.saved_time.get() == 0.0 {
+            assert!(Instant::now() < deadline, "no periodic save");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(saver.path().is_file());
+        stop.cancel();
+        task.await.unwrap();
+    }
+
     #[test]
     fn an_ensemble_saved_and_restored_scores_exactly_as_an_uninterrupted_one() {
         for likelihood in [LikelihoodKind::Ewm, LikelihoodKind::Numenta] {
@@ -653,7 +700,7 @@ mod tests {
                 drop(first);
                 let mut restored: Ensemble = postcard::from_bytes(&bytes).unwrap();
                 got.extend(run(&mut restored, &values[cut..], cut));
-                assert_eq!(got, expected, "{likelihood:?}, cut at {cut}");
+                assert_same(&got, &expected, &format!("{likelihood:?}, cut at {cut}"));
                 assert_eq!(restored.last(), whole.last());
             }
         }
@@ -740,7 +787,7 @@ mod tests {
         let (saver, store) = start_saver(dir.path(), &cfg);
         assert_eq!(saver.metrics.restored.get(), 2);
         got.extend(feed(&detect(), &mut store.write(), &values[cut..], cut));
-        assert_eq!(got, expected);
+        assert_same(&got, &expected, "gauge and counter");
         // The anomaly families carry the rebuilt labels.
         let mut out = String::new();
         store.read().render(&mut out);
