@@ -145,6 +145,7 @@ impl Vitals {
             // POST /-/reload, which tests use, needs it since it is gated.
             .arg("--web.enable-lifecycle")
             .args(extra_args)
+            .envs(own_history(config, &dir))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -178,6 +179,7 @@ impl Vitals {
             .arg("--web.config.file")
             .arg(web_config)
             .arg("--web.enable-lifecycle")
+            .envs(own_history(config, &dir))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -221,6 +223,17 @@ impl Vitals {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+}
+
+/// Each instance keeps its history and detector state in its own temp dir
+/// (not `data/` in the working directory, shared by every test), unless
+/// the test configures `[history]` itself.
+fn own_history(config: &str, dir: &tempfile::TempDir) -> Vec<(&'static str, PathBuf)> {
+    if config.contains("[history]") {
+        Vec::new()
+    } else {
+        vec![("VITALS_HISTORY__PATH", dir.path().join("data"))]
     }
 }
 
