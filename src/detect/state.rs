@@ -658,6 +658,22 @@ mod tests {
     }
 
     #[test]
+    fn saved_state_of_a_series_is_a_few_kibibytes() {
+        // The default ensemble after learning, and every member at once:
+        // the file grows by this much per series.
+        for (cfg, bound) in [
+            (DetectConfig::default(), 4096),
+            (all_members(LikelihoodKind::Numenta), 12 * 1024),
+        ] {
+            let mut e = Ensemble::new(&cfg, &[]);
+            run(&mut e, &input(), 0);
+            let n = postcard::to_stdvec(&e).unwrap().len();
+            eprintln!("{:?}: {n} bytes", cfg.detectors);
+            assert!(n <= bound, "{n} > {bound}");
+        }
+    }
+
+    #[test]
     fn nothing_is_kept_with_history_off() {
         let mut cfg = test_config();
         cfg.history.enabled = false;
