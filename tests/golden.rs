@@ -3,7 +3,7 @@
 //! (name, TYPE, HELP, label names) and, where the input fixes them, its
 //! sample values. `system` depends on the host, so only its shape is fixed;
 //! `demo` draws random values, so only its shape too. Regenerate after an
-//! intended change with `VITALS_UPDATE_GOLDEN=1 cargo test --test golden`
+//! intended change with `UPDATE_GOLDEN=1 cargo test --test golden`
 //! and review the diff (see `tests/common/golden.rs`).
 
 mod common;
@@ -21,14 +21,15 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The families a source named `source` renders: those with a sample
 /// labelled with it (its data and its per-source telemetry) and those
-/// named `vitals_<kind>_`; values only of the families starting with
-/// `data` (the ones the input fixes). Waits until `ready` holds.
+/// named `vitals_<kind>_` or starting with `data`; the values of the
+/// `data` families too when `values` (the input fixes them). Waits until
+/// `ready` holds.
 fn golden(
     fixture: &str,
     v: &Vitals,
     source: &str,
     kind: &str,
-    data: Option<&str>,
+    (data, values): (&str, bool),
     ready: impl Fn(&str) -> bool,
 ) {
     let m = wait_for(WAIT, &format!("{fixture}: the input in /metrics"), || {
@@ -40,15 +41,14 @@ fn golden(
     let kind_prefix = format!("vitals_{kind}_");
     let text = render(
         &m,
-        |f| {
-            own.contains(f) || f.starts_with(&kind_prefix) || data.is_some_and(|d| f.starts_with(d))
-        },
-        |f| data.is_some_and(|d| f.starts_with(d)),
+        |f| own.contains(f) || f.starts_with(&kind_prefix) || f.starts_with(data),
+        |f| values && f.starts_with(data),
     );
     assert_golden(fixture, &text);
 }
 
-const OFF: &str = "[system]\nenabled = false\n";
+/// No system source, and no detectors (their families are not a source's).
+const OFF: &str = "[system]\nenabled = false\n[detect]\nenabled = false\n";
 
 #[test]
 fn system_families_have_a_fixed_shape() {
@@ -57,7 +57,7 @@ fn system_families_have_a_fixed_shape() {
         let v = Vitals::start(OFF);
         families(&v.metrics())
     };
-    let v = Vitals::start("[system]\nenabled = true\n");
+    let v = Vitals::start("[system]\nenabled = true\n[detect]\nenabled = false\n");
     let m = wait_for(WAIT, "system families", || {
         let m = v.metrics();
         sample_value(&m, "vitals_cpu_usage_ratio", &[]).map(|_| m)
@@ -122,7 +122,7 @@ buckets = [1000, 100000]
         &v,
         "payments",
         "webhook",
-        Some("payments_"),
+        ("payments_", true),
         |m| sample_value(m, "payments_events_total", &["status=\"failed\""]) == Some(1.0),
     );
 }
@@ -160,7 +160,7 @@ buckets = [0.1, 1.0]
 "#,
         log.display()
     ));
-    golden("logs.metrics", &v, "app", "logs", Some("app_"), |m| {
+    golden("logs.metrics", &v, "app", "logs", ("app_", true), |m| {
         sample_value(m, "app_requests_total", &["method=\"POST\""]) == Some(1.0)
             && sample_value(m, "app_request_duration_seconds_count", &[]) == Some(3.0)
     });
@@ -207,7 +207,7 @@ path = "vib"
         "factory/L2/press-4/telemetry",
         r#"{"temp": 40, "vib": 0.5}"#,
     );
-    golden("mqtt.metrics", &v, "plant", "mqtt", Some("plant_"), |m| {
+    golden("mqtt.metrics", &v, "plant", "mqtt", ("plant_", true), |m| {
         sample_value(m, "plant_temperature_celsius", &["device=\"press-4\""]) == Some(40.0)
             && sample_value(m, "plant_temperature_celsius", &["device=\"oven-1\""]) == Some(71.5)
     });
@@ -245,7 +245,7 @@ kind = "counter"
 "#,
         db.display()
     ));
-    golden("sql.metrics", &v, "lite", "sql", Some("plant_"), |m| {
+    golden("sql.metrics", &v, "lite", "sql", ("plant_", true), |m| {
         sample_value(m, "plant_readings_total", &["sensor=\"tank\""]) == Some(4.0)
             && sample_value(m, "vitals_sql_query_up", &["query=\"readings\""]) == Some(1.0)
     });
@@ -287,10 +287,17 @@ path = "depth"
 "#,
         api.url()
     ));
-    golden("http.metrics", &v, "shop_api", "http", Some("shop_"), |m| {
-        sample_value(m, "shop_server_up", &["server=\"b\""]) == Some(0.0)
-            && sample_value(m, "shop_queue_depth", &[]) == Some(3.0)
-    });
+    golden(
+        "http.metrics",
+        &v,
+        "shop_api",
+        "http",
+        ("shop_", true),
+        |m| {
+            sample_value(m, "shop_server_up", &["server=\"b\""]) == Some(0.0)
+                && sample_value(m, "shop_queue_depth", &[]) == Some(3.0)
+        },
+    );
 }
 
 #[test]
@@ -308,7 +315,7 @@ silent_device = false
 "#
     ));
     // Values are random: the shape only.
-    golden("demo.metrics", &v, "demo", "demo", None, |m| {
+    golden("demo.metrics", &v, "demo", "demo", ("demo_", false), |m| {
         m.lines().any(|l| l.starts_with("demo_"))
             && sample_value(m, "vitals_source_up", &["source=\"demo\""]) == Some(1.0)
     });

@@ -8,14 +8,15 @@
 //! regenerate the fixtures and review the diff:
 //!
 //! ```sh
-//! VITALS_UPDATE_GOLDEN=1 cargo test --test golden
+//! UPDATE_GOLDEN=1 cargo test --test golden
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-/// Set to `1` to write the fixtures instead of comparing with them.
-pub const UPDATE_VAR: &str = "VITALS_UPDATE_GOLDEN";
+/// Set to `1` to write the fixtures instead of comparing with them (not
+/// `VITALS_*`: vitals reads those as configuration overrides).
+pub const UPDATE_VAR: &str = "UPDATE_GOLDEN";
 
 #[derive(Default)]
 struct Family {
@@ -151,7 +152,7 @@ pub fn fixture_path(name: &str) -> PathBuf {
 }
 
 /// Compare `actual` with fixture `name`, or write it when
-/// `VITALS_UPDATE_GOLDEN=1`.
+/// `UPDATE_GOLDEN=1`.
 pub fn assert_golden(name: &str, actual: &str) {
     let path = fixture_path(name);
     if std::env::var(UPDATE_VAR).as_deref() == Ok("1") {
