@@ -2,16 +2,14 @@
 //! portable to another Grafana and Prometheus, and every query run
 //! against a real Prometheus scraping a real vitals.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::process::{files, root};
-use common::prometheus::Prometheus;
-use common::stack::{deploy_config, recorded_series, yaml};
-use common::{Broker, Vitals, http, wait_for};
+use crate::common::process::{files, root};
+use crate::common::prometheus::Prometheus;
+use crate::common::stack::{deploy_config, recorded_series, yaml};
+use crate::common::{Broker, Vitals, http, wait_for};
 use serde_json::Value;
 
 // ------------------------------------------------------------- dashboards

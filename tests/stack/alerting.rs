@@ -2,20 +2,18 @@
 //! tests), the compose files, and alerts end to end through a real
 //! Prometheus, Alertmanager and `vitals relay` to SMTP and an SMS stand-in.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::alertmanager::Alertmanager;
-use common::process::{files, root, run};
-use common::prometheus::Prometheus;
-use common::relay::Relay;
-use common::smtp::Smtp;
-use common::stack::{deploy_config, recorded_series, yaml};
-use common::{Broker, Vitals, free_port, http, require, wait_for};
+use crate::common::alertmanager::Alertmanager;
+use crate::common::process::{files, root, run};
+use crate::common::prometheus::Prometheus;
+use crate::common::relay::Relay;
+use crate::common::smtp::Smtp;
+use crate::common::stack::{deploy_config, recorded_series, yaml};
+use crate::common::{Broker, Vitals, free_port, http, require, wait_for};
 use serde_json::Value;
 use yaml_rust2::Yaml;
 
@@ -590,7 +588,7 @@ fn fraud_and_overheating_alert_end_to_end_through_alertmanager() {
 
 #[test]
 fn the_compose_vitals_config_passes_check() {
-    let (ok, out) = run(Command::new(common::vitals_bin())
+    let (ok, out) = run(Command::new(crate::common::vitals_bin())
         .arg("check")
         .arg("--config")
         .arg(root().join("deploy/vitals.toml")));

@@ -3,18 +3,16 @@
 //! a local HTTP server standing in for SMS gateways with scripted answers,
 //! and a real Alertmanager posting webhooks. Harness: `tests/common/`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::alertmanager::Alertmanager;
-use common::certs::make_certs;
-use common::relay::*;
-use common::smtp::{SMTP_PASSWORD, Smtp, read_log};
-use common::{free_port, promtool_check_metrics, require, wait_for};
+use crate::common::alertmanager::Alertmanager;
+use crate::common::certs::make_certs;
+use crate::common::relay::*;
+use crate::common::smtp::{SMTP_PASSWORD, Smtp, read_log};
+use crate::common::{free_port, promtool_check_metrics, require, wait_for};
 
 #[test]
 fn delivers_threaded_multipart_mail_over_starttls_and_implicit_tls() {

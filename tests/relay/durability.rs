@@ -2,16 +2,14 @@
 //! restarts, a full disk under its outbox (a tmpfs), against the real
 //! peers of `tests/common/` (aiosmtpd, the SMS gateway stand-in).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::certs::make_certs;
-use common::relay::*;
-use common::smtp::{SMTP_PASSWORD, Smtp};
-use common::{Tmpfs, fill, free_port, wait_for};
+use crate::common::certs::make_certs;
+use crate::common::relay::*;
+use crate::common::smtp::{SMTP_PASSWORD, Smtp};
+use crate::common::{Tmpfs, fill, free_port, wait_for};
 
 #[test]
 fn smtp_outage_then_recovery_delivers_each_mail_exactly_once() {

@@ -2,15 +2,13 @@
 //! credentials, reload, `vitals check` of relay files, the shipped examples,
 //! and the web configuration file (TLS and basic auth) on its listener.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::certs::make_certs;
-use common::relay::*;
-use common::{free_port, get, require, wait_for};
+use crate::common::certs::make_certs;
+use crate::common::relay::*;
+use crate::common::{free_port, get, require, wait_for};
 
 #[test]
 fn refuses_bad_input_and_bad_credentials_without_persisting() {
@@ -189,7 +187,7 @@ fn shipped_relay_examples_and_alertmanager_config_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // Their secrets live where the relay runs: checked without them.
     for f in ["examples/relay.toml", "examples/relay-sms.toml"] {
-        let out = Command::new(common::vitals_bin())
+        let out = Command::new(crate::common::vitals_bin())
             .args(["check", "--skip-secrets", "--config"])
             .arg(root.join(f))
             .output()
@@ -215,7 +213,7 @@ fn shipped_relay_examples_and_alertmanager_config_are_valid() {
             .replace("dedup_window", "dedup_windw"),
     )
     .unwrap();
-    let out = Command::new(common::vitals_bin())
+    let out = Command::new(crate::common::vitals_bin())
         .args(["check", "--config"])
         .arg(&bad)
         .output()
@@ -314,7 +312,7 @@ fn web_config_file_serves_webhooks_over_tls_with_basic_auth() {
     // A bad web configuration stops the relay at start with the key named.
     let bad = dir.path().join("bad-web.yml");
     std::fs::write(&bad, "basic_auth_users:\n  am: plain-text\n").unwrap();
-    let out = Command::new(common::vitals_bin())
+    let out = Command::new(crate::common::vitals_bin())
         .args(["relay", "--config"])
         .arg(&relay.config)
         .arg("--web.config.file")
@@ -347,7 +345,7 @@ fn check_reads_relay_secrets_as_the_relay_does() {
     let path = dir.path().join("relay.toml");
     std::fs::write(&path, &config).unwrap();
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = Command::new(common::vitals_bin())
+        let out = Command::new(crate::common::vitals_bin())
             .args(args)
             .arg("--config")
             .arg(&path)
