@@ -215,8 +215,9 @@ pub async fn run_until(
         reload: Some(reload_tx),
         options: server::ServerOptions::from_config(&cfg.web),
     };
-    let app = server::app_with_page(state, cfg.web.max_requests, Vec::new(), page)
-        .fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push_routes));
+    // Routes served beside the built-in ones, each with its own state.
+    let extra: Vec<axum::Router> = Vec::new();
+    let app = server::router(state, cfg.web.max_requests, page, extra, push_routes);
     let drain = cfg.web.shutdown_timeout;
     let web = match &cfg.web.config_file {
         Some(path) => Some(Arc::new(

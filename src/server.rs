@@ -1,7 +1,8 @@
 //! The exporter's HTTP server: `/metrics` (or `--web.telemetry-path`),
 //! `/healthz` and `/-/healthy`, `/readyz` and `/-/ready`, `/-/reload`
 //! (with `--web.enable-lifecycle`) and a landing page at `/`. Built by
-//! [`app`] so tests can drive it without a socket.
+//! [`router`], the one construction `vitals run` serves and the tests drive
+//! without a socket.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -82,30 +83,24 @@ fn is_exporter_metric(family: &str) -> bool {
     family.starts_with("process_") || family == "vitals_scrape_duration_seconds"
 }
 
-/// The router; `max_requests` bounds concurrent `/metrics` renders.
-pub fn app(state: AppState, max_requests: usize) -> Router {
-    app_with(state, max_requests, Vec::new())
-}
-
-/// [`app`] plus routes contributed by sources (webhook ingestion); each
-/// carries its own state.
-pub fn app_with(state: AppState, max_requests: usize, extra: Vec<Router>) -> Router {
-    app_with_page(state, max_requests, extra, None)
-}
-
-/// [`app_with`] with `page` (the live dashboard's routes, which own `/`)
-/// in place of the plain landing page.
-pub fn app_with_page(
+/// The exporter's router, as `vitals run` serves it and as the tests drive
+/// it: the built-in endpoints, `page` (the live dashboard's routes, which
+/// own `/`) in place of the plain landing page, `extra` routes (each with
+/// its own state), and the push sources' routes (webhook ingestion, which
+/// change on reload) as the fallback. `max_requests` bounds concurrent
+/// `/metrics` renders.
+pub fn router(
     state: AppState,
     max_requests: usize,
-    extra: Vec<Router>,
     page: Option<Router>,
+    extra: Vec<Router>,
+    push: crate::supervisor::PushRoutes,
 ) -> Router {
     let mut router = base(state, max_requests, page);
     for r in extra {
         router = router.merge(r);
     }
-    router
+    router.fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push))
 }
 
 fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
@@ -254,6 +249,15 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
+    use crate::supervisor::PushRoutes;
+    use axum::routing::get as get_route;
+
+    /// The production router ([`router`]) with no dashboard, extra or push
+    /// routes.
+    fn app(state: AppState) -> Router {
+        router(state, 4, None, Vec::new(), PushRoutes::default())
+    }
+
     fn state() -> AppState {
         AppState {
             store: Arc::new(RwLock::new(Store::new())),
@@ -281,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_has_text_format_and_self_metrics() {
-        let (status, body, ct) = get(app(state(), 4), "/metrics").await;
+        let (status, body, ct) = get(app(state()), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ct.as_deref(), Some(TEXT_FORMAT));
         assert!(body.contains("# TYPE vitals_build_info gauge"));
@@ -336,7 +340,7 @@ mod tests {
             }
         }
         for accept in ["text/plain", "application/openmetrics-text; version=1.0.0"] {
-            let (_, body) = get_with(app(s.clone(), 4), accept).await;
+            let (_, body) = get_with(app(s.clone()), accept).await;
             let names = helps(&body);
             let unique: std::collections::HashSet<&&str> = names.iter().collect();
             assert_eq!(
@@ -358,19 +362,19 @@ mod tests {
     #[tokio::test]
     async fn openmetrics_when_the_scraper_prefers_it() {
         let (ct, body) = get_with(
-            app(state(), 4),
+            app(state()),
             "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
         )
         .await;
         assert_eq!(ct, crate::exposition::OPENMETRICS_CONTENT_TYPE);
         assert!(body.ends_with("# EOF\n"));
         assert!(body.contains("# TYPE process_cpu_seconds counter\n"));
-        let (ct, body) = get_with(app(state(), 4), "text/plain;version=0.0.4").await;
+        let (ct, body) = get_with(app(state()), "text/plain;version=0.0.4").await;
         assert_eq!(ct, TEXT_FORMAT);
         assert!(!body.contains("# EOF"));
         let mut off = state();
         off.options.openmetrics = false;
-        let (ct, _) = get_with(app(off, 4), "application/openmetrics-text").await;
+        let (ct, _) = get_with(app(off), "application/openmetrics-text").await;
         assert_eq!(ct, TEXT_FORMAT);
     }
 
@@ -379,7 +383,7 @@ mod tests {
         for on in [true, false] {
             let mut s = state();
             s.options.compression = on;
-            let resp = app(s, 4)
+            let resp = app(s)
                 .oneshot(
                     Request::get("/metrics")
                         .header(header::ACCEPT_ENCODING, "gzip")
@@ -399,17 +403,31 @@ mod tests {
     #[tokio::test]
     async fn readyz_reflects_start_up() {
         let s = state();
-        let (status, _, _) = get(app(s.clone(), 4), "/readyz").await;
+        let (status, _, _) = get(app(s.clone()), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         s.ready.store(true, Ordering::Release);
-        let (status, _, _) = get(app(s, 4), "/readyz").await;
+        let (status, _, _) = get(app(s), "/readyz").await;
         assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]
     async fn landing_links_to_metrics() {
-        let (status, body, _) = get(app(state(), 4), "/").await;
+        let (status, body, _) = get(app(state()), "/").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("href=\"metrics\""));
+    }
+
+    #[tokio::test]
+    async fn push_routes_are_served_beside_the_built_in_ones() {
+        let push = PushRoutes::default();
+        let app = router(state(), 4, None, Vec::new(), push.clone());
+        let (status, _, _) = get(app.clone(), "/ingest/orders").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // A reload swaps the push routes; the same router serves the new ones.
+        push.set(Router::new().route("/ingest/orders", get_route(|| async { "taken\n" })));
+        let (status, body, _) = get(app.clone(), "/ingest/orders").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "taken\n"));
+        let (status, _, _) = get(app, "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
     }
 }

@@ -38,7 +38,7 @@ use crate::sources::{self, SourceContext};
 pub struct PushRoutes(Arc<RwLock<Router>>);
 
 impl PushRoutes {
-    fn set(&self, router: Router) {
+    pub(crate) fn set(&self, router: Router) {
         *self.0.write() = router;
     }
 }
@@ -607,7 +607,9 @@ mod tests {
     /// The race a reload used to lose: the removed source's batches are
     /// still queued when it stops (here: nothing drains the queue until the
     /// reload is done). Its series must stay gone once the queue is applied.
-    #[tokio::test]
+    // Paused clock: the demo source's interval elapses as soon as every
+    // task waits.
+    #[tokio::test(start_paused = true)]
     async fn removed_source_leaves_no_series_even_with_its_batches_still_queued() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let store = Arc::new(RwLock::new(Store::new()));

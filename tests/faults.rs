@@ -9,8 +9,6 @@
 //!   `reconnects_after_broker_restart` (this file kills it mid-stream).
 
 mod common;
-#[path = "support/postgres.rs"]
-mod postgres;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -447,7 +445,7 @@ fn reasons(metrics: &str, family: &str, parts: &[&str]) -> (Vec<String>, f64) {
 
 #[test]
 fn postgres_stopped_during_a_query_loop_marks_queries_down_others_keep_running_and_it_recovers() {
-    let pg = postgres::Postgres::start();
+    let pg = common::postgres::Postgres::start();
     pg.psql("CREATE TABLE t (v int8); INSERT INTO t VALUES (7);");
     // `slow` is in flight most of the time (0.3 s per run every 0.1 s), so
     // the stop usually lands in the middle of a query.

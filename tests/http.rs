@@ -15,9 +15,11 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use common::{Vitals, free_port, promtool_check_metrics, sample_value, vitals_bin, wait_for};
-
-const WAIT: Duration = Duration::from_secs(30);
+use common::certs::make_certs;
+use common::{
+    Vitals, WAIT, free_port, metric, promtool_check_metrics, sample_value, vitals_bin, wait_absent,
+    wait_for, wait_value,
+};
 
 /// Path → (status, content type, body).
 type Fixtures = Arc<Mutex<HashMap<String, (u16, &'static str, String)>>>;
@@ -160,22 +162,6 @@ fn cut_short_server() -> SocketAddr {
         }
     });
     addr
-}
-
-fn metric(v: &Vitals, name: &str, parts: &[&str]) -> Option<f64> {
-    sample_value(&v.metrics(), name, parts)
-}
-
-fn wait_value(v: &Vitals, name: &str, parts: &[&str], want: f64) {
-    wait_for(WAIT, &format!("{name}{parts:?} == {want}"), || {
-        (metric(v, name, parts) == Some(want)).then_some(())
-    });
-}
-
-fn wait_absent(v: &Vitals, name: &str, parts: &[&str]) {
-    wait_for(WAIT, &format!("{name}{parts:?} to disappear"), || {
-        metric(v, name, parts).is_none().then_some(())
-    });
 }
 
 const STATS: &str = r#"{
@@ -553,80 +539,6 @@ path = "n"
         assert!(out.contains(key), "{to}: expected key {key} in {out}");
         assert!(!out.contains("very-secret"), "{out}");
     }
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it (openssl CLI).
-fn make_certs(dir: &Path) {
-    let openssl = common::require("openssl");
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"],
-        &ec[..],
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=vitals http test CA",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(&[
-        &["req"],
-        &ec[..],
-        &[
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
 }
 
 /// An HTTPS server answering every request with `body` (JSON), on its own

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Vitals, free_port, require, sample_value, wait_for};
-
-const WAIT: Duration = Duration::from_secs(30);
+use common::certs::{CLIENT_EXT, Ca, KeyType};
+use common::{Vitals, WAIT, free_port, metric, require, sample_value, wait_for, wait_value};
 
 /// A Mosquitto process with its own configuration directory.
 struct Broker {
@@ -153,112 +152,29 @@ fn msg(topic: &str, payload: &str) -> (String, Vec<u8>) {
 
 /// A test CA, a server certificate for 127.0.0.1 and an untrusted second CA.
 fn make_certs(dir: &Path) {
-    let openssl = require("openssl");
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        let mut a = vec!["req", "-x509"];
-        a.extend(ec);
-        let subj = format!("/CN=vitals test {ca}");
-        let key = format!("{ca}.key");
-        let pem = format!("{ca}.pem");
-        a.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
-        run(&a);
-    }
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let mut a = vec!["req"];
-    a.extend(ec);
-    a.extend([
-        "-keyout",
+    let ca = Ca::new(dir, "ca", "pem", "/CN=vitals test ca", KeyType::Ec);
+    Ca::new(
+        dir,
+        "other-ca",
+        "pem",
+        "/CN=vitals test other-ca",
+        KeyType::Ec,
+    );
+    let server_ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n";
+    ca.issue(
         "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    run(&a);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
         "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    std::fs::write(
-        dir.join("client.ext"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    let mut a = vec!["req"];
-    a.extend(ec);
-    a.extend([
-        "-keyout",
+        "/CN=localhost",
+        server_ext,
+        None,
+    );
+    ca.issue(
         "client.key",
-        "-out",
-        "client.csr",
-        "-subj",
-        "/CN=vitals-client",
-    ]);
-    run(&a);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
         "client.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-    ]);
-}
-
-fn value(v: &Vitals, name: &str, parts: &[&str]) -> Option<f64> {
-    sample_value(&v.metrics(), name, parts)
-}
-
-/// Wait until `name{parts}` equals `want`.
-fn wait_value(v: &Vitals, name: &str, parts: &[&str], want: f64) {
-    wait_for(WAIT, &format!("{name}{parts:?} == {want}"), || {
-        (value(v, name, parts) == Some(want)).then_some(())
-    });
+        "/CN=vitals-client",
+        CLIENT_EXT,
+        None,
+    );
 }
 
 fn wait_subscribed(v: &Vitals, source: &str) {
@@ -606,7 +522,7 @@ path = "t"
     broker.publish(&[msg("sensors/d1/state", r#"{"t":20}"#)]);
     wait_value(&v, "plant_device_up", &[r#"device="d1""#], 1.0);
     wait_value(&v, "plant_temperature_celsius", &[r#"device="d1""#], 20.0);
-    let seen = value(
+    let seen = metric(
         &v,
         "plant_device_last_seen_timestamp_seconds",
         &[r#"device="d1""#],
@@ -776,7 +692,7 @@ name = "shared_value"
         .collect();
     broker.publish(&messages);
     let count = |v: &Vitals| {
-        value(
+        metric(
             v,
             "vitals_mqtt_messages_total",
             &[r#"subscription="state""#],

@@ -7,20 +7,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::process::run;
 use common::{require, vitals_bin};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().expect("spawn");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 const UNITS: &[&str] = &["vitals", "vitals-relay"];

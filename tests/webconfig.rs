@@ -9,114 +9,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::certs::{CLIENT_EXT, Ca, KeyType, openssl};
 use common::{Vitals, free_port, get, require, wait_for};
 
 const PASSWORD: &str = "s3cret-pass";
 
-/// Make a CA, a server certificate for 127.0.0.1 signed by it (with the
-/// given serial) and a client certificate, with the openssl CLI.
+/// Make a CA (once), a server certificate for 127.0.0.1 signed by it (with
+/// the given serial) and a client certificate, RSA keys.
 fn make_certs(dir: &Path, serial: &str) {
-    let openssl = require("openssl");
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let ca = if dir.join("ca.key").exists() {
+        Ca::open(dir, "ca", "crt", KeyType::Rsa)
+    } else {
+        Ca::new(dir, "ca", "crt", "/CN=vitals test CA", KeyType::Rsa)
     };
-    if !dir.join("ca.key").exists() {
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=vitals test CA",
-        ]);
-    }
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    // X.509 v3 with extensions: webpki refuses v1 client certificates.
-    std::fs::write(
-        dir.join("client.ext"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
+    let san = "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
+    ca.issue(
         "server.key.new",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-set_serial",
-        serial,
-        "-out",
         "server.crt.new",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
+        "/CN=127.0.0.1",
+        san,
+        Some(serial),
+    );
+    ca.issue(
         "client.key",
-        "-out",
-        "client.csr",
-        "-subj",
-        "/CN=scraper",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-set_serial",
-        "77",
-        "-out",
         "client.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-    ]);
+        "/CN=scraper",
+        CLIENT_EXT,
+        Some("77"),
+    );
     // Replace key and certificate together, as a rotation would.
     std::fs::rename(dir.join("server.key.new"), dir.join("server.key")).unwrap();
     std::fs::rename(dir.join("server.crt.new"), dir.join("server.crt")).unwrap();
@@ -535,69 +455,15 @@ fn webhook_ingest_and_dashboard_api_honour_tls_and_basic_auth() {
     });
 }
 
-/// Run the openssl CLI in `dir`, panicking with its stderr on failure.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new(require("openssl"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A client certificate `<name>.crt`/`.key` signed by the test CA, with
 /// the given subjectAltName.
 fn client_cert_with_sans(dir: &Path, name: &str, san: &str) {
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        format!("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName={san}\n"),
-    )
-    .unwrap();
-    let (key, csr, crt, ext) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.crt"),
-        format!("{name}.ext"),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            "91",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ],
+    Ca::open(dir, "ca", "crt", KeyType::Rsa).issue(
+        &format!("{name}.key"),
+        &format!("{name}.crt"),
+        &format!("/CN={name}"),
+        &format!("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName={san}\n"),
+        Some("91"),
     );
 }
 

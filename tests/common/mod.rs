@@ -1,7 +1,26 @@
 //! Test harness shared by the integration tests: start the real `vitals`
 //! binary on a free loopback port, talk plain HTTP to it, wait for
 //! conditions, and check that external tools the tests need are installed.
+//! The real peers the tests start live in the submodules: certificates,
+//! PostgreSQL, MariaDB, SMTP, Prometheus, Alertmanager and `vitals relay`;
+//! golden `/metrics` fixtures in [`golden`]. One harness for every test
+//! file: reuse these, do not copy them.
 #![allow(dead_code)]
+
+pub mod alertmanager;
+pub mod certs;
+pub mod golden;
+pub mod mariadb;
+pub mod postgres;
+pub mod process;
+pub mod prometheus;
+pub mod relay;
+pub mod smtp;
+pub mod stack;
+pub mod wait;
+
+#[allow(unused_imports)]
+pub use wait::{WAIT, metric, wait_absent, wait_value};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,11 +1,11 @@
-//! A throw-away PostgreSQL cluster for the fault tests: `initdb` in a temp
-//! dir (owned by `postgres`, started with `runuser`), a free loopback port.
-//! Included with `#[path]` next to `mod common;`.
+//! A throw-away PostgreSQL cluster: `initdb` in a temp dir (owned by
+//! `postgres`, started with `runuser`), a free loopback port.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::common::{free_port, require};
+use super::process::run_ok as run;
+use super::{free_port, require};
 
 /// A PostgreSQL cluster in a temp dir owned by `postgres`, listening on a
 /// free loopback port with its socket in the same dir.
@@ -124,14 +124,4 @@ fn pg_bin() -> PathBuf {
     dirs.pop().map(|(_, b)| b).unwrap_or_else(|| {
         panic!("PostgreSQL (initdb) is not installed; run scripts/test, which installs what the tests need")
     })
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
