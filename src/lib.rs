@@ -9,7 +9,8 @@
 //! Module map:
 //! - [`config`]: the configuration file, environment overrides, validation.
 //! - [`events`]: the in-process stream of anomaly and rule events.
-//! - [`mapping`]: payload (JSON/CSV/plain/string) → samples, shared by MQTT, HTTP, webhooks.
+//! - [`payload`]: payload helpers of the sources: [`mapping`] (JSON/CSV/plain/string →
+//!   samples, shared by MQTT, HTTP, webhooks), records, aggregation, CSV and timestamps.
 //! - [`model`]: samples, label sets, batches — what flows between the parts.
 //! - [`sources`]: one module per source; each owns its loop.
 //! - [`pipeline`]: synchronous per-sample stages and the ingest task.
@@ -37,8 +38,8 @@ pub mod events;
 pub mod expose;
 pub mod exposition;
 pub mod history;
-pub mod mapping;
 pub mod model;
+pub mod payload;
 pub mod pipeline;
 pub mod query;
 pub mod relay;
@@ -49,3 +50,6 @@ pub mod sources;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+
+/// The mapping keeps its old path.
+pub use payload::mapping;

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sources::aggregate::{LineRegex, MetricConfig};
+use crate::payload::aggregate::{LineRegex, MetricConfig};
 use crate::pipeline::rules::RuleConfig;
 use tail::Glob;
 
@@ -124,7 +124,7 @@ impl LogsConfig {
         if self.metrics.is_empty() && self.rules.is_empty() {
             return Err(("metrics".into(), "needs at least one metric or rule".into()));
         }
-        crate::sources::aggregate::validate_all(&self.metrics, &self.rules)?;
+        crate::payload::aggregate::validate_all(&self.metrics, &self.rules)?;
         for (i, m) in self.metrics.iter().enumerate() {
             if self.format != LogFormat::Regex && m.pattern.is_some() {
                 return Err((

@@ -8,8 +8,8 @@ use rustc_hash::FxHashMap;
 use super::{LogFormat, LogsConfig};
 use crate::events::Event;
 use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
-use crate::sources::aggregate::{MetricState, Skip};
-use crate::sources::record::{CapturesRecord, CsvRecord, JsonRecord, split_csv};
+use crate::payload::aggregate::{MetricState, Skip};
+use crate::payload::record::{CapturesRecord, CsvRecord, JsonRecord, split_csv};
 use crate::pipeline::rules::RuleSet;
 
 /// A regex and the metrics that use it.
@@ -85,7 +85,7 @@ impl Processor {
             format: cfg.format,
             groups,
             rule_group,
-            metrics: crate::sources::aggregate::states(&cfg.metrics),
+            metrics: crate::payload::aggregate::states(&cfg.metrics),
             rules: RuleSet::new(&cfg.name, &cfg.rules),
             columns: (!cfg.csv_columns.is_empty()).then(|| {
                 cfg.csv_columns
@@ -222,7 +222,7 @@ impl Processor {
         }
     }
 
-    fn apply_all(&mut self, record: &dyn crate::sources::record::Record, ts: i64) -> bool {
+    fn apply_all(&mut self, record: &dyn crate::payload::record::Record, ts: i64) -> bool {
         let mut counted = false;
         for m in 0..self.metrics.len() {
             match self.metrics[m].observe(record) {

@@ -15,7 +15,7 @@ use super::process::Processor;
 use super::{LogFormat, LogsConfig, StartAt};
 use crate::events::Event;
 use crate::model::{Batch, BatchMode, Sample, now_ms};
-use crate::sources::record::split_csv;
+use crate::payload::record::split_csv;
 use crate::pipeline::rules;
 use crate::sources::SourceContext;
 

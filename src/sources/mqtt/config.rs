@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::topic::TopicPattern;
-use crate::mapping::{Mapping, MappingConfig, valid_metric_name};
+use crate::payload::mapping::{Mapping, MappingConfig, valid_metric_name};
 
 /// `[[sources]] type = "mqtt"`: one broker connection.
 #[derive(Debug, Clone, Deserialize)]

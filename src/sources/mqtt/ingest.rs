@@ -10,8 +10,8 @@ use rustc_hash::FxHashMap;
 
 use super::config::MqttConfig;
 use super::topic::TopicPattern;
-use crate::mapping::Mapping;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample};
+use crate::payload::mapping::Mapping;
 use crate::telemetry::Telemetry;
 
 /// Silent-sensor state of one device.

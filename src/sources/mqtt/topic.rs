@@ -1,6 +1,6 @@
 //! Topic patterns: MQTT topic filters whose `+name` / `#name` levels capture labels.
 
-use crate::mapping::valid_label_name;
+use crate::payload::mapping::valid_label_name;
 
 /// One segment of a topic pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer};
 
-use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
+use super::record::{FieldPath, Record};
 use crate::pipeline::rules::Condition;
-use crate::sources::record::{FieldPath, Record};
+use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
 
 /// Buckets used when a histogram configures none (seconds, like the
 /// Prometheus client libraries' defaults).
@@ -162,7 +162,7 @@ impl MetricConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let name = self.name.0.as_str();
         let bad = |k: &str, r: String| Err((k.to_string(), r));
-        if let Some(reason) = crate::mapping::reserved_metric_name(name) {
+        if let Some(reason) = super::mapping::reserved_metric_name(name) {
             return bad("name", reason);
         }
         match self.kind {
@@ -515,7 +515,7 @@ pub fn validate_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::record::JsonRecord;
+    use crate::payload::record::JsonRecord;
 
     fn metric(v: serde_json::Value) -> MetricState {
         let cfg: MetricConfig = serde_json::from_value(v).unwrap();

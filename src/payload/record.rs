@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer};
 
 /// A field of a record: a capture name, a CSV column, or a JSON path in
-/// the one syntax of [`crate::mapping::JsonPath`] (`payment.amount`,
+/// the one syntax of [`super::mapping::JsonPath`] (`payment.amount`,
 /// `items[0].sku` or `items.0.sku`).
 #[derive(Clone)]
 pub struct FieldPath {
@@ -17,7 +17,7 @@ pub struct FieldPath {
     /// The path compiled for JSON records; `None` when the text is not a
     /// JSON path (a CSV column named `t[c]`), which then finds nothing in
     /// JSON.
-    json: Option<crate::mapping::JsonPath>,
+    json: Option<super::mapping::JsonPath>,
 }
 
 impl PartialEq for FieldPath {
@@ -38,7 +38,7 @@ impl FieldPath {
         }
         Ok(FieldPath {
             raw: raw.into(),
-            json: crate::mapping::JsonPath::parse(raw).ok(),
+            json: super::mapping::JsonPath::parse(raw).ok(),
         })
     }
 

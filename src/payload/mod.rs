@@ -1,0 +1,12 @@
+//! Payload helpers shared by the sources: documents to samples.
+//!
+//! - [`mapping`]: payload (JSON/CSV/plain/string) → samples, for MQTT, HTTP and webhooks.
+//! - [`record`]: one parsed line or document (JSON, CSV row, regex captures)
+//!   behind the [`record::Record`] trait, and the one CSV splitter.
+//! - [`aggregate`]: records → counters, gauges and histograms (logs, webhooks).
+//! - [`time`]: timestamps in payloads (epoch seconds/milliseconds, RFC 3339).
+
+pub mod aggregate;
+pub mod mapping;
+pub mod record;
+pub mod time;
