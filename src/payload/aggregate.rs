@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer};
 
 use super::record::{FieldPath, Record};
-use crate::pipeline::rules::Condition;
+use super::rules::Condition;
 use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
 
 /// Buckets used when a histogram configures none (seconds, like the
@@ -481,7 +481,7 @@ pub fn states(metrics: &[MetricConfig]) -> Vec<MetricState> {
 /// Validate a list of metrics and rules; keys are relative to the source.
 pub fn validate_all(
     metrics: &[MetricConfig],
-    rules: &[crate::pipeline::rules::RuleConfig],
+    rules: &[super::rules::RuleConfig],
 ) -> Result<(), (String, String)> {
     let mut names = std::collections::HashSet::new();
     for (i, m) in metrics.iter().enumerate() {

@@ -4,9 +4,12 @@
 //! - [`record`]: one parsed line or document (JSON, CSV row, regex captures)
 //!   behind the [`record::Record`] trait, and the one CSV splitter.
 //! - [`aggregate`]: records → counters, gauges and histograms (logs, webhooks).
+//! - [`rules`]: the event-rule language (`amount > 100000 and currency == "INR"`)
+//!   evaluated on each record of a business source (webhooks, log lines).
 //! - [`time`]: timestamps in payloads (epoch seconds/milliseconds, RFC 3339).
 
 pub mod aggregate;
 pub mod mapping;
 pub mod record;
+pub mod rules;
 pub mod time;

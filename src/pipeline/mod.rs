@@ -5,9 +5,11 @@
 //! channel, so stages never need locks of their own and never block on I/O.
 
 pub mod filters;
-pub mod rules;
 pub mod select;
 pub mod validate;
+
+/// The event rules moved next to the records they read; kept at their old path.
+pub use crate::payload::rules;
 
 use std::sync::Arc;
 

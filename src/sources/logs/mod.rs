@@ -3,7 +3,7 @@
 //!
 //! Lines are parsed as regex captures, JSON objects or CSV rows (see
 //! [`LogFormat`]); the [`aggregate`](super::aggregate) module turns the parsed
-//! record into series and [`rules`](crate::pipeline::rules) flag events.
+//! record into series and [`rules`](crate::payload::rules) flag events.
 //!
 //! Files are followed by identity (device and inode), not by name, and
 //! polled at a short interval:
@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::payload::aggregate::{LineRegex, MetricConfig};
-use crate::pipeline::rules::RuleConfig;
+use crate::payload::rules::RuleConfig;
 use tail::Glob;
 
 mod process;

@@ -10,7 +10,7 @@ use crate::events::Event;
 use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
 use crate::payload::aggregate::{MetricState, Skip};
 use crate::payload::record::{CapturesRecord, CsvRecord, JsonRecord, split_csv};
-use crate::pipeline::rules::RuleSet;
+use crate::payload::rules::RuleSet;
 
 /// A regex and the metrics that use it.
 struct RegexGroup {

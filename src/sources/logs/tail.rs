@@ -16,7 +16,7 @@ use super::{LogFormat, LogsConfig, StartAt};
 use crate::events::Event;
 use crate::model::{Batch, BatchMode, Sample, now_ms};
 use crate::payload::record::split_csv;
-use crate::pipeline::rules;
+use crate::payload::rules;
 use crate::sources::SourceContext;
 
 /// A path that may hold wildcards (`globset` syntax: `*` and `?` within
