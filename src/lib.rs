@@ -15,6 +15,7 @@
 //! - [`sources`]: one module per source; each owns its loop.
 //! - [`pipeline`]: synchronous per-sample stages and the ingest task.
 //! - [`detect`]: streaming anomaly detectors, NAB scoring, `vitals backtest`.
+//! - [`stats`]: streaming statistics (EWM, sliding median window, normal tail), a leaf.
 //! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
@@ -47,6 +48,7 @@ pub mod remote_write;
 pub mod run;
 pub mod server;
 pub mod sources;
+pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

@@ -27,7 +27,8 @@ pub mod live;
 pub mod nab;
 pub mod robust;
 pub mod seasonal;
-pub mod stats;
+/// Streaming statistics are a leaf of their own ([`crate::stats`]), used by pipeline filters too.
+pub use crate::stats;
 pub mod threshold;
 
 #[cfg(test)]

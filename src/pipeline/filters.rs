@@ -13,9 +13,9 @@ use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::{Stage, Verdict};
-use crate::config::Pattern;
-use crate::detect::stats::Window;
 use crate::model::{Labels, Sample};
+use crate::config::Pattern;
+use crate::stats::Window;
 
 /// Most series whose filter state is kept; beyond it, state not used for
 /// [`STALE_MS`] is dropped (and, failing that, all of it).
