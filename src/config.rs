@@ -6,12 +6,14 @@
 //! `VITALS_WEB__LISTEN_ADDRESS=0.0.0.0:9797`,
 //! `VITALS_SYSTEM__INTERVAL=5s`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+/// Patterns moved to the [`select`](crate::select) leaf; kept at their old path.
+pub use crate::select::Pattern;
 
 /// The port vitals listens on when nothing else is configured. It is not
 /// used by any exporter on Prometheus' default port allocation list.
@@ -603,61 +605,6 @@ fn default_process_groups() -> Vec<ProcessGroupConfig> {
             pids: vec![],
         },
     ]
-}
-
-/// A regex, compiled when the configuration is read so a bad one is
-/// reported with its key. Include/exclude patterns match whole names.
-#[derive(Clone)]
-pub struct Pattern {
-    source: String,
-    regex: regex::Regex,
-}
-
-impl Pattern {
-    pub fn new(source: &str) -> Result<Self, regex::Error> {
-        let regex = regex::Regex::new(&format!("^(?:{source})$"))?;
-        Ok(Pattern {
-            source: source.to_string(),
-            regex,
-        })
-    }
-
-    pub fn is_match(&self, s: &str) -> bool {
-        self.regex.is_match(s)
-    }
-
-    /// True for the empty pattern, which as an exclude list means "exclude nothing".
-    pub fn is_empty(&self) -> bool {
-        self.source.is_empty()
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-}
-
-impl fmt::Debug for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.source)
-    }
-}
-
-impl<'de> Deserialize<'de> for Pattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Pattern::new(&s).map_err(|e| {
-            // The regex crate's message spans several lines; keep the first
-            // sentence-like line so the error stays on one line.
-            let msg = e.to_string();
-            let last = msg
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            serde::de::Error::custom(format!("invalid regex {s:?}: {last}"))
-        })
-    }
 }
 
 /// Where a configuration comes from, for error messages.

@@ -23,6 +23,7 @@
 //! - [`expose`]: serving with the web config file (TLS, basic auth, headers),
 //!   connection cap and slow-client timeouts.
 //! - [`dashboard`]: the live page at `/` and its WebSocket stream.
+//! - [`select`]: metric selectors (family regex + label matchers) and [`select::Pattern`], a leaf.
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
 //! - [`history`]: the on-disk history store (raw and rolled-up tiers).
@@ -46,6 +47,7 @@ pub mod query;
 pub mod relay;
 pub mod remote_write;
 pub mod run;
+pub mod select;
 pub mod server;
 pub mod sources;
 pub mod stats;

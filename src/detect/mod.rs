@@ -194,10 +194,10 @@ impl DetectConfig {
 #[serde(deny_unknown_fields)]
 pub struct ThresholdRule {
     /// Metric family name (anchored regex).
-    pub metric: crate::config::Pattern,
+    pub metric: crate::select::Pattern,
     /// Label matchers (anchored regexes); all must match.
     #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, crate::config::Pattern>,
+    pub labels: std::collections::BTreeMap<String, crate::select::Pattern>,
     pub above: Option<f64>,
     pub below: Option<f64>,
     #[serde(default)]
@@ -209,7 +209,7 @@ pub struct ThresholdRule {
 
 impl ThresholdRule {
     pub fn matches(&self, family: &str, labels: &crate::model::Labels) -> bool {
-        crate::pipeline::select::matches(&self.metric, &self.labels, family, labels)
+        crate::select::matches(&self.metric, &self.labels, family, labels)
     }
 
     pub fn spec(&self) -> threshold::ThresholdSpec {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{Stage, Verdict};
 use crate::model::{Labels, Sample};
-use crate::config::Pattern;
+use crate::select::Pattern;
 use crate::stats::Window;
 
 /// Most series whose filter state is kept; beyond it, state not used for
@@ -103,7 +103,7 @@ impl PipelineRule {
     }
 
     pub fn matches(&self, family: &str, labels: &Labels) -> bool {
-        super::select::matches(&self.metric, &self.labels, family, labels)
+        crate::select::matches(&self.metric, &self.labels, family, labels)
     }
 }
 

@@ -236,7 +236,7 @@ impl ProcessGroups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Pattern;
+    use crate::select::Pattern;
 
     fn group(name: &str) -> ProcessGroupConfig {
         ProcessGroupConfig {
