@@ -582,7 +582,7 @@ pub fn publish(
 
 #[cfg(test)]
 mod tests {
-    use super::record::JsonRecord;
+    use crate::payload::record::JsonRecord;
     use super::*;
 
     fn eval(expr: &str, json: &str) -> bool {
