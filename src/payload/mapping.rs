@@ -906,7 +906,7 @@ fn truncate(s: &str) -> String {
 /// Split one CSV record with the one CSV splitter of every source.
 fn split_csv<'a>(line: &'a str, delim: char, out: &mut Vec<Cow<'a, str>>) -> Result<(), MapError> {
     // `Mapping::new` admits ASCII delimiters only.
-    super::record::split_csv_with(line, delim as u8, out)
+    super::csv::split_csv_with(line, delim as u8, out)
         .map_err(|e| MapError::InvalidCsv(e.to_string()))
 }
 

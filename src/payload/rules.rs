@@ -582,8 +582,8 @@ pub fn publish(
 
 #[cfg(test)]
 mod tests {
-    use crate::payload::record::JsonRecord;
     use super::*;
+    use crate::payload::record::JsonRecord;
 
     fn eval(expr: &str, json: &str) -> bool {
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
