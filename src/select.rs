@@ -49,19 +49,21 @@ impl fmt::Debug for Pattern {
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Pattern::new(&s).map_err(|e| {
-            // The regex crate's message spans several lines; keep the first
-            // sentence-like line so the error stays on one line.
-            let msg = e.to_string();
-            let last = msg
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            serde::de::Error::custom(format!("invalid regex {s:?}: {last}"))
-        })
+        Pattern::new(&s).map_err(|e| serde::de::Error::custom(regex_error(&s, &e)))
     }
+}
+
+/// The config error for a regex that does not compile, on one line: the
+/// regex crate's message spans several lines, the last one says what is wrong.
+pub fn regex_error(source: &str, e: &regex::Error) -> String {
+    let msg = e.to_string();
+    let last = msg
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    format!("invalid regex {source:?}: {last}")
 }
 
 /// True when `family` matches `metric` and every matcher matches the label

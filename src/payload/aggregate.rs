@@ -144,16 +144,9 @@ impl std::fmt::Debug for LineRegex {
 impl<'de> Deserialize<'de> for LineRegex {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        regex::Regex::new(&s).map(LineRegex).map_err(|e| {
-            let msg = e.to_string();
-            let last = msg
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            serde::de::Error::custom(format!("invalid regex {s:?}: {last}"))
-        })
+        regex::Regex::new(&s)
+            .map(LineRegex)
+            .map_err(|e| serde::de::Error::custom(crate::select::regex_error(&s, &e)))
     }
 }
 
