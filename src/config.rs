@@ -6,12 +6,19 @@
 //! `VITALS_WEB__LISTEN_ADDRESS=0.0.0.0:9797`,
 //! `VITALS_SYSTEM__INTERVAL=5s`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+/// Patterns moved to the [`select`](crate::select) leaf; kept at their old path.
+pub use crate::select::Pattern;
+/// The system and process group sections live in their sources' files.
+pub use crate::sources::process::ProcessGroupConfig;
+pub use crate::sources::system::{
+    Collectors, CpuConfig, FilesystemConfig, NetworkConfig, SystemConfig,
+};
 
 /// The port vitals listens on when nothing else is configured. It is not
 /// used by any exporter on Prometheus' default port allocation list.
@@ -207,7 +214,7 @@ impl Default for Config {
         Config {
             web: WebConfig::default(),
             system: SystemConfig::default(),
-            process_groups: default_process_groups(),
+            process_groups: crate::sources::process::default_process_groups(),
             store: StoreConfig::default(),
             sources: Vec::new(),
             detect: crate::detect::DetectConfig::default(),
@@ -378,284 +385,6 @@ impl StoreConfig {
                         .unwrap_or(d.max_metric_name_bytes),
                 },
             )
-        })
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SystemConfig {
-    pub enabled: bool,
-    /// Collection interval of CPU, memory, disks, network, sensors and
-    /// process groups.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    pub cpu: CpuConfig,
-    pub filesystems: FilesystemConfig,
-    pub network: NetworkConfig,
-    pub temperatures: bool,
-    /// Which groups of system series are exported
-    /// (`--collector.<name>` / `--no-collector.<name>`).
-    pub collectors: Collectors,
-}
-
-/// The system collectors, by node_exporter's names where vitals has the
-/// same one; all on by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Collectors {
-    pub cpu: bool,
-    pub loadavg: bool,
-    pub meminfo: bool,
-    pub filesystem: bool,
-    pub netdev: bool,
-    pub uptime: bool,
-    /// Temperatures (also switched off by `system.temperatures = false`).
-    pub hwmon: bool,
-    /// The `[[process_groups]]`.
-    pub processgroups: bool,
-}
-
-impl Default for Collectors {
-    fn default() -> Self {
-        Collectors {
-            cpu: true,
-            loadavg: true,
-            meminfo: true,
-            filesystem: true,
-            netdev: true,
-            uptime: true,
-            hwmon: true,
-            processgroups: true,
-        }
-    }
-}
-
-impl Collectors {
-    /// Every collector off (`--collector.disable-defaults`).
-    pub fn none() -> Self {
-        Collectors {
-            cpu: false,
-            loadavg: false,
-            meminfo: false,
-            filesystem: false,
-            netdev: false,
-            uptime: false,
-            hwmon: false,
-            processgroups: false,
-        }
-    }
-
-    /// Switch the collector `name`; false for an unknown name.
-    pub fn set(&mut self, name: &str, on: bool) -> bool {
-        let field = match name {
-            "cpu" => &mut self.cpu,
-            "loadavg" => &mut self.loadavg,
-            "meminfo" => &mut self.meminfo,
-            "filesystem" => &mut self.filesystem,
-            "netdev" => &mut self.netdev,
-            "uptime" => &mut self.uptime,
-            "hwmon" => &mut self.hwmon,
-            "processgroups" => &mut self.processgroups,
-            _ => return false,
-        };
-        *field = on;
-        true
-    }
-
-    /// Whether a system family is exported, by the collector its name
-    /// belongs to.
-    pub fn keeps(&self, family: &str) -> bool {
-        let Some(rest) = family.strip_prefix("vitals_") else {
-            return true;
-        };
-        let prefixes: [(&str, bool); 11] = [
-            ("cpu", self.cpu),
-            ("load", self.loadavg),
-            ("memory_", self.meminfo),
-            ("swap_", self.meminfo),
-            ("filesystem_", self.filesystem),
-            ("disk_", self.filesystem),
-            ("network_", self.netdev),
-            ("boot_time", self.uptime),
-            ("uptime", self.uptime),
-            ("temperature", self.hwmon),
-            ("process_group_", self.processgroups),
-        ];
-        prefixes
-            .iter()
-            .find(|(p, _)| rest.starts_with(p))
-            .is_none_or(|(_, on)| *on)
-    }
-}
-
-impl Default for SystemConfig {
-    fn default() -> Self {
-        SystemConfig {
-            enabled: true,
-            interval: Duration::from_secs(1),
-            cpu: CpuConfig::default(),
-            filesystems: FilesystemConfig::default(),
-            network: NetworkConfig::default(),
-            temperatures: true,
-            collectors: Collectors::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CpuConfig {
-    /// Export one usage series per core as well as the total.
-    pub per_core: bool,
-}
-
-impl Default for CpuConfig {
-    fn default() -> Self {
-        CpuConfig { per_core: true }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilesystemConfig {
-    /// Only mount points matching this (anchored) regex are exported.
-    pub mount_points_include: Pattern,
-    /// Mount points matching this regex are left out.
-    pub mount_points_exclude: Pattern,
-    /// Filesystem types matching this regex (pseudo filesystems) are left out.
-    pub fs_types_exclude: Pattern,
-    /// The host's root as mounted in a container (`--path.rootfs`): only
-    /// mount points under it are exported, with this prefix removed.
-    pub rootfs: Option<std::path::PathBuf>,
-}
-
-impl Default for FilesystemConfig {
-    fn default() -> Self {
-        FilesystemConfig {
-            mount_points_include: Pattern::new(".*").expect("valid default"),
-            mount_points_exclude: Pattern::new("/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/.*)")
-                .expect("valid default"),
-            fs_types_exclude: Pattern::new(
-                "autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs|tmpfs|ramfs|nfsd|fuse\\.lxcfs|fuse\\.portal|fuse\\.gvfsd-fuse",
-            )
-            .expect("valid default"),
-            rootfs: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NetworkConfig {
-    /// Only interfaces matching this (anchored) regex are exported.
-    pub interfaces_include: Pattern,
-    /// Interfaces matching this regex are left out.
-    pub interfaces_exclude: Pattern,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        NetworkConfig {
-            interfaces_include: Pattern::new(".*").expect("valid default"),
-            interfaces_exclude: Pattern::new("").expect("valid default"),
-        }
-    }
-}
-
-/// A named group of processes.
-///
-/// A process belongs to the first group whose matchers it satisfies; any one
-/// matcher matching is enough.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProcessGroupConfig {
-    /// Value of the `group` label.
-    pub name: String,
-    /// Exact process names (`/proc/PID/comm`, at most 15 characters).
-    #[serde(default)]
-    pub comm: Vec<String>,
-    /// Exact executable base names (`/proc/PID/exe`).
-    #[serde(default)]
-    pub exe: Vec<String>,
-    /// Regexes matched against the command line joined by spaces.
-    #[serde(default)]
-    pub cmdline: Vec<Pattern>,
-    /// Process ids (e.g. `[1]` for the init process).
-    #[serde(default)]
-    pub pids: Vec<u32>,
-}
-
-fn default_process_groups() -> Vec<ProcessGroupConfig> {
-    vec![
-        ProcessGroupConfig {
-            name: "init".into(),
-            comm: vec![],
-            exe: vec![],
-            cmdline: vec![],
-            pids: vec![1],
-        },
-        ProcessGroupConfig {
-            name: "vitals".into(),
-            comm: vec!["vitals".into()],
-            exe: vec![],
-            cmdline: vec![],
-            pids: vec![],
-        },
-    ]
-}
-
-/// A regex, compiled when the configuration is read so a bad one is
-/// reported with its key. Include/exclude patterns match whole names.
-#[derive(Clone)]
-pub struct Pattern {
-    source: String,
-    regex: regex::Regex,
-}
-
-impl Pattern {
-    pub fn new(source: &str) -> Result<Self, regex::Error> {
-        let regex = regex::Regex::new(&format!("^(?:{source})$"))?;
-        Ok(Pattern {
-            source: source.to_string(),
-            regex,
-        })
-    }
-
-    pub fn is_match(&self, s: &str) -> bool {
-        self.regex.is_match(s)
-    }
-
-    /// True for the empty pattern, which as an exclude list means "exclude nothing".
-    pub fn is_empty(&self) -> bool {
-        self.source.is_empty()
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-}
-
-impl fmt::Debug for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.source)
-    }
-}
-
-impl<'de> Deserialize<'de> for Pattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Pattern::new(&s).map_err(|e| {
-            // The regex crate's message spans several lines; keep the first
-            // sentence-like line so the error stays on one line.
-            let msg = e.to_string();
-            let last = msg
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            serde::de::Error::custom(format!("invalid regex {s:?}: {last}"))
         })
     }
 }

@@ -9,11 +9,13 @@
 //! Module map:
 //! - [`config`]: the configuration file, environment overrides, validation.
 //! - [`events`]: the in-process stream of anomaly and rule events.
-//! - [`mapping`]: payload (JSON/CSV/plain/string) → samples, shared by MQTT, HTTP, webhooks.
+//! - [`payload`]: payload helpers of the sources: [`mapping`] (JSON/CSV/plain/string →
+//!   samples, shared by MQTT, HTTP, webhooks), records, aggregation, CSV and timestamps.
 //! - [`model`]: samples, label sets, batches — what flows between the parts.
 //! - [`sources`]: one module per source; each owns its loop.
 //! - [`pipeline`]: synchronous per-sample stages and the ingest task.
 //! - [`detect`]: streaming anomaly detectors, NAB scoring, `vitals backtest`.
+//! - [`stats`]: streaming statistics (EWM, sliding median window, normal tail), a leaf.
 //! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
@@ -21,6 +23,7 @@
 //! - [`expose`]: serving with the web config file (TLS, basic auth, headers),
 //!   connection cap and slow-client timeouts.
 //! - [`dashboard`]: the live page at `/` and its WebSocket stream.
+//! - [`select`]: metric selectors (family regex + label matchers) and [`select::Pattern`], a leaf.
 //! - [`server`]: the HTTP router (`/metrics`, `/healthz`, `/readyz`, `/`).
 //! - [`run`]: wiring and the single shutdown path of `vitals run`.
 //! - [`history`]: the on-disk history store (raw and rolled-up tiers).
@@ -37,15 +40,20 @@ pub mod events;
 pub mod expose;
 pub mod exposition;
 pub mod history;
-pub mod mapping;
 pub mod model;
+pub mod payload;
 pub mod pipeline;
 pub mod query;
 pub mod relay;
 pub mod remote_write;
 pub mod run;
+pub mod select;
 pub mod server;
 pub mod sources;
+pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+
+/// The mapping keeps its old path.
+pub use payload::mapping;

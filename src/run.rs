@@ -44,8 +44,8 @@ pub enum RunError {
 /// command-line overrides), validated.
 pub type ConfigLoader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
-/// One reload request; the reply carries the summary or the error.
-pub type ReloadRequest = Option<tokio::sync::oneshot::Sender<Result<String, String>>>;
+/// One reload request (it lives next to the reload summary).
+pub use crate::supervisor::ReloadRequest;
 
 /// Run until a shutdown signal arrives.
 pub async fn run(cfg: Config, reload: ConfigLoader) -> Result<(), RunError> {

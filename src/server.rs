@@ -32,7 +32,7 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     pub events: crate::events::EventBus,
     /// Where `POST /-/reload` sends its request; `None` disables it.
-    pub reload: Option<tokio::sync::mpsc::Sender<crate::run::ReloadRequest>>,
+    pub reload: Option<tokio::sync::mpsc::Sender<crate::supervisor::ReloadRequest>>,
     /// Paths and switches from the `web` configuration.
     pub options: ServerOptions,
 }

@@ -169,6 +169,9 @@ struct Running {
     router: Option<Router>,
 }
 
+/// One reload request; the reply carries the summary or the error.
+pub type ReloadRequest = Option<tokio::sync::oneshot::Sender<Result<String, String>>>;
+
 /// What a reload did, for the log and the `/-/reload` answer.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReloadSummary {

@@ -121,14 +121,14 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         if !n.is_finite() {
             return None;
         }
-        return Some(if n.abs() > 1e11 {
+        return Some(if n.abs() > crate::payload::time::MS_THRESHOLD {
             n as i64
         } else {
             (n * 1000.0) as i64
         });
     }
-    if let Ok(t) = s.parse::<jiff::Timestamp>() {
-        return Some(t.as_millisecond());
+    if let Some(ms) = crate::payload::time::parse_rfc3339(s) {
+        return Some(ms);
     }
     let civil = s.parse::<jiff::civil::DateTime>().ok()?;
     civil

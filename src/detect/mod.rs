@@ -28,7 +28,8 @@ pub mod nab;
 pub mod robust;
 pub mod seasonal;
 pub mod state;
-pub mod stats;
+/// Streaming statistics are a leaf of their own ([`crate::stats`]), used by pipeline filters too.
+pub use crate::stats;
 pub mod threshold;
 
 #[cfg(test)]
@@ -194,10 +195,10 @@ impl DetectConfig {
 #[serde(deny_unknown_fields)]
 pub struct ThresholdRule {
     /// Metric family name (anchored regex).
-    pub metric: crate::config::Pattern,
+    pub metric: crate::select::Pattern,
     /// Label matchers (anchored regexes); all must match.
     #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, crate::config::Pattern>,
+    pub labels: std::collections::BTreeMap<String, crate::select::Pattern>,
     pub above: Option<f64>,
     pub below: Option<f64>,
     #[serde(default)]
@@ -209,7 +210,7 @@ pub struct ThresholdRule {
 
 impl ThresholdRule {
     pub fn matches(&self, family: &str, labels: &crate::model::Labels) -> bool {
-        crate::pipeline::select::matches(&self.metric, &self.labels, family, labels)
+        crate::select::matches(&self.metric, &self.labels, family, labels)
     }
 
     pub fn spec(&self) -> threshold::ThresholdSpec {

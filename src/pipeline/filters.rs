@@ -13,9 +13,9 @@ use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::{Stage, Verdict};
-use crate::config::Pattern;
-use crate::detect::stats::Window;
 use crate::model::{Labels, Sample};
+use crate::select::Pattern;
+use crate::stats::Window;
 
 /// Most series whose filter state is kept; beyond it, state not used for
 /// [`STALE_MS`] is dropped (and, failing that, all of it).
@@ -103,7 +103,7 @@ impl PipelineRule {
     }
 
     pub fn matches(&self, family: &str, labels: &Labels) -> bool {
-        super::select::matches(&self.metric, &self.labels, family, labels)
+        crate::select::matches(&self.metric, &self.labels, family, labels)
     }
 }
 

@@ -5,9 +5,12 @@
 //! channel, so stages never need locks of their own and never block on I/O.
 
 pub mod filters;
-pub mod rules;
-pub mod select;
 pub mod validate;
+
+/// The event rules moved next to the records they read, selectors to a leaf;
+/// both kept at their old paths.
+pub use crate::payload::rules;
+pub use crate::select;
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Pattern;
+use crate::select::Pattern;
 use crate::sources::http::{BasicAuthConfig, check_auth_choice};
 use crate::sources::secret::{Secret, resolve_secret};
 
@@ -260,7 +260,7 @@ impl RemoteWriteConfig {
             || self
                 .select
                 .iter()
-                .any(|s| crate::pipeline::select::matches(&s.metric, &s.labels, family, labels))
+                .any(|s| crate::select::matches(&s.metric, &s.labels, family, labels))
     }
 
     /// The HTTP client: rustls with the ring provider, system roots plus the

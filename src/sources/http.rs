@@ -20,8 +20,8 @@ use serde::Deserialize;
 
 use super::SourceContext;
 use super::secret::{Secret, resolve_secret};
-use crate::mapping::{JsonPath, MapError, Mapping, MappingConfig, valid_label_name};
 use crate::model::{Batch, BatchMode, Sample, now_ms};
+use crate::payload::mapping::{JsonPath, MapError, Mapping, MappingConfig, valid_label_name};
 
 /// `type = "http"`: one URL polled on an interval.
 #[derive(Debug, Clone, Deserialize)]

@@ -2,17 +2,18 @@
 //! them in batches on the bounded ingest channel. A failing source reports
 //! itself through self-metrics and never fails a scrape.
 
-pub mod aggregate;
 pub mod demo;
 pub mod http;
 pub mod logs;
 pub mod mqtt;
 pub mod process;
-pub mod record;
 pub mod secret;
 pub mod sql;
 pub mod system;
 pub mod webhook;
+
+// Records and their aggregation moved to `payload`; kept at their old paths.
+pub use crate::payload::{aggregate, record};
 
 use std::sync::Arc;
 

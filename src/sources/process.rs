@@ -6,9 +6,53 @@
 
 use std::collections::HashMap;
 
+use serde::Deserialize;
 use sysinfo::{Pid, Process};
 
-use crate::config::ProcessGroupConfig;
+use crate::select::Pattern;
+
+/// A named group of processes.
+///
+/// A process belongs to the first group whose matchers it satisfies; any one
+/// matcher matching is enough.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessGroupConfig {
+    /// Value of the `group` label.
+    pub name: String,
+    /// Exact process names (`/proc/PID/comm`, at most 15 characters).
+    #[serde(default)]
+    pub comm: Vec<String>,
+    /// Exact executable base names (`/proc/PID/exe`).
+    #[serde(default)]
+    pub exe: Vec<String>,
+    /// Regexes matched against the command line joined by spaces.
+    #[serde(default)]
+    pub cmdline: Vec<Pattern>,
+    /// Process ids (e.g. `[1]` for the init process).
+    #[serde(default)]
+    pub pids: Vec<u32>,
+}
+
+/// The groups used when the file names none: init (pid 1) and vitals itself.
+pub(crate) fn default_process_groups() -> Vec<ProcessGroupConfig> {
+    vec![
+        ProcessGroupConfig {
+            name: "init".into(),
+            comm: vec![],
+            exe: vec![],
+            cmdline: vec![],
+            pids: vec![1],
+        },
+        ProcessGroupConfig {
+            name: "vitals".into(),
+            comm: vec!["vitals".into()],
+            exe: vec![],
+            cmdline: vec![],
+            pids: vec![],
+        },
+    ]
+}
 
 /// What the group logic needs from one process; taken from `sysinfo` in
 /// production and written by hand in tests.
@@ -236,7 +280,7 @@ impl ProcessGroups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Pattern;
+    use crate::select::Pattern;
 
     fn group(name: &str) -> ProcessGroupConfig {
         ProcessGroupConfig {

@@ -29,8 +29,8 @@ use tokio::task::JoinSet;
 
 use super::SourceContext;
 use super::secret::{Secret, resolve_secret};
-use crate::mapping::{valid_label_name, valid_metric_name};
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
+use crate::payload::mapping::{valid_label_name, valid_metric_name};
 
 /// `type = "sql"`: a database and the queries run against it.
 #[derive(Debug, Clone, Deserialize)]
@@ -217,7 +217,7 @@ impl SqlConfig {
                         &format!("{:?} is not a valid metric name", m.name),
                     );
                 }
-                if let Some(reason) = crate::mapping::reserved_metric_name(&m.name) {
+                if let Some(reason) = crate::payload::mapping::reserved_metric_name(&m.name) {
                     return bad(&format!("{mkey}.name"), &reason);
                 }
                 if m.kind == MetricKind::Counter && !m.name.ends_with("_total") {

@@ -15,11 +15,194 @@ use sysinfo::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::process::{GroupStats, ProcessGroups};
-use crate::config::ProcessGroupConfig;
-use crate::config::SystemConfig;
+use serde::Deserialize;
+
+use super::process::{GroupStats, ProcessGroupConfig, ProcessGroups};
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
+use crate::select::Pattern;
 use crate::telemetry::Telemetry;
+
+/// `[system]`: the host collectors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemConfig {
+    pub enabled: bool,
+    /// Collection interval of CPU, memory, disks, network, sensors and
+    /// process groups.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub cpu: CpuConfig,
+    pub filesystems: FilesystemConfig,
+    pub network: NetworkConfig,
+    pub temperatures: bool,
+    /// Which groups of system series are exported
+    /// (`--collector.<name>` / `--no-collector.<name>`).
+    pub collectors: Collectors,
+}
+
+/// The system collectors, by node_exporter's names where vitals has the
+/// same one; all on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Collectors {
+    pub cpu: bool,
+    pub loadavg: bool,
+    pub meminfo: bool,
+    pub filesystem: bool,
+    pub netdev: bool,
+    pub uptime: bool,
+    /// Temperatures (also switched off by `system.temperatures = false`).
+    pub hwmon: bool,
+    /// The `[[process_groups]]`.
+    pub processgroups: bool,
+}
+
+impl Default for Collectors {
+    fn default() -> Self {
+        Collectors {
+            cpu: true,
+            loadavg: true,
+            meminfo: true,
+            filesystem: true,
+            netdev: true,
+            uptime: true,
+            hwmon: true,
+            processgroups: true,
+        }
+    }
+}
+
+impl Collectors {
+    /// Every collector off (`--collector.disable-defaults`).
+    pub fn none() -> Self {
+        Collectors {
+            cpu: false,
+            loadavg: false,
+            meminfo: false,
+            filesystem: false,
+            netdev: false,
+            uptime: false,
+            hwmon: false,
+            processgroups: false,
+        }
+    }
+
+    /// Switch the collector `name`; false for an unknown name.
+    pub fn set(&mut self, name: &str, on: bool) -> bool {
+        let field = match name {
+            "cpu" => &mut self.cpu,
+            "loadavg" => &mut self.loadavg,
+            "meminfo" => &mut self.meminfo,
+            "filesystem" => &mut self.filesystem,
+            "netdev" => &mut self.netdev,
+            "uptime" => &mut self.uptime,
+            "hwmon" => &mut self.hwmon,
+            "processgroups" => &mut self.processgroups,
+            _ => return false,
+        };
+        *field = on;
+        true
+    }
+
+    /// Whether a system family is exported, by the collector its name
+    /// belongs to.
+    pub fn keeps(&self, family: &str) -> bool {
+        let Some(rest) = family.strip_prefix("vitals_") else {
+            return true;
+        };
+        let prefixes: [(&str, bool); 11] = [
+            ("cpu", self.cpu),
+            ("load", self.loadavg),
+            ("memory_", self.meminfo),
+            ("swap_", self.meminfo),
+            ("filesystem_", self.filesystem),
+            ("disk_", self.filesystem),
+            ("network_", self.netdev),
+            ("boot_time", self.uptime),
+            ("uptime", self.uptime),
+            ("temperature", self.hwmon),
+            ("process_group_", self.processgroups),
+        ];
+        prefixes
+            .iter()
+            .find(|(p, _)| rest.starts_with(p))
+            .is_none_or(|(_, on)| *on)
+    }
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            cpu: CpuConfig::default(),
+            filesystems: FilesystemConfig::default(),
+            network: NetworkConfig::default(),
+            temperatures: true,
+            collectors: Collectors::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// Export one usage series per core as well as the total.
+    pub per_core: bool,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig { per_core: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemConfig {
+    /// Only mount points matching this (anchored) regex are exported.
+    pub mount_points_include: Pattern,
+    /// Mount points matching this regex are left out.
+    pub mount_points_exclude: Pattern,
+    /// Filesystem types matching this regex (pseudo filesystems) are left out.
+    pub fs_types_exclude: Pattern,
+    /// The host's root as mounted in a container (`--path.rootfs`): only
+    /// mount points under it are exported, with this prefix removed.
+    pub rootfs: Option<std::path::PathBuf>,
+}
+
+impl Default for FilesystemConfig {
+    fn default() -> Self {
+        FilesystemConfig {
+            mount_points_include: Pattern::new(".*").expect("valid default"),
+            mount_points_exclude: Pattern::new("/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/.*)")
+                .expect("valid default"),
+            fs_types_exclude: Pattern::new(
+                "autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs|tmpfs|ramfs|nfsd|fuse\\.lxcfs|fuse\\.portal|fuse\\.gvfsd-fuse",
+            )
+            .expect("valid default"),
+            rootfs: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Only interfaces matching this (anchored) regex are exported.
+    pub interfaces_include: Pattern,
+    /// Interfaces matching this regex are left out.
+    pub interfaces_exclude: Pattern,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            interfaces_include: Pattern::new(".*").expect("valid default"),
+            interfaces_exclude: Pattern::new("").expect("valid default"),
+        }
+    }
+}
 
 /// Families of the system source, created once.
 struct Families {

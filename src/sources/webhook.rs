@@ -32,7 +32,7 @@ use sha2::Sha256;
 
 use crate::events::Event;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
-use crate::pipeline::rules::{self, RuleConfig, RuleSet};
+use crate::payload::rules::{self, RuleConfig, RuleSet};
 use crate::sources::SourceContext;
 use crate::sources::aggregate::{MetricConfig, MetricState, Skip};
 use crate::sources::record::{CsvRecord, FieldPath, JsonRecord, Record, split_csv};

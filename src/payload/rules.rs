@@ -23,9 +23,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 
+use super::record::{FieldPath, Record, Value};
 use crate::events::{Event, EventBus, Severity};
 use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
-use crate::sources::record::{FieldPath, Record, Value};
 
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -583,7 +583,7 @@ pub fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::record::JsonRecord;
+    use crate::payload::record::JsonRecord;
 
     fn eval(expr: &str, json: &str) -> bool {
         let v: serde_json::Value = serde_json::from_str(json).unwrap();

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Deserializer};
 
+use super::record::{FieldPath, Record};
+use super::rules::Condition;
 use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
-use crate::pipeline::rules::Condition;
-use crate::sources::record::{FieldPath, Record};
 
 /// Buckets used when a histogram configures none (seconds, like the
 /// Prometheus client libraries' defaults).
@@ -144,16 +144,9 @@ impl std::fmt::Debug for LineRegex {
 impl<'de> Deserialize<'de> for LineRegex {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        regex::Regex::new(&s).map(LineRegex).map_err(|e| {
-            let msg = e.to_string();
-            let last = msg
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            serde::de::Error::custom(format!("invalid regex {s:?}: {last}"))
-        })
+        regex::Regex::new(&s)
+            .map(LineRegex)
+            .map_err(|e| serde::de::Error::custom(crate::select::regex_error(&s, &e)))
     }
 }
 
@@ -162,7 +155,7 @@ impl MetricConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let name = self.name.0.as_str();
         let bad = |k: &str, r: String| Err((k.to_string(), r));
-        if let Some(reason) = crate::mapping::reserved_metric_name(name) {
+        if let Some(reason) = super::mapping::reserved_metric_name(name) {
             return bad("name", reason);
         }
         match self.kind {
@@ -481,7 +474,7 @@ pub fn states(metrics: &[MetricConfig]) -> Vec<MetricState> {
 /// Validate a list of metrics and rules; keys are relative to the source.
 pub fn validate_all(
     metrics: &[MetricConfig],
-    rules: &[crate::pipeline::rules::RuleConfig],
+    rules: &[super::rules::RuleConfig],
 ) -> Result<(), (String, String)> {
     let mut names = std::collections::HashSet::new();
     for (i, m) in metrics.iter().enumerate() {
@@ -515,7 +508,7 @@ pub fn validate_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::record::JsonRecord;
+    use crate::payload::record::JsonRecord;
 
     fn metric(v: serde_json::Value) -> MetricState {
         let cfg: MetricConfig = serde_json::from_value(v).unwrap();

@@ -1,6 +1,6 @@
-//! Small numeric building blocks shared by the detectors: tail
-//! probabilities, an exponentially weighted mean/variance and a fixed-size
-//! sliding window with an O(log n) median.
+//! Small numeric building blocks shared by the detectors and the pipeline
+//! filters: tail probabilities, an exponentially weighted mean/variance and
+//! a fixed-size sliding window with an O(log n) median.
 
 /// Complementary error function, with a relative error below about 1.2e-7
 /// everywhere (a Chebyshev-fitted rational approximation), so very small

@@ -19,7 +19,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::time::{number_timestamp, text_timestamp};
 use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
+
+pub use super::time::parse_rfc3339;
 
 /// Payloads larger than this are refused unless `max_payload_bytes` says otherwise.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
@@ -903,22 +906,8 @@ fn truncate(s: &str) -> String {
 /// Split one CSV record with the one CSV splitter of every source.
 fn split_csv<'a>(line: &'a str, delim: char, out: &mut Vec<Cow<'a, str>>) -> Result<(), MapError> {
     // `Mapping::new` admits ASCII delimiters only.
-    crate::sources::record::split_csv_with(line, delim as u8, out)
+    super::csv::split_csv_with(line, delim as u8, out)
         .map_err(|e| MapError::InvalidCsv(e.to_string()))
-}
-
-/// Seconds below this are seconds; above, milliseconds (year 5138 in seconds).
-const MS_THRESHOLD: f64 = 1e11;
-
-fn number_timestamp(n: f64) -> Option<i64> {
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    let ms = if n >= MS_THRESHOLD { n } else { n * 1000.0 };
-    if ms > 1e15 {
-        return None;
-    }
-    Some(ms as i64)
 }
 
 fn json_timestamp(v: &Value) -> Option<i64> {
@@ -927,23 +916,6 @@ fn json_timestamp(v: &Value) -> Option<i64> {
         Value::String(s) => text_timestamp(s),
         _ => None,
     }
-}
-
-fn text_timestamp(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<f64>() {
-        return number_timestamp(n);
-    }
-    parse_rfc3339(s)
-}
-
-/// Parse an RFC 3339 date-time (`2026-01-02T03:04:05.678+01:00`, `Z`, or a
-/// space instead of `T`) to milliseconds since the Unix epoch, with `jiff`
-/// (which refuses dates that do not exist, such as 2020-02-31).
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    s.parse::<jiff::Timestamp>()
-        .ok()
-        .map(|t| t.as_millisecond())
 }
 
 #[cfg(test)]
