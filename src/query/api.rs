@@ -456,7 +456,9 @@ async fn events(State(state): State<ApiState>, RawQuery(q): RawQuery) -> Respons
         let end = params::time_param(&f, "end", now_ms())?;
         let start = params::time_param(&f, "start", end - 3_600_000)?;
         if end < start {
-            return Err(ApiError::bad("end timestamp must not be before start time"));
+            return Err(ApiError::bad(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
         }
         let limit = match f.get("limit").filter(|l| !l.is_empty()) {
             None => 1000,

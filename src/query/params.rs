@@ -173,7 +173,7 @@ impl Range {
 pub enum RangeError {
     #[error(transparent)]
     Param(#[from] BadParam),
-    #[error("end timestamp must not be before start time")]
+    #[error("invalid parameter \"end\": end timestamp must not be before start time")]
     EndBeforeStart,
     #[error(
         "zero or negative query resolution step widths are not accepted. Try a positive integer"
@@ -286,7 +286,9 @@ mod tests {
             e("start=1&end=2&step=x"),
             "invalid parameter \"step\": cannot parse \"x\" to a valid duration"
         );
-        assert!(e("start=1&end=2&step=0").starts_with("zero or negative"));
+        assert!(
+            e("start=1&end=2&step=0").starts_with("invalid parameter \"step\": zero or negative")
+        );
         assert!(e("start=0&end=11001&step=1").starts_with("exceeded maximum resolution"));
         // Exactly 11,000 intervals (11,001 points) is what Prometheus allows.
         assert!(range_params(&form("start=0&end=11000&step=1")).is_ok());
