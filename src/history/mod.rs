@@ -915,3 +915,6 @@ impl SeriesReader for HistoryReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
