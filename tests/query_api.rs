@@ -160,6 +160,90 @@ fn promtool_reads_ranges_instants_series_and_labels() {
     assert!(j["data"].is_array(), "{j}");
 }
 
+/// `vitals run` on `storage` (kept across restarts), killed when dropped.
+struct Stored(Child, SocketAddr);
+
+impl Stored {
+    fn start(config: &std::path::Path, storage: &std::path::Path) -> Stored {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(common::vitals_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--web.listen-address")
+            .arg(addr.to_string())
+            .arg("--storage.path")
+            .arg(storage)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vitals");
+        wait_for(Duration::from_secs(20), "vitals to become ready", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("vitals exited early with {status}");
+            }
+            get(addr, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
+        });
+        Stored(child, addr)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn promtool_reads_points_from_before_a_restart_out_of_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vitals.toml");
+    std::fs::write(
+        &config,
+        format!("{CONFIG}\n[history]\nflush_interval = \"1s\"\n"),
+    )
+    .unwrap();
+    let storage = dir.path().join("data");
+    let start = now_s().floor() - 1.0;
+    let first = Stored::start(&config, &storage);
+    wait_for(Duration::from_secs(20), "three seconds of points", || {
+        let (_, j) = api(
+            first.1,
+            "GET",
+            "/api/v1/query_range",
+            &format!(
+                "query=vitals_cpu_usage_ratio&start={start}&end={}&step=1",
+                now_s()
+            ),
+        );
+        (points(&j).len() >= 3).then_some(())
+    });
+    let stopped = now_s();
+    first.stop();
+    let second = Stored::start(&config, &storage);
+    // Only what the first run stored: the range ends before the restart.
+    let range = promtool(&[
+        "range",
+        &format!("--start={start}"),
+        &format!("--end={}", stopped.floor()),
+        "--step=1s",
+        &format!("http://{}", second.1),
+        "vitals_cpu_usage_ratio",
+    ]);
+    let stamps = range.lines().filter(|l| l.contains(" @[")).count();
+    assert!(stamps >= 3, "points from before the restart: {range}");
+}
+
 /// The bad requests both servers must refuse alike: (method, path, form).
 const SHARED_BAD: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/query_range", "query=up&end=10&step=1"),

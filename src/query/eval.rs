@@ -323,7 +323,8 @@ impl Query {
             out.retain(|s| !s.points.is_empty());
             return Ok(Output::Matrix(out));
         }
-        let series = eval(&self.plan, reader, &[time], LOOKBACK_MS, &mut budget)?;
+        // The finest resolution: the reader's raw tier holds the latest points.
+        let series = eval(&self.plan, reader, &[time], 1000, &mut budget)?;
         Ok(Output::Vector(
             series
                 .into_iter()

@@ -176,7 +176,7 @@ pub enum RangeError {
     #[error("invalid parameter \"end\": end timestamp must not be before start time")]
     EndBeforeStart,
     #[error(
-        "zero or negative query resolution step widths are not accepted. Try a positive integer"
+        "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer"
     )]
     Step,
     #[error(
@@ -280,7 +280,7 @@ mod tests {
         );
         assert_eq!(
             e("start=2&end=1&step=1"),
-            "end timestamp must not be before start time"
+            "invalid parameter \"end\": end timestamp must not be before start time"
         );
         assert_eq!(
             e("start=1&end=2&step=x"),

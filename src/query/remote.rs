@@ -55,6 +55,9 @@ impl PromReader {
         runtime: tokio::runtime::Handle,
         errors: IntCounterVec,
     ) -> Result<Self, ReadError> {
+        // reqwest is built without a rustls provider; the process' is ring
+        // (installing it again is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(REMOTE_TIMEOUT)
             .build()
