@@ -38,6 +38,8 @@ pub enum RunError {
     WebConfig(crate::expose::webconfig::WebConfigError),
     #[error("{0}")]
     RemoteWrite(crate::remote_write::RemoteWriteError),
+    #[error("{0}")]
+    History(crate::history::HistoryError),
 }
 
 /// Reads the configuration again on reload (the file, environment and
@@ -167,13 +169,29 @@ pub async fn run_until(
     // until the ingest task ends, so what it applies at shutdown is queued.
     let tap = crate::remote_write::start(&cfg.remote_write, &telemetry, &tracker, shutdown.clone())
         .map_err(RunError::RemoteWrite)?;
+    // History buffers what the ingest task stores and writes it every
+    // flush interval; its flusher writes the rest once the ingest task ends.
+    let history = crate::history::start(
+        &cfg.history,
+        &telemetry,
+        &events,
+        &tracker,
+        shutdown.clone(),
+    )
+    .map_err(RunError::History)?;
+    let taps = pipeline::Taps {
+        remote_write: tap,
+        history: history.as_ref().map(|h| h.tap.clone()),
+    };
+    // What the query API reads (the tap above is the only writer).
+    let history_reader = history.map(|h| h.reader as Arc<dyn crate::query::SeriesReader>);
     tracker.spawn(pipeline::run_ingest_with_control(
         rx,
         pipeline_rx,
         Pipeline::from_config(&cfg, events.clone()),
         store.clone(),
         telemetry.clone(),
-        tap,
+        taps,
         ingest_stop.clone(),
     ));
     let ctx = sources::SourceContext {
@@ -207,6 +225,17 @@ pub async fn run_until(
         tracker.spawn(dashboard.clone().run_hub(events.clone(), shutdown.clone()));
         dashboard.router(shutdown.clone())
     });
+    // The query API (src/query/): the on-disk history's reader when
+    // `[history]` is on, else (`None`) the store's.
+    let query = crate::query::state_for_run(
+        &cfg.history,
+        history_reader,
+        store.clone(),
+        &events,
+        &telemetry,
+        &tracker,
+        shutdown.clone(),
+    );
     let state = AppState {
         store,
         telemetry,
@@ -216,7 +245,7 @@ pub async fn run_until(
         options: server::ServerOptions::from_config(&cfg.web),
     };
     // Routes served beside the built-in ones, each with its own state.
-    let extra: Vec<axum::Router> = Vec::new();
+    let extra: Vec<axum::Router> = vec![crate::query::router(query)];
     let app = server::router(state, cfg.web.max_requests, page, extra, push_routes);
     let drain = cfg.web.shutdown_timeout;
     let web = match &cfg.web.config_file {
