@@ -617,6 +617,29 @@ mod tests {
     /// still queued when it stops (here: nothing drains the queue until the
     /// reload is done). Its series must stay gone once the queue is applied.
     #[tokio::test]
+    async fn a_changed_history_section_is_reported_as_needing_a_restart() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let ctx = SourceContext {
+            tx,
+            telemetry: Arc::new(Telemetry::new()),
+            events: EventBus::default(),
+            shutdown: CancellationToken::new(),
+            store: Arc::new(RwLock::new(Store::new())),
+        };
+        let mut supervisor =
+            Supervisor::start(config(""), ctx, TaskTracker::new(), PushRoutes::default());
+        let summary = supervisor.apply(config("")).await;
+        assert!(!summary.needs_restart.contains(&"history"), "{summary}");
+        let summary = supervisor
+            .apply(config("[history]\nflush_interval = \"2s\"\n"))
+            .await;
+        assert!(summary.needs_restart.contains(&"history"), "{summary}");
+        // The running configuration keeps the history it started with.
+        let summary = supervisor.apply(config("")).await;
+        assert!(!summary.needs_restart.contains(&"history"), "{summary}");
+    }
+
+    #[tokio::test]
     async fn removed_source_leaves_no_series_even_with_its_batches_still_queued() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let store = Arc::new(RwLock::new(Store::new()));
