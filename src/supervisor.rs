@@ -615,6 +615,29 @@ mod tests {
     /// The race a reload used to lose: the removed source's batches are
     /// still queued when it stops (here: nothing drains the queue until the
     /// reload is done). Its series must stay gone once the queue is applied.
+    #[tokio::test]
+    async fn a_changed_history_section_is_reported_as_needing_a_restart() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let ctx = SourceContext {
+            tx,
+            telemetry: Arc::new(Telemetry::new()),
+            events: EventBus::default(),
+            shutdown: CancellationToken::new(),
+            store: Arc::new(RwLock::new(Store::new())),
+        };
+        let mut supervisor =
+            Supervisor::start(config(""), ctx, TaskTracker::new(), PushRoutes::default());
+        let summary = supervisor.apply(config("")).await;
+        assert!(!summary.needs_restart.contains(&"history"), "{summary}");
+        let summary = supervisor
+            .apply(config("[history]\nflush_interval = \"2s\"\n"))
+            .await;
+        assert!(summary.needs_restart.contains(&"history"), "{summary}");
+        // The running configuration keeps the history it started with.
+        let summary = supervisor.apply(config("")).await;
+        assert!(!summary.needs_restart.contains(&"history"), "{summary}");
+    }
+
     // Paused clock: the demo source's interval elapses as soon as every
     // task waits.
     #[tokio::test(start_paused = true)]

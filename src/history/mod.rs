@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use redb::Database;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::mpsc;
@@ -54,8 +54,6 @@ struct Metrics {
     flush_seconds: Gauge,
     compaction_seconds: Gauge,
 }
-
-use prometheus::IntGaugeVec;
 
 impl Metrics {
     fn register(t: &Telemetry) -> Metrics {

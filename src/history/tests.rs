@@ -333,3 +333,59 @@ impl T {
         all
     }
 }
+
+#[tokio::test]
+async fn events_from_the_bus_are_kept_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = T::open(dir.path());
+    let bus = crate::events::EventBus::new(16);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(record_events(
+        t.reader.shared.clone(),
+        bus.subscribe(),
+        shutdown.clone(),
+    ));
+    let now = crate::model::now_ms();
+    for (i, kind) in ["anomaly", "rule"].into_iter().enumerate() {
+        bus.publish(crate::events::Event {
+            kind,
+            severity: crate::events::Severity::Warning,
+            timestamp_ms: now - 1000 + i as i64,
+            source: "s".into(),
+            metric: "m".into(),
+            labels: "{a=\"x\"}".into(),
+            value: 1.5,
+            expected: None,
+            lower: None,
+            upper: None,
+            score: 0.9,
+            reason: "r".into(),
+        });
+    }
+    wait(|| t.reader.shared.inner.lock().current.events.len() == 2).await;
+    // Read from the buffer, then from the file.
+    assert_eq!(t.reader.events(now - 5000, now, 10).unwrap().len(), 2);
+    t.flush(limits(7 * 86_400_000, 1 << 30));
+    assert!(t.reader.shared.inner.lock().pending.is_empty());
+    let got = t.reader.events(now - 5000, now, 10).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[0].kind.as_str(), got[1].kind.as_str()),
+        ("anomaly", "rule")
+    );
+    assert_eq!(got[1].severity, "warning");
+    assert_eq!(got[0].labels, "{a=\"x\"}");
+    assert_eq!(t.reader.events(now - 5000, now, 1).unwrap().len(), 1);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+async fn wait(mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met");
+}
