@@ -204,7 +204,7 @@ impl Families {
             ),
             queue_bytes: gauge(
                 "vitals_remote_storage_queue_bytes",
-                "Bytes of queued blocks on disk (compressed payloads).",
+                "Bytes of queued blocks and of their series table (compressed).",
             ),
             queue_samples: gauge(
                 "vitals_remote_storage_queue_samples",
