@@ -1,8 +1,6 @@
 //! Remote write 1.0 payloads: the protobuf `WriteRequest` (declared here
 //! with prost derives) compressed with snappy's raw block format.
 
-use rustc_hash::FxHashMap;
-
 /// Value of a staleness marker: the NaN Prometheus writes when a series
 /// ends, told apart from an ordinary NaN by its bits.
 pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
@@ -40,7 +38,7 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
-/// One point to encode: family name, rendered label set, value, time.
+/// One point to queue: family name, rendered label set, value, time.
 #[derive(Debug, Clone, Copy)]
 pub struct Point<'a> {
     pub family: &'a str,
@@ -49,49 +47,63 @@ pub struct Point<'a> {
     pub timestamp_ms: i64,
 }
 
-/// A ready-to-send request body and what it holds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Encoded {
-    /// Snappy-compressed (raw block format) `WriteRequest`.
-    pub body: Vec<u8>,
-    pub samples: u32,
-    /// Newest sample time in the block (ms), for the lag gauge.
-    pub newest_ms: i64,
+/// The sending view of a `WriteRequest`: the same bytes on the wire, with
+/// each series' labels encoded once (when the series enters the queue's
+/// series table) and reused by every request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteRequestOut {
+    #[prost(message, repeated, tag = "1")]
+    pub timeseries: Vec<TimeSeriesOut>,
 }
 
-/// Build the `WriteRequest` of `points` (grouped by series, each series'
-/// samples in the order given) with `external` labels added to series that
-/// lack them, and compress it.
-pub fn encode(points: &[Point<'_>], external: &[(String, String)]) -> Encoded {
-    let mut index: FxHashMap<(&str, &str), usize> = FxHashMap::default();
-    let mut series: Vec<TimeSeries> = Vec::new();
-    let mut newest_ms = i64::MIN;
-    for p in points {
-        newest_ms = newest_ms.max(p.timestamp_ms);
-        let i = *index
-            .entry((p.family, p.labels.as_str()))
-            .or_insert_with(|| {
-                series.push(TimeSeries {
-                    labels: labels_of(p.family, p.labels, external),
-                    samples: Vec::new(),
-                });
-                series.len() - 1
-            });
-        series[i].samples.push(Sample {
-            value: p.value,
-            timestamp: p.timestamp_ms,
-        });
-    }
-    let req = WriteRequest { timeseries: series };
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TimeSeriesOut {
+    /// Each an encoded [`Label`] message: a repeated message field and a
+    /// repeated bytes field of the same tag are the same on the wire.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub labels: Vec<bytes::Bytes>,
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<Sample>,
+}
+
+/// The labels of series `family{labels}` as sent: `__name__` added,
+/// `external` labels added where the series lacks them, sorted by name,
+/// each encoded as a `Label` message.
+pub fn series_labels(
+    family: &str,
+    labels: &crate::model::Labels,
+    external: &[(String, String)],
+) -> Vec<bytes::Bytes> {
+    labels_of(family, labels, external)
+        .iter()
+        .map(|l| bytes::Bytes::from(prost::Message::encode_to_vec(l)))
+        .collect()
+}
+
+/// Snappy-compress (raw block format) a `WriteRequest` of `series`, each
+/// (encoded labels, timestamps, values) with its samples oldest first.
+pub fn request_body<'a>(
+    series: impl Iterator<Item = (&'a [bytes::Bytes], &'a [i64], &'a [f64])>,
+) -> Vec<u8> {
+    let req = WriteRequestOut {
+        timeseries: series
+            .map(|(labels, ts, values)| TimeSeriesOut {
+                labels: labels.to_vec(),
+                samples: ts
+                    .iter()
+                    .zip(values)
+                    .map(|(t, v)| Sample {
+                        value: *v,
+                        timestamp: *t,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
     let raw = prost::Message::encode_to_vec(&req);
-    let body = snap::raw::Encoder::new()
+    snap::raw::Encoder::new()
         .compress_vec(&raw)
-        .expect("snappy accepts any input below 4 GiB");
-    Encoded {
-        body,
-        samples: points.len() as u32,
-        newest_ms,
-    }
+        .expect("snappy accepts any input below 4 GiB")
 }
 
 fn labels_of(
@@ -135,32 +147,24 @@ mod tests {
     use crate::model::Labels;
 
     #[test]
-    fn groups_series_keeps_order_and_adds_external_labels() {
+    fn requests_carry_sorted_labels_with_external_ones_and_samples_in_order() {
         let a = Labels::from_pairs(&[("sensor", "t1")]);
         let b = Labels::from_pairs(&[("site", "own")]);
-        let pts = [
-            Point {
-                family: "temp",
-                labels: &a,
-                value: 1.0,
-                timestamp_ms: 10,
-            },
-            Point {
-                family: "temp",
-                labels: &b,
-                value: 2.0,
-                timestamp_ms: 11,
-            },
-            Point {
-                family: "temp",
-                labels: &a,
-                value: f64::from_bits(STALE_NAN),
-                timestamp_ms: 12,
-            },
-        ];
-        let e = encode(&pts, &[("site".into(), "plant-3".into())]);
-        assert_eq!((e.samples, e.newest_ms), (3, 12));
-        let req = decode(&e.body).unwrap();
+        let ext = [("site".to_string(), "plant-3".to_string())];
+        let la = series_labels("temp", &a, &ext);
+        let lb = series_labels("temp", &b, &ext);
+        let body = request_body(
+            [
+                (
+                    &la[..],
+                    &[10i64, 12][..],
+                    &[1.0, f64::from_bits(STALE_NAN)][..],
+                ),
+                (&lb[..], &[11i64][..], &[2.0][..]),
+            ]
+            .into_iter(),
+        );
+        let req = decode(&body).unwrap();
         assert_eq!(req.timeseries.len(), 2);
         let names = |ts: &TimeSeries| {
             ts.labels

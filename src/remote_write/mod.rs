@@ -3,8 +3,8 @@
 //! The ingest task hands every applied batch to a [`Tap`] (a bounded
 //! channel per remote; it never waits: a full channel counts a drop). Per
 //! remote, one writer task filters the samples with the remote's
-//! selectors, splits them over ordered lanes by series, encodes each lane's
-//! part as a snappy `WriteRequest` and commits it to the redb [`queue`];
+//! selectors, splits them over ordered lanes by series and commits each
+//! lane's part as a block to the redb [`queue`];
 //! one sender task per lane posts the blocks oldest first and has them
 //! removed after a 2xx.
 //!
@@ -15,6 +15,10 @@
 //! removal, source removed). Not sent: the other `vitals_anomaly_*`
 //! families (expected, bands, flag, events), vitals' self-metrics, and
 //! metadata (HELP/TYPE). Remote write 2.0 is not implemented.
+//!
+//! The queue holds columnar blocks (series ids, timestamps, values through
+//! `pco`) and a series table; the `WriteRequest` is built when a block is
+//! sent, by the lane's sender.
 
 pub mod config;
 pub mod encoder;
@@ -33,7 +37,7 @@ use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
 use crate::store::Ended;
 use crate::telemetry::Telemetry;
 pub use config::RemoteWriteConfig;
-use encoder::{Encoded, Point, STALE_NAN};
+use encoder::{Point, STALE_NAN};
 use queue::{Block, Queue, QueueError};
 
 /// Batches that may wait between the ingest task and a remote's writer.
@@ -200,7 +204,7 @@ impl Families {
             ),
             queue_bytes: gauge(
                 "vitals_remote_storage_queue_bytes",
-                "Bytes of queued blocks on disk (compressed payloads).",
+                "Bytes of queued blocks and of their series table (compressed).",
             ),
             queue_samples: gauge(
                 "vitals_remote_storage_queue_samples",
@@ -328,11 +332,17 @@ pub fn start(
     let mut outs = Vec::new();
     for cfg in remotes {
         let cfg = Arc::new(cfg.clone());
+        let external: Vec<(String, String)> = cfg
+            .external_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let queue = Queue::open(
             &cfg.queue_dir,
             &cfg.name,
             cfg.max_concurrency,
             cfg.queue_max_bytes,
+            &external,
         )
         .map_err(|source| RemoteWriteError::Queue {
             name: cfg.name.clone(),
@@ -408,28 +418,19 @@ pub fn start(
     }))
 }
 
-/// Lane of a series: a stable hash of its name and labels.
-fn lane_of(family: &str, labels: &Labels, lanes: usize) -> u32 {
-    use std::hash::{Hash, Hasher};
-    let mut h = rustc_hash::FxHasher::default();
-    family.hash(&mut h);
-    labels.as_str().hash(&mut h);
-    (h.finish() % lanes as u64) as u32
-}
-
-/// Filter, split into lanes and encode what the batches hold.
-fn encode_batches(
+/// The points of `batches` this remote sends: selected samples, then a
+/// staleness marker for each selected series that ended (never older than
+/// its last sample).
+fn points_of<'a>(
     cfg: &RemoteWriteConfig,
-    external: &[(String, String)],
-    lanes: usize,
-    batches: &[Arc<TapBatch>],
+    batches: &'a [Arc<TapBatch>],
     now_ms: i64,
-) -> Vec<(u32, Encoded)> {
-    let mut per_lane: Vec<Vec<Point<'_>>> = (0..lanes).map(|_| Vec::new()).collect();
+) -> Vec<Point<'a>> {
+    let mut out = Vec::with_capacity(batches.iter().map(|b| b.samples.len()).sum());
     for b in batches {
         for s in &b.samples {
             if cfg.selects(&s.family.name, &s.labels) {
-                per_lane[lane_of(&s.family.name, &s.labels, lanes) as usize].push(Point {
+                out.push(Point {
                     family: &s.family.name,
                     labels: &s.labels,
                     value: s.value,
@@ -439,19 +440,13 @@ fn encode_batches(
         }
         for e in &b.ended {
             if cfg.selects(&e.family, &e.labels) {
-                per_lane[lane_of(&e.family, &e.labels, lanes) as usize].push(Point {
+                out.push(Point {
                     family: &e.family,
                     labels: &e.labels,
                     value: f64::from_bits(STALE_NAN),
                     timestamp_ms: now_ms.max(e.last_ms + 1),
                 });
             }
-        }
-    }
-    let mut out = Vec::new();
-    for (lane, points) in per_lane.iter().enumerate() {
-        for chunk in points.chunks(cfg.batch_max_samples) {
-            out.push((lane as u32, encoder::encode(chunk, external)));
         }
     }
     out
@@ -468,12 +463,6 @@ async fn writer(
     notify: Arc<[Notify]>,
     m: Arc<RemoteMetrics>,
 ) {
-    let external: Arc<Vec<(String, String)>> = Arc::new(
-        cfg.external_labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    );
     let mut queue = Some(queue);
     let mut ctl_open = true;
     let mut failing = false;
@@ -529,26 +518,23 @@ async fn writer(
                 }
                 let mut q = queue.take().expect("queue is back after each step");
                 let cfg2 = cfg.clone();
-                let ext = external.clone();
                 let (q, result) = tokio::task::spawn_blocking(move || {
-                    let blocks = encode_batches(&cfg2, &ext, q.lanes(), &batches, crate::model::now_ms());
-                    let samples: u64 = blocks.iter().map(|(_, b)| b.samples as u64).sum();
-                    let newest = blocks.iter().map(|(_, b)| b.newest_ms).max();
-                    let r = q.append(blocks).map(|a| (a, samples, newest)).map_err(|e| (e, samples));
+                    let points = points_of(&cfg2, &batches, crate::model::now_ms());
+                    let samples = points.len() as u64;
+                    let r = q.append(&points, cfg2.batch_max_samples).map_err(|e| (e, samples));
                     (q, r)
                 })
                 .await
                 .expect("queue step does not panic");
                 match result {
-                    Ok((appended, samples, newest)) => {
+                    Ok(appended) => {
                         if failing {
                             failing = false;
                             tracing::info!(remote = %cfg.name, "Remote write queue commits succeed again.");
                         }
-                        let kept = samples - appended.dropped_new;
-                        m.families.enqueued.with_label_values(&m.labels()).inc_by(kept);
+                        m.families.enqueued.with_label_values(&m.labels()).inc_by(appended.kept);
                         m.dropped("queue_full", appended.dropped_oldest + appended.dropped_new);
-                        if let Some(t) = newest {
+                        if let Some(t) = appended.newest_ms {
                             m.newest_queued_ms.fetch_max(t, Ordering::Relaxed);
                         }
                         m.update_lag();
@@ -712,11 +698,23 @@ mod tests {
                 scored: false,
             }],
         });
-        let blocks = encode_batches(&cfg, &[], 2, &[b], 10);
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), "r", 2, 1 << 20, &[]).unwrap();
+        let batches = [b];
+        let points = points_of(&cfg, &batches, 10);
+        q.append(&points, cfg.batch_max_samples).unwrap();
+        let mut blocks = Vec::new();
+        for lane in 0..2 {
+            let mut after = None;
+            while let Some(b) = q.next(lane, after).unwrap() {
+                after = Some(b.seq);
+                blocks.push((lane, b));
+            }
+        }
         let mut per_series: std::collections::HashMap<String, (u32, Vec<i64>)> = Default::default();
         for (lane, e) in &blocks {
             assert!(e.samples <= 2);
-            for ts in encoder::decode(&e.body).unwrap().timeseries {
+            for ts in encoder::decode(&e.body()).unwrap().timeseries {
                 let dev = ts
                     .labels
                     .iter()

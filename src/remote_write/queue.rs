@@ -1,6 +1,14 @@
-//! The durable queue of one remote: ready-to-send blocks (each a snappy
-//! `WriteRequest`) in a redb file, committed (fsync'd) before the samples
-//! count as taken, removed once sent.
+//! The durable queue of one remote, in a redb file: blocks of samples,
+//! committed (fsync'd) before the samples count as taken, removed once
+//! sent, and a series table.
+//!
+//! A block is columnar: the series ids of its runs, the run lengths, the
+//! timestamps and the values, each column compressed with `pco`. A
+//! series' labels (with `__name__` and the external labels, encoded as the
+//! protobuf `Label`s of the request) are written once to the series table,
+//! in the same transaction as the first block that uses the series, and the
+//! `WriteRequest` is built when a block is sent. Series no block refers to
+//! and not seen for [`SERIES_IDLE_MS`] leave the table.
 //!
 //! Blocks live in ordered lanes (`max_concurrency` of them); a series always
 //! goes to the same lane, and each lane is sent oldest first, so a series'
@@ -10,14 +18,36 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use rustc_hash::FxHashMap;
 
-use super::encoder::Encoded;
+use super::encoder::{Point, request_body};
 
-/// (lane, sequence) → [samples: u32 LE][newest ms: i64 LE][snappy body].
-const BLOCKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("blocks");
+/// (lane, sequence) → [samples: u32 LE][newest ms: i64 LE][columns].
+const BLOCKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("blocks_v2");
+/// series id → encoded [`SeriesRow`].
+const SERIES: TableDefinition<u32, &[u8]> = TableDefinition::new("series_v2");
+/// The table of an earlier format (ready-made snappy requests), not read.
+const OLD_BLOCKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("blocks");
 const HEADER: usize = 12;
+/// A series no queued block uses leaves the table after this long unseen.
+pub const SERIES_IDLE_MS: i64 = 10 * 60 * 1000;
+/// How often the series table is swept.
+const SWEEP_EVERY_MS: i64 = 60 * 1000;
+
+/// A row of the series table.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SeriesRow {
+    /// External labels, family and label set, as the writer looks it up.
+    #[prost(string, tag = "1")]
+    key: String,
+    /// The encoded `Label` messages sent with the series.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    labels: Vec<Bytes>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -25,6 +55,8 @@ pub enum QueueError {
     Store(#[from] redb::Error),
     #[error("cannot create the queue directory {dir}: {source}")]
     Dir { dir: String, source: std::io::Error },
+    #[error("remote write queue block {lane}/{seq} is damaged: {reason}")]
+    Damaged { lane: u32, seq: u64, reason: String },
 }
 
 fn store<E: Into<redb::Error>>(e: E) -> QueueError {
@@ -40,14 +72,39 @@ struct Meta {
     newest_ms: i64,
 }
 
-/// A block read back for sending.
+/// A series of the table.
+struct Series {
+    key: Box<str>,
+    labels: Arc<[Bytes]>,
+    lane: u32,
+    /// Newest block using it.
+    last_seq: u64,
+    last_used_ms: i64,
+    bytes: u64,
+}
+
+/// A block read back for sending: runs of samples, each of one series.
 #[derive(Debug, Clone)]
 pub struct Block {
     pub lane: u32,
     pub seq: u64,
-    pub body: bytes::Bytes,
     pub samples: u32,
     pub newest_ms: i64,
+    runs: Vec<(Arc<[Bytes]>, u32)>,
+    timestamps: Vec<i64>,
+    values: Vec<f64>,
+}
+
+impl Block {
+    /// The snappy-compressed `WriteRequest` of the block.
+    pub fn body(&self) -> Vec<u8> {
+        let mut at = 0usize;
+        request_body(self.runs.iter().map(|(labels, n)| {
+            let (a, b) = (at, at + *n as usize);
+            at = b;
+            (&labels[..], &self.timestamps[a..b], &self.values[a..b])
+        }))
+    }
 }
 
 /// What an append did.
@@ -58,6 +115,10 @@ pub struct Appended {
     /// Samples of new blocks that could not be kept at all (a block larger
     /// than the whole queue).
     pub dropped_new: u64,
+    /// Samples committed.
+    pub kept: u64,
+    /// Newest sample time committed.
+    pub newest_ms: Option<i64>,
     /// Lanes that received a block.
     pub lanes: Vec<u32>,
 }
@@ -71,12 +132,69 @@ pub struct Queue {
     bytes: u64,
     samples: u64,
     max_bytes: u64,
+    external: Vec<(String, String)>,
+    /// Prefix of every key: the external labels.
+    key_prefix: String,
+    series: FxHashMap<u32, Series>,
+    index: FxHashMap<Box<str>, u32>,
+    next_id: u32,
+    last_sweep_ms: i64,
+    key: String,
+}
+
+fn key_prefix(external: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (k, v) in external {
+        s.push_str(k);
+        s.push('=');
+        s.push_str(v);
+        s.push('\u{1}');
+    }
+    s.push('\u{2}');
+    s
+}
+
+fn lane_of(key: &str, lanes: usize) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
+    (h.finish() % lanes as u64) as u32
+}
+
+fn pco_config() -> pco::ChunkConfig {
+    pco::ChunkConfig::default().with_compression_level(4)
+}
+
+fn put_column<T: pco::data_types::Number>(out: &mut Vec<u8>, nums: &[T]) {
+    let c = pco::standalone::simple_compress(nums, &pco_config())
+        .expect("the default pco configuration is valid");
+    out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+    out.extend_from_slice(&c);
+}
+
+fn take_column<T: pco::data_types::Number>(src: &mut &[u8]) -> Result<Vec<T>, String> {
+    if src.len() < 4 {
+        return Err("truncated column".into());
+    }
+    let n = u32::from_le_bytes(src[..4].try_into().expect("4 bytes")) as usize;
+    if src.len() < 4 + n {
+        return Err("truncated column".into());
+    }
+    let col = pco::standalone::simple_decompress(&src[4..4 + n]).map_err(|e| e.to_string())?;
+    *src = &src[4 + n..];
+    Ok(col)
 }
 
 impl Queue {
     /// Open (or create) `<dir>/<name>.redb` with at least `lanes` lanes
     /// (more if the file holds blocks of more lanes from an earlier run).
-    pub fn open(dir: &Path, name: &str, lanes: usize, max_bytes: u64) -> Result<Queue, QueueError> {
+    pub fn open(
+        dir: &Path,
+        name: &str,
+        lanes: usize,
+        max_bytes: u64,
+        external: &[(String, String)],
+    ) -> Result<Queue, QueueError> {
         std::fs::create_dir_all(dir).map_err(|source| QueueError::Dir {
             dir: dir.display().to_string(),
             source,
@@ -85,6 +203,7 @@ impl Queue {
         let db = Database::create(&path).map_err(store)?;
         let txn = db.begin_write().map_err(store)?;
         txn.open_table(BLOCKS).map_err(store)?;
+        txn.open_table(SERIES).map_err(store)?;
         txn.commit().map_err(store)?;
         let mut q = Queue {
             path,
@@ -94,9 +213,21 @@ impl Queue {
             bytes: 0,
             samples: 0,
             max_bytes,
+            external: external.to_vec(),
+            key_prefix: key_prefix(external),
+            series: FxHashMap::default(),
+            index: FxHashMap::default(),
+            next_id: 0,
+            last_sweep_ms: crate::model::now_ms(),
+            key: String::new(),
         };
         {
             let read = db.begin_read().map_err(store)?;
+            if let Ok(old) = read.open_table(OLD_BLOCKS)
+                && old.len().map_err(store)? > 0
+            {
+                tracing::warn!(path = %q.path.display(), blocks = old.len().map_err(store)?, "The remote write queue holds blocks of an earlier format; they are not sent.");
+            }
             let t = read.open_table(BLOCKS).map_err(store)?;
             let mut metas: Vec<(u32, Meta)> = Vec::new();
             for row in t.iter().map_err(store)? {
@@ -126,6 +257,33 @@ impl Queue {
                 q.samples += m.samples as u64;
                 q.lanes[lane as usize].push_back(m);
             }
+            let t = read.open_table(SERIES).map_err(store)?;
+            let now = crate::model::now_ms();
+            for row in t.iter().map_err(store)? {
+                let (k, v) = row.map_err(store)?;
+                let id = k.value();
+                let bytes = v.value().len() as u64;
+                let Ok(row) = <SeriesRow as prost::Message>::decode(v.value()) else {
+                    continue;
+                };
+                let lane = lane_of(&row.key, q.lanes.len());
+                if row.key.starts_with(&q.key_prefix) {
+                    q.index.insert(row.key.clone().into(), id);
+                }
+                q.next_id = q.next_id.max(id.wrapping_add(1));
+                q.bytes += bytes;
+                q.series.insert(
+                    id,
+                    Series {
+                        key: row.key.into(),
+                        labels: row.labels.into(),
+                        lane,
+                        last_seq: q.next_seq,
+                        last_used_ms: now,
+                        bytes,
+                    },
+                );
+            }
         }
         q.db = Some(db);
         Ok(q)
@@ -135,13 +293,18 @@ impl Queue {
         self.lanes.len()
     }
 
-    /// Payload bytes queued (headers included; the file is larger).
+    /// Bytes of queued blocks and of the series table (the file is larger).
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
     pub fn samples(&self) -> u64 {
         self.samples
+    }
+
+    /// Series in the series table.
+    pub fn series(&self) -> usize {
+        self.series.len()
     }
 
     fn db(&mut self) -> Result<&Database, QueueError> {
@@ -151,21 +314,110 @@ impl Queue {
         Ok(self.db.as_ref().expect("opened above"))
     }
 
-    /// Commit `blocks` (lane, encoded) in one transaction, dropping the
-    /// oldest queued blocks first if they would not fit. On error nothing
-    /// changed (the new blocks are not kept).
-    pub fn append(&mut self, blocks: Vec<(u32, Encoded)>) -> Result<Appended, QueueError> {
+    /// The id of series `family{labels}`, added to the table (in memory;
+    /// `fresh` collects it for the commit) when new.
+    fn intern(&mut self, family: &str, labels: &crate::model::Labels, fresh: &mut Vec<u32>) -> u32 {
+        self.key.clear();
+        self.key.push_str(&self.key_prefix);
+        self.key.push_str(family);
+        self.key.push_str(labels.as_str());
+        if let Some(id) = self.index.get(self.key.as_str()) {
+            return *id;
+        }
+        let mut id = self.next_id;
+        while self.series.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_id = id.wrapping_add(1);
+        let labels = super::encoder::series_labels(family, labels, &self.external);
+        let key: Box<str> = self.key.as_str().into();
+        let bytes = (key.len() + labels.iter().map(|l| l.len() + 2).sum::<usize>() + 8) as u64;
+        self.index.insert(key.clone(), id);
+        self.series.insert(
+            id,
+            Series {
+                lane: lane_of(&key, self.lanes.len()),
+                key,
+                labels: labels.into(),
+                last_seq: 0,
+                last_used_ms: 0,
+                bytes,
+            },
+        );
+        fresh.push(id);
+        id
+    }
+
+    fn forget(&mut self, id: u32) {
+        if let Some(s) = self.series.remove(&id) {
+            if self.index.get(&s.key) == Some(&id) {
+                self.index.remove(&s.key);
+            }
+        }
+    }
+
+    /// Split `points` over the lanes by series, into blocks of at most
+    /// `batch_max` samples, and commit them (with the series they bring)
+    /// in one transaction, dropping the oldest queued blocks first if they
+    /// would not fit. On error nothing changed (the new blocks are not kept).
+    pub fn append(
+        &mut self,
+        points: &[Point<'_>],
+        batch_max: usize,
+    ) -> Result<Appended, QueueError> {
         let mut out = Appended::default();
-        let mut keep: Vec<(u32, Encoded)> = Vec::with_capacity(blocks.len());
-        let mut need = 0u64;
-        for (lane, b) in blocks {
-            let size = (b.body.len() + HEADER) as u64;
+        let now = crate::model::now_ms();
+        let mut fresh: Vec<u32> = Vec::new();
+        let mut per_lane: Vec<Vec<(u32, i64, f64)>> =
+            (0..self.lanes.len()).map(|_| Vec::new()).collect();
+        for p in points {
+            let id = self.intern(p.family, p.labels, &mut fresh);
+            let lane = self.series[&id].lane as usize;
+            per_lane[lane].push((id, p.timestamp_ms, p.value));
+        }
+        // Encode the blocks: runs of one series, ordered by series id, each
+        // run in the order given.
+        let mut blocks: Vec<(u32, Vec<u8>, u32, i64, Vec<u32>)> = Vec::new();
+        for (lane, pts) in per_lane.iter_mut().enumerate() {
+            for chunk in pts.chunks_mut(batch_max.max(1)) {
+                chunk.sort_by_key(|p| p.0);
+                let mut ids: Vec<u32> = Vec::new();
+                let mut counts: Vec<u32> = Vec::new();
+                for p in chunk.iter() {
+                    if ids.last() == Some(&p.0) {
+                        *counts.last_mut().expect("a run per id") += 1;
+                    } else {
+                        ids.push(p.0);
+                        counts.push(1);
+                    }
+                }
+                let ts: Vec<i64> = chunk.iter().map(|p| p.1).collect();
+                let values: Vec<f64> = chunk.iter().map(|p| p.2).collect();
+                let newest = ts.iter().copied().max().unwrap_or(i64::MIN);
+                let mut v = Vec::with_capacity(HEADER + 16 + chunk.len() * 2);
+                v.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+                v.extend_from_slice(&newest.to_le_bytes());
+                put_column(&mut v, &ids);
+                put_column(&mut v, &counts);
+                put_column(&mut v, &ts);
+                put_column(&mut v, &values);
+                blocks.push((lane as u32, v, chunk.len() as u32, newest, ids));
+            }
+        }
+        let fresh_bytes: u64 = fresh.iter().map(|id| self.series[id].bytes).sum();
+        let mut keep = Vec::with_capacity(blocks.len());
+        let mut need = fresh_bytes;
+        for b in blocks {
+            let size = b.1.len() as u64;
             if need + size > self.max_bytes {
-                out.dropped_new += b.samples as u64;
+                out.dropped_new += b.2 as u64;
             } else {
                 need += size;
-                keep.push((lane.min(self.lanes.len() as u32 - 1), b));
+                keep.push(b);
             }
+        }
+        if keep.is_empty() {
+            need = 0;
         }
         // The oldest blocks (lowest sequence across lanes) that must go.
         let mut evict: Vec<(u32, Meta)> = Vec::new();
@@ -184,37 +436,54 @@ impl Queue {
             evict.push((i as u32, m));
         }
         if keep.is_empty() && evict.is_empty() {
+            for id in fresh {
+                self.forget(id);
+            }
             return Ok(out);
         }
         let first_seq = self.next_seq;
-        {
+        let rows: Vec<(u32, Vec<u8>)> = fresh
+            .iter()
+            .map(|id| {
+                let s = &self.series[id];
+                let row = SeriesRow {
+                    key: s.key.to_string(),
+                    labels: s.labels.to_vec(),
+                };
+                (*id, prost::Message::encode_to_vec(&row))
+            })
+            .collect();
+        let result = (|| -> Result<(), QueueError> {
             let db = self.db()?;
-            let result = (|| -> Result<(), QueueError> {
-                let txn = db.begin_write().map_err(store)?;
-                {
-                    let mut t = txn.open_table(BLOCKS).map_err(store)?;
-                    for (lane, m) in &evict {
-                        t.remove((*lane, m.seq)).map_err(store)?;
-                    }
-                    let mut value = Vec::new();
-                    for (i, (lane, b)) in keep.iter().enumerate() {
-                        value.clear();
-                        value.extend_from_slice(&b.samples.to_le_bytes());
-                        value.extend_from_slice(&b.newest_ms.to_le_bytes());
-                        value.extend_from_slice(&b.body);
-                        t.insert((*lane, first_seq + i as u64), value.as_slice())
-                            .map_err(store)?;
-                    }
+            let txn = db.begin_write().map_err(store)?;
+            {
+                let mut s = txn.open_table(SERIES).map_err(store)?;
+                for (id, row) in &rows {
+                    s.insert(*id, row.as_slice()).map_err(store)?;
                 }
-                txn.commit().map_err(store)?;
-                Ok(())
-            })();
-            if let Err(e) = result {
-                // redb refuses further writes after a failed one; reopening
-                // recovers the last durable state.
-                self.db = None;
-                return Err(e);
+                let mut t = txn.open_table(BLOCKS).map_err(store)?;
+                for (lane, m) in &evict {
+                    t.remove((*lane, m.seq)).map_err(store)?;
+                }
+                for (i, b) in keep.iter().enumerate() {
+                    t.insert((b.0, first_seq + i as u64), b.1.as_slice())
+                        .map_err(store)?;
+                }
             }
+            txn.commit().map_err(store)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // redb refuses further writes after a failed one; reopening
+            // recovers the last durable state, which lacks the new series.
+            self.db = None;
+            for id in fresh {
+                self.forget(id);
+            }
+            return Err(e);
+        }
+        for id in &fresh {
+            self.bytes += self.series[id].bytes;
         }
         for (lane, m) in evict {
             let l = &mut self.lanes[lane as usize];
@@ -226,15 +495,24 @@ impl Queue {
             out.dropped_oldest += m.samples as u64;
         }
         self.next_seq = first_seq + keep.len() as u64;
-        for (i, (lane, b)) in keep.into_iter().enumerate() {
+        for (i, (lane, v, samples, newest_ms, ids)) in keep.into_iter().enumerate() {
+            let seq = first_seq + i as u64;
+            for id in ids {
+                if let Some(s) = self.series.get_mut(&id) {
+                    s.last_seq = seq;
+                    s.last_used_ms = now;
+                }
+            }
             let m = Meta {
-                seq: first_seq + i as u64,
-                bytes: (b.body.len() + HEADER) as u64,
-                samples: b.samples,
-                newest_ms: b.newest_ms,
+                seq,
+                bytes: v.len() as u64,
+                samples,
+                newest_ms,
             };
             self.bytes += m.bytes;
             self.samples += m.samples as u64;
+            out.kept += samples as u64;
+            out.newest_ms = out.newest_ms.max(Some(newest_ms));
             self.lanes[lane as usize].push_back(m);
             if !out.lanes.contains(&lane) {
                 out.lanes.push(lane);
@@ -257,17 +535,66 @@ impl Queue {
         let Some(v) = t.get((lane, m.seq)).map_err(store)? else {
             return Ok(None);
         };
+        let damaged = |reason: String| QueueError::Damaged {
+            lane,
+            seq: m.seq,
+            reason,
+        };
         let v = v.value();
+        let mut src = &v[HEADER.min(v.len())..];
+        let ids: Vec<u32> = take_column(&mut src).map_err(damaged)?;
+        let counts: Vec<u32> = take_column(&mut src).map_err(damaged)?;
+        let mut timestamps: Vec<i64> = take_column(&mut src).map_err(damaged)?;
+        let mut values: Vec<f64> = take_column(&mut src).map_err(damaged)?;
+        let total: u64 = counts.iter().map(|c| *c as u64).sum();
+        if ids.len() != counts.len()
+            || total != timestamps.len() as u64
+            || total != values.len() as u64
+        {
+            return Err(damaged("columns of different lengths".into()));
+        }
+        // A run whose series is missing from the table cannot be sent.
+        let mut runs = Vec::with_capacity(ids.len());
+        let mut missing = false;
+        for (id, n) in ids.iter().zip(&counts) {
+            match self.series.get(id) {
+                Some(s) => runs.push((s.labels.clone(), *n)),
+                None => {
+                    missing = true;
+                    runs.push((Arc::from(Vec::new()), *n));
+                }
+            }
+        }
+        if missing {
+            let mut at = 0usize;
+            let (mut t2, mut v2, mut r2) = (Vec::new(), Vec::new(), Vec::new());
+            for (labels, n) in runs {
+                let b = at + n as usize;
+                if !labels.is_empty() {
+                    t2.extend_from_slice(&timestamps[at..b]);
+                    v2.extend_from_slice(&values[at..b]);
+                    r2.push((labels, n));
+                }
+                at = b;
+            }
+            tracing::warn!(path = %self.path.display(), lane, seq = m.seq, "A remote write queue block names series missing from the series table; their samples are skipped.");
+            runs = r2;
+            timestamps = t2;
+            values = v2;
+        }
         Ok(Some(Block {
             lane,
             seq: m.seq,
-            body: bytes::Bytes::copy_from_slice(&v[HEADER..]),
             samples: m.samples,
             newest_ms: m.newest_ms,
+            runs,
+            timestamps,
+            values,
         }))
     }
 
     /// Remove sent (or given up) blocks; already-gone keys are ignored.
+    /// Now and then also drops unused series from the series table.
     pub fn remove(&mut self, keys: &[(u32, u64)]) -> Result<(), QueueError> {
         let keys: Vec<(u32, u64)> = keys
             .iter()
@@ -278,16 +605,62 @@ impl Queue {
                     .is_some_and(|l| l.iter().any(|m| m.seq == *seq))
             })
             .collect();
-        if keys.is_empty() {
+        let now = crate::model::now_ms();
+        let sweep = now - self.last_sweep_ms >= SWEEP_EVERY_MS;
+        if keys.is_empty() && !sweep {
             return Ok(());
         }
-        let db = self.db()?;
+        let mut gone = Vec::new();
+        if sweep {
+            self.last_sweep_ms = now;
+            gone = self.unused_series(now, &keys, SERIES_IDLE_MS);
+        }
+        self.commit_removal(&keys, &gone)
+    }
+
+    /// Drop every series no queued block uses and not seen for `idle_ms`
+    /// (tests; [`Queue::remove`] does it every minute with
+    /// [`SERIES_IDLE_MS`]).
+    pub fn sweep_series(&mut self, idle_ms: i64) -> Result<usize, QueueError> {
+        let now = crate::model::now_ms();
+        let gone = self.unused_series(now, &[], idle_ms);
+        let n = gone.len();
+        self.commit_removal(&[], &gone)?;
+        Ok(n)
+    }
+
+    /// Series older than every block still queued after removing `keys`
+    /// and unseen for `idle_ms`.
+    fn unused_series(&self, now: i64, keys: &[(u32, u64)], idle_ms: i64) -> Vec<u32> {
+        let oldest = self
+            .lanes
+            .iter()
+            .flat_map(|l| l.iter().find(|m| !keys.iter().any(|k| k.1 == m.seq)))
+            .map(|m| m.seq)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.series
+            .iter()
+            .filter(|(_, s)| s.last_seq < oldest && now - s.last_used_ms >= idle_ms)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn commit_removal(&mut self, keys: &[(u32, u64)], gone: &[u32]) -> Result<(), QueueError> {
+        if keys.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
         let result = (|| -> Result<(), QueueError> {
+            let db = self.db()?;
             let txn = db.begin_write().map_err(store)?;
             {
                 let mut t = txn.open_table(BLOCKS).map_err(store)?;
-                for k in &keys {
+                for k in keys {
                     t.remove(*k).map_err(store)?;
+                }
+                let mut s = txn.open_table(SERIES).map_err(store)?;
+                for id in gone {
+                    s.remove(*id).map_err(store)?;
                 }
             }
             txn.commit().map_err(store)?;
@@ -298,12 +671,18 @@ impl Queue {
             return Err(e);
         }
         for (lane, seq) in keys {
-            let l = &mut self.lanes[lane as usize];
-            if let Some(pos) = l.iter().position(|m| m.seq == seq) {
+            let l = &mut self.lanes[*lane as usize];
+            if let Some(pos) = l.iter().position(|m| m.seq == *seq) {
                 let m = l.remove(pos).expect("position found");
                 self.bytes -= m.bytes;
                 self.samples -= m.samples as u64;
             }
+        }
+        for id in gone {
+            if let Some(s) = self.series.get(id) {
+                self.bytes -= s.bytes;
+            }
+            self.forget(*id);
         }
         Ok(())
     }
@@ -320,56 +699,156 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
+    use super::super::encoder::{STALE_NAN, decode};
     use super::*;
+    use crate::model::Labels;
 
-    fn block(samples: u32, size: usize, newest_ms: i64) -> Encoded {
-        Encoded {
-            body: vec![7u8; size],
-            samples,
-            newest_ms,
+    fn labels(dev: &str) -> Labels {
+        Labels::from_pairs(&[("device", dev)])
+    }
+
+    fn points<'a>(ls: &'a [Labels], t0: i64, n: usize) -> Vec<Point<'a>> {
+        (0..n)
+            .map(|i| Point {
+                family: "temp",
+                labels: &ls[i % ls.len()],
+                value: i as f64 * 0.5,
+                timestamp_ms: t0 + i as i64,
+            })
+            .collect()
+    }
+
+    /// (device, timestamp, value bits) of every sample of a block.
+    fn contents(b: &Block) -> Vec<(String, i64, u64)> {
+        let mut out = Vec::new();
+        for ts in decode(&b.body()).unwrap().timeseries {
+            let dev = ts
+                .labels
+                .iter()
+                .find(|l| l.name == "device")
+                .map(|l| l.value.clone())
+                .unwrap();
+            assert_eq!(ts.labels[0].name, "__name__");
+            assert_eq!(ts.labels[0].value, "temp");
+            for s in ts.samples {
+                out.push((dev.clone(), s.timestamp, s.value.to_bits()));
+            }
         }
+        out
     }
 
     #[test]
     fn survives_reopen_in_lane_order_and_removes() {
         let dir = tempfile::tempdir().unwrap();
+        let ls: Vec<Labels> = (0..4).map(|i| labels(&format!("d{i}"))).collect();
+        let ext = [("site".to_string(), "p3".to_string())];
         {
-            let mut q = Queue::open(dir.path(), "r", 2, 1 << 20).unwrap();
-            q.append(vec![(0, block(3, 10, 5)), (1, block(4, 10, 6))])
-                .unwrap();
-            q.append(vec![(0, block(5, 10, 7))]).unwrap();
-            assert_eq!(q.samples(), 12);
+            let mut q = Queue::open(dir.path(), "r", 1, 1 << 20, &ext).unwrap();
+            let mut pts = points(&ls, 100, 8);
+            pts[7].value = f64::from_bits(STALE_NAN);
+            let a = q.append(&pts, 5).unwrap();
+            assert_eq!((a.kept, a.newest_ms), (8, Some(107)));
+            q.append(&points(&ls, 200, 2), 5).unwrap();
+            assert_eq!(q.samples(), 10);
+            assert_eq!(q.series(), 4);
         }
-        let mut q = Queue::open(dir.path(), "r", 2, 1 << 20).unwrap();
-        assert_eq!((q.samples(), q.bytes()), (12, 3 * 22));
+        let mut q = Queue::open(dir.path(), "r", 1, 1 << 20, &ext).unwrap();
+        assert_eq!(q.samples(), 10);
+        assert_eq!(q.series(), 4);
         let a = q.next(0, None).unwrap().unwrap();
         let b = q.next(0, Some(a.seq)).unwrap().unwrap();
-        assert_eq!((a.samples, b.samples), (3, 5));
-        assert!(q.next(0, Some(b.seq)).unwrap().is_none());
-        q.remove(&[(0, a.seq)]).unwrap();
-        assert_eq!(q.samples(), 9);
-        // New sequence numbers follow the old ones after a reopen.
-        q.append(vec![(0, block(1, 10, 8))]).unwrap();
         let c = q.next(0, Some(b.seq)).unwrap().unwrap();
-        assert!(c.seq > b.seq);
-        assert_eq!(q.newest_ms(), Some(8));
+        assert!(q.next(0, Some(c.seq)).unwrap().is_none());
+        assert_eq!((a.samples, b.samples, c.samples), (5, 3, 2));
+        // Grouped by series, in the order given, bits kept (the stale NaN).
+        let mut got = contents(&a);
+        got.extend(contents(&b));
+        assert_eq!(
+            got.iter().filter(|s| s.0 == "d3").collect::<Vec<_>>(),
+            [
+                &("d3".to_string(), 103, 1.5f64.to_bits()),
+                &("d3".to_string(), 107, STALE_NAN)
+            ]
+        );
+        let req = decode(&a.body()).unwrap();
+        assert!(
+            req.timeseries[0]
+                .labels
+                .iter()
+                .any(|l| l.name == "site" && l.value == "p3")
+        );
+        q.remove(&[(0, a.seq)]).unwrap();
+        assert_eq!(q.samples(), 5);
+        // New sequence numbers follow the old ones after a reopen, and the
+        // known series keep their ids.
+        q.append(&points(&ls, 300, 1), 5).unwrap();
+        assert_eq!(q.series(), 4);
+        let d = q.next(0, Some(c.seq)).unwrap().unwrap();
+        assert!(d.seq > c.seq);
+        assert_eq!(contents(&d), [("d0".to_string(), 300, 0f64.to_bits())]);
+        assert_eq!(q.newest_ms(), Some(300));
+    }
+
+    #[test]
+    fn labels_are_stored_once_and_unused_series_leave_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let ls: Vec<Labels> = (0..500)
+            .map(|i| labels(&format!("a-long-device-name-{i:04}")))
+            .collect();
+        let mut q = Queue::open(dir.path(), "r", 2, 1 << 24, &[]).unwrap();
+        q.append(&points(&ls, 0, 500), 10_000).unwrap();
+        let first = q.bytes();
+        q.append(&points(&ls, 1000, 500), 10_000).unwrap();
+        let second = q.bytes() - first;
+        // The second block of the same series brings no labels: well under
+        // the ~30 label bytes per sample of the first.
+        assert!(second * 4 < first, "first {first} B, second {second} B");
+        assert!(second < 500 * 6, "{second} B for 500 samples");
+        // Queued blocks keep their series.
+        assert_eq!(q.sweep_series(0).unwrap(), 0);
+        let keys: Vec<(u32, u64)> = (0..2u32)
+            .flat_map(|l| {
+                let mut v = Vec::new();
+                let mut after = None;
+                while let Some(b) = q.next(l, after).unwrap() {
+                    after = Some(b.seq);
+                    v.push((l, b.seq));
+                }
+                v
+            })
+            .collect();
+        q.remove(&keys).unwrap();
+        assert_eq!(q.samples(), 0);
+        assert_eq!(q.sweep_series(0).unwrap(), 500);
+        assert_eq!(q.bytes(), 0);
+        drop(q);
+        let q = Queue::open(dir.path(), "r", 2, 1 << 24, &[]).unwrap();
+        assert_eq!(q.series(), 0);
     }
 
     #[test]
     fn full_queue_drops_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        // Room for three 112-byte blocks.
-        let mut q = Queue::open(dir.path(), "r", 2, 340).unwrap();
-        q.append(vec![(0, block(1, 100, 1))]).unwrap();
-        q.append(vec![(1, block(2, 100, 2))]).unwrap();
-        q.append(vec![(0, block(3, 100, 3))]).unwrap();
-        let out = q.append(vec![(1, block(4, 100, 4))]).unwrap();
-        assert_eq!(out.dropped_oldest, 1);
-        assert_eq!(q.samples(), 9);
-        assert_eq!(q.next(0, None).unwrap().unwrap().samples, 3);
+        let ls = [labels("d0")];
+        let mut q = Queue::open(dir.path(), "r", 2, 1 << 20, &[]).unwrap();
+        q.append(&points(&ls, 0, 1), 10).unwrap();
+        let size = q.bytes();
+        drop(q);
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        // Room for the series and about three one-sample blocks.
+        let mut q = Queue::open(dir.path(), "r", 2, size * 3, &[]).unwrap();
+        for t in 0..3 {
+            q.append(&points(&ls, t, 1), 10).unwrap();
+        }
+        let out = q.append(&points(&ls, 3, 1), 10).unwrap();
+        assert!(out.dropped_oldest >= 1, "{out:?}");
+        assert_eq!(q.samples() + out.dropped_oldest, 4);
+        let head = q.next(q.series[&0].lane, None).unwrap().unwrap();
+        assert_eq!(contents(&head)[0].1, out.dropped_oldest as i64);
         // A block larger than the whole queue is not kept.
-        let out = q.append(vec![(0, block(9, 1000, 5))]).unwrap();
-        assert_eq!(out.dropped_new, 9);
-        assert_eq!(q.samples(), 9);
+        let many: Vec<Labels> = (0..2000).map(|i| labels(&format!("x{i}"))).collect();
+        let out = q.append(&points(&many, 9, 2000), 5000).unwrap();
+        assert_eq!(out.dropped_new, 2000);
+        assert_eq!(out.kept, 0);
     }
 }

@@ -9,7 +9,6 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{Auth, RemoteWriteConfig};
-use super::queue::Block;
 use super::{Ctl, RemoteMetrics};
 use crate::telemetry::Telemetry;
 
@@ -47,6 +46,14 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
             .unwrap_or(Duration::ZERO)
     };
     Some(d.min(MAX_RETRY_AFTER))
+}
+
+/// A block's request, ready to post (and to post again).
+struct Sending {
+    seq: u64,
+    samples: u32,
+    newest_ms: i64,
+    body: bytes::Bytes,
 }
 
 pub struct Sender {
@@ -100,6 +107,18 @@ impl Sender {
                 }
                 continue;
             };
+            // Build the request off the runtime's threads (lanes in parallel).
+            let block = tokio::task::spawn_blocking(move || {
+                let body = bytes::Bytes::from(block.body());
+                Sending {
+                    seq: block.seq,
+                    samples: block.samples,
+                    newest_ms: block.newest_ms,
+                    body,
+                }
+            })
+            .await
+            .expect("building a request does not panic");
             if !self.deliver(&block, &shutdown).await {
                 return;
             }
@@ -118,7 +137,7 @@ impl Sender {
     }
 
     /// Post one block until it is sent or given up; false on shutdown.
-    async fn deliver(&self, block: &Block, shutdown: &CancellationToken) -> bool {
+    async fn deliver(&self, block: &Sending, shutdown: &CancellationToken) -> bool {
         let mut backoff = self.cfg.min_backoff;
         loop {
             self.m.in_flight(1);
@@ -164,7 +183,7 @@ impl Sender {
         }
     }
 
-    async fn post(&self, block: &Block) -> Result<(u16, Option<String>), reqwest::Error> {
+    async fn post(&self, block: &Sending) -> Result<(u16, Option<String>), reqwest::Error> {
         let mut req = self
             .client
             .post(&self.cfg.url)
