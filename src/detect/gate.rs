@@ -120,8 +120,12 @@ pub const CPU_RATIO: Effect = Effect {
     direction: Direction::Both,
 };
 
-/// The built-in rule of a family of the system source, `None` for every
-/// other family (which gets [`Effect::generic`]).
+/// The other families of the system source.
+pub const SYSTEM: Effect = Effect::generic(3.0);
+
+/// The built-in rule of a family of the system source (`vitals_*`),
+/// `None` for every other family (which gets [`Effect::generic`] with
+/// `[detect] min_effect`).
 pub fn effect_for(family: &str, kind: MetricKind) -> Option<Effect> {
     let counter = kind == MetricKind::Counter;
     match family {
@@ -142,6 +146,9 @@ pub fn effect_for(family: &str, kind: MetricKind) -> Option<Effect> {
         | "vitals_process_group_open_files"
         | "vitals_process_group_exits_total" => Some(PROCESS_USAGE),
         "vitals_process_group_processes" => Some(PROCESS_COUNT),
+        // The other system families (up, filesystems, memory, load,
+        // temperatures): 3 typical deviations, at once.
+        f if f.starts_with("vitals_") => Some(SYSTEM),
         _ => None,
     }
 }

@@ -474,7 +474,7 @@ mod tests {
 
     #[test]
     fn sensor_jitter_does_not_fire_at_defaults_and_a_step_does() {
-        // An MQTT temperature: 0.1 °C noise with rare 0.5 °C glitches for
+        // A hwmon temperature: 0.1 °C noise with rare 0.5 °C glitches for
         // two hours, then a 3 °C step.
         let n = crate::detect::testdata::noise(7800, 24);
         let mut t: Vec<f64> = n
@@ -485,13 +485,34 @@ mod tests {
         for v in &mut t[7200..] {
             *v += 3.0;
         }
-        let fam = "plant_temperature_celsius";
+        let fam = "vitals_hwmon_temperature_celsius";
         let ev = events_of(&DetectConfig::default(), fam, MetricKind::Gauge, &t);
         assert_eq!(
             ev.iter().filter(|t| **t < 7200).count(),
             0,
             "jitter fired: {ev:?}"
         );
+        assert!(ev.iter().any(|t| (7200..7210).contains(t)), "{ev:?}");
+        let before = events_of(&ungated(), fam, MetricKind::Gauge, &t);
+        assert!(
+            before.iter().any(|t| *t < 7200),
+            "the jitter is a real test: {before:?}"
+        );
+        // A sensor of another source (MQTT) keeps min_effect (0 by
+        // default): its step fires too.
+        let ev = events_of(
+            &DetectConfig::default(),
+            "plant_temperature_celsius",
+            MetricKind::Gauge,
+            &t,
+        );
+        assert!(ev.iter().any(|t| (7200..7210).contains(t)), "{ev:?}");
+        let strict = DetectConfig {
+            min_effect: 3.0,
+            ..DetectConfig::default()
+        };
+        let ev = events_of(&strict, "plant_temperature_celsius", MetricKind::Gauge, &t);
+        assert!(!ev.iter().any(|t| *t < 7200), "min_effect = 3: {ev:?}");
         assert!(ev.iter().any(|t| (7200..7210).contains(t)), "{ev:?}");
     }
 
