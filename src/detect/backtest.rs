@@ -260,6 +260,8 @@ pub fn replay(
         .map(|t| t.spec())
         .collect();
     let mut ensemble = Ensemble::new(&cfg.detect, &statics);
+    // The same gate as a live series of this (unknown) family.
+    let mut gate = super::gate::Gate::new(cfg.detect.effect(name, MetricKind::Gauge));
     let mut out = Vec::with_capacity(parsed.len());
     let mut last_ts: Option<i64> = None;
     let mut typical: Option<i64> = None;
@@ -318,7 +320,8 @@ pub fn replay(
                 (0.0, 0.0, false)
             }
             None if detect_on => {
-                let o = ensemble.step(ts, sample.value);
+                let v = sample.value;
+                let o = ensemble.step_gated(ts, v, |raw, t| gate.apply(v, raw, t));
                 (o.score, o.raw, o.event)
             }
             None => (0.0, 0.0, false),

@@ -207,6 +207,18 @@ impl Ensemble {
     /// Fold in one sample and return the full decision. Non-finite values
     /// are ignored (the previous decision stands).
     pub fn step(&mut self, ts_ms: i64, value: f64) -> Output {
+        self.step_gated(ts_ms, value, |raw, _| raw)
+    }
+
+    /// [`step`](Self::step) with `gate(raw, threshold)` deciding the raw
+    /// score the alarm sees (see [`super::gate`]); `Output::raw` is the
+    /// gated score, so a threshold sweep replays the same decision.
+    pub fn step_gated(
+        &mut self,
+        ts_ms: i64,
+        value: f64,
+        gate: impl FnOnce(f64, f64) -> f64,
+    ) -> Output {
         if !value.is_finite() {
             return self.last;
         }
@@ -255,8 +267,8 @@ impl Ensemble {
             threshold_score = Some(threshold_score.map_or(s as f32, |p| p.max(s as f32)));
             score = score.max(s);
         }
-        let raw = score;
-        let (score, event, active) = self.alarm.decide(score);
+        let raw = gate(score, self.alarm.threshold);
+        let (score, event, active) = self.alarm.decide(raw);
         self.last = Output {
             score,
             raw,

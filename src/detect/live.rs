@@ -25,6 +25,8 @@ pub struct SeriesDetector {
     previous: Option<(i64, f64)>,
     /// Whether anything was scored yet (nothing is exported before).
     scored: bool,
+    /// Minimum effect size and hold period between score and event.
+    gate: super::gate::Gate,
 }
 
 impl SeriesDetector {
@@ -96,6 +98,7 @@ impl Detect {
             events: 0,
             previous: None,
             scored: false,
+            gate: super::gate::Gate::new(self.cfg.effect(name, sample.family.kind)),
         }
     }
 
@@ -130,11 +133,24 @@ impl Detect {
             MetricKind::Histogram => None,
         };
         let value = value?;
-        let out = ensemble.step(sample.timestamp_ms, value);
+        let gate = &mut state.gate;
+        let out = ensemble.step_gated(sample.timestamp_ms, value, |raw, threshold| {
+            gate.apply(value, raw, threshold)
+        });
         state.scored = true;
         if out.event {
             state.events += 1;
             let reason = strongest(&out.members, &self.cfg.detectors, out.threshold);
+            tracing::info!(
+                source,
+                metric = %sample.family.name,
+                labels = sample.labels.as_str(),
+                value,
+                expected = out.band.map(|b| b.expected),
+                score = out.score,
+                reason,
+                "Anomaly event."
+            );
             self.events.publish(Event {
                 kind: "anomaly",
                 severity: Severity::Warning,
@@ -332,6 +348,181 @@ mod tests {
             l.as_str(),
             r#"{cpu="0",exported_metric="a",metric="x_total"}"#
         );
+    }
+
+    /// Anomaly events of one series of `family` fed `values`, one a second.
+    fn events_of(cfg: &DetectConfig, family: &str, kind: MetricKind, values: &[f64]) -> Vec<usize> {
+        let bus = EventBus::new(4096);
+        let mut rx = bus.subscribe();
+        let d = Detect::new(cfg.clone(), vec![], bus);
+        let fam = FamilyMeta::new(family, kind, "t");
+        let mut slot = None;
+        let t0 = 1_764_633_600_000i64;
+        for (i, v) in values.iter().enumerate() {
+            let s = Sample {
+                family: fam.clone(),
+                labels: Labels::from_pairs(&[("device", "lo")]),
+                value: *v,
+                timestamp_ms: t0 + i as i64 * 1000,
+            };
+            d.observe("system", &s, &mut slot);
+        }
+        let mut at = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            at.push(((e.timestamp_ms - t0) / 1000) as usize);
+        }
+        at
+    }
+
+    /// The detector configuration of main before the gate: every deviation
+    /// with a high score fires.
+    fn ungated() -> DetectConfig {
+        DetectConfig {
+            min_effect: 0.0,
+            family_rules: false,
+            ..DetectConfig::default()
+        }
+    }
+
+    /// Per-second counter values of a rate series.
+    fn counter(rates: &[f64]) -> Vec<f64> {
+        rates
+            .iter()
+            .scan(0.0, |c, r| {
+                *c += r;
+                Some(*c)
+            })
+            .collect()
+    }
+
+    /// Loopback traffic as on a busy build host: a few kB/s of jitter and,
+    /// every few minutes, a burst of 5 to 40 s at up to a thousand times
+    /// the rate (a test talking to a local broker).
+    fn loopback(seconds: usize) -> Vec<f64> {
+        let n = crate::detect::testdata::noise(seconds, 21);
+        let mut rates: Vec<f64> = n.iter().map(|v| 2000.0 + 600.0 * v.abs()).collect();
+        let mut i = 400;
+        let mut k = 0usize;
+        while i + 60 < seconds {
+            let len = 5 + (k * 7) % 36;
+            let height = 1e4 * (1 + (k * 13) % 100) as f64;
+            for r in &mut rates[i..i + len] {
+                *r += height * (1.0 + 0.3 * n[i % n.len()]);
+            }
+            i += 150 + (k * 37) % 300;
+            k += 1;
+        }
+        counter(&rates)
+    }
+
+    #[test]
+    fn loopback_bursts_do_not_fire_at_defaults_but_did_without_the_gate() {
+        let values = loopback(3 * 3600);
+        let fam = "vitals_network_receive_bytes_total";
+        let ev = events_of(&DetectConfig::default(), fam, MetricKind::Counter, &values);
+        assert!(ev.is_empty(), "{ev:?}");
+        let before = events_of(&ungated(), fam, MetricKind::Counter, &values);
+        assert!(before.len() >= 5, "the series is a real test: {before:?}");
+    }
+
+    #[test]
+    fn a_lasting_outage_of_a_busy_interface_still_fires() {
+        let n = crate::detect::testdata::noise(1800, 22);
+        let mut rates: Vec<f64> = n.iter().map(|v| 1e6 + 1e5 * v).collect();
+        for r in &mut rates[1200..] {
+            *r = 0.0;
+        }
+        let ev = events_of(
+            &DetectConfig::default(),
+            "vitals_network_transmit_bytes_total",
+            MetricKind::Counter,
+            &counter(&rates),
+        );
+        // After the hold period (a minute of samples).
+        assert!(ev.iter().any(|t| (1200..1300).contains(t)), "{ev:?}");
+    }
+
+    #[test]
+    fn a_process_group_that_dies_fires_on_up_and_on_its_process_count() {
+        let mut up = vec![1.0; 900];
+        up.extend([0.0; 100]);
+        let ev = events_of(
+            &DetectConfig::default(),
+            "vitals_process_group_up",
+            MetricKind::Gauge,
+            &up,
+        );
+        assert!(ev.iter().any(|t| (900..905).contains(t)), "{ev:?}");
+        let mut procs: Vec<f64> = (0..900).map(|i| 3.0 + ((i / 97) % 2) as f64).collect();
+        procs.extend([0.0; 100]);
+        let ev = events_of(
+            &DetectConfig::default(),
+            "vitals_process_group_processes",
+            MetricKind::Gauge,
+            &procs,
+        );
+        assert!(ev.iter().any(|t| (900..905).contains(t)), "{ev:?}");
+    }
+
+    #[test]
+    fn a_filling_disk_fires() {
+        // 50 GB free with a few MB of churn, then 200 MB/s written.
+        let n = crate::detect::testdata::noise(1200, 23);
+        let mut free: Vec<f64> = n.iter().map(|v| 5e10 + 2e6 * v).collect();
+        for (i, f) in free.iter_mut().enumerate().skip(900) {
+            *f -= 2e8 * (i - 899) as f64;
+        }
+        let ev = events_of(
+            &DetectConfig::default(),
+            "vitals_filesystem_available_bytes",
+            MetricKind::Gauge,
+            &free,
+        );
+        assert!(ev.iter().any(|t| (900..960).contains(t)), "{ev:?}");
+    }
+
+    #[test]
+    fn sensor_jitter_does_not_fire_at_defaults_and_a_step_does() {
+        // A hwmon temperature: 0.1 °C noise with rare 0.5 °C glitches for
+        // two hours, then a 3 °C step.
+        let n = crate::detect::testdata::noise(7800, 24);
+        let mut t: Vec<f64> = n
+            .iter()
+            .enumerate()
+            .map(|(i, v)| 21.0 + 0.1 * v + if i % 611 == 0 { 0.5 } else { 0.0 })
+            .collect();
+        for v in &mut t[7200..] {
+            *v += 3.0;
+        }
+        let fam = "vitals_hwmon_temperature_celsius";
+        let ev = events_of(&DetectConfig::default(), fam, MetricKind::Gauge, &t);
+        assert_eq!(
+            ev.iter().filter(|t| **t < 7200).count(),
+            0,
+            "jitter fired: {ev:?}"
+        );
+        assert!(ev.iter().any(|t| (7200..7210).contains(t)), "{ev:?}");
+        let before = events_of(&ungated(), fam, MetricKind::Gauge, &t);
+        assert!(
+            before.iter().any(|t| *t < 7200),
+            "the jitter is a real test: {before:?}"
+        );
+        // A sensor of another source (MQTT) keeps min_effect (0 by
+        // default): its step fires too.
+        let ev = events_of(
+            &DetectConfig::default(),
+            "plant_temperature_celsius",
+            MetricKind::Gauge,
+            &t,
+        );
+        assert!(ev.iter().any(|t| (7200..7210).contains(t)), "{ev:?}");
+        let strict = DetectConfig {
+            min_effect: 3.0,
+            ..DetectConfig::default()
+        };
+        let ev = events_of(&strict, "plant_temperature_celsius", MetricKind::Gauge, &t);
+        assert!(!ev.iter().any(|t| *t < 7200), "min_effect = 3: {ev:?}");
+        assert!(ev.iter().any(|t| (7200..7210).contains(t)), "{ev:?}");
     }
 
     #[test]

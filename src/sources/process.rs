@@ -45,11 +45,13 @@ pub(crate) fn default_process_groups() -> Vec<ProcessGroupConfig> {
             pids: vec![1],
         },
         ProcessGroupConfig {
+            // This process only: matching the name would also take in
+            // every other vitals process on the host (tests, the relay).
             name: "vitals".into(),
-            comm: vec!["vitals".into()],
+            comm: vec![],
             exe: vec![],
             cmdline: vec![],
-            pids: vec![],
+            pids: vec![std::process::id()],
         },
     ]
 }
