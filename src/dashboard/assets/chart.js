@@ -11,6 +11,7 @@ const VitalsChart = (() => {
     if (!palette) {
       palette = {
         ink: css("--ink"), muted: css("--muted"), grid: css("--grid"), crit: css("--crit"),
+        warn: css("--warn"), info: css("--accent-2"),
         lines: ["--c1", "--c2", "--c3", "--c4", "--c5", "--c6"].map(css),
       };
     }
@@ -55,6 +56,13 @@ const VitalsChart = (() => {
     return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0") +
       (d.getSeconds() ? ":" + String(d.getSeconds()).padStart(2, "0") : "");
   }
+  /** Axis label: the clock, with the day for ticks a day apart or more. */
+  function tick(tSec, step) {
+    if (step < 86400) return clock(tSec);
+    const d = new Date(tSec * 1000);
+    return String(d.getMonth() + 1).padStart(2, "0") + "-" + String(d.getDate()).padStart(2, "0");
+  }
+  const TICKS = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
 
   /** Size the backing store to the element and device pixel ratio. */
   function fit(canvas) {
@@ -71,7 +79,11 @@ const VitalsChart = (() => {
   /**
    * Draw `lines` over the time range [t0, t1] (seconds).
    * Each line: {t: [sec], v: [number|null], s?: [score|null], color?, width?, alpha?}.
-   * opts: {unit, axes (bool), min (fixed y min), max, threshold (score), scoreStrip (bool)}.
+   * opts: {unit, axes (bool), min (fixed y min), max, threshold (score), scoreStrip (bool),
+   *   gap (s: a longer gap breaks the line), markers ([{t, severity}]: events, drawn as
+   *   vertical lines with a triangle on top)}.
+   * Records the plot geometry in `canvas.__geom` (for zoom and pan) and where
+   * each marker was drawn in `canvas.__marks` ([{t, x, y}], CSS pixels).
    */
   function draw(canvas, lines, t0, t1, opts) {
     const f = fit(canvas);
@@ -84,10 +96,11 @@ const VitalsChart = (() => {
     const plotH = h - padT - padB - strip;
     const plotW = w - padL - padR;
     ctx.clearRect(0, 0, w, h);
-    // y range over the points in view
+    // y range over the points in view (and one past each edge)
     let lo = Infinity, hi = -Infinity;
+    const end = (l) => Math.min(l.t.length, firstIndex(l.t, t1) + 1);
     for (const l of lines) {
-      for (let i = firstIndex(l.t, t0 - 2); i < l.t.length; i++) {
+      for (let i = firstIndex(l.t, t0 - 2), n = end(l); i < n; i++) {
         const v = l.v[i];
         if (v == null) continue;
         if (v < lo) lo = v;
@@ -115,12 +128,14 @@ const VitalsChart = (() => {
         ctx.fillText(fmt(v, opts.unit), padL - 6, py);
       }
       const span = t1 - t0;
-      const xs = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600].find((s) => span / s <= Math.max(2, plotW / 90)) || 3600;
+      const xs = TICKS.find((s) => span / s <= Math.max(2, plotW / 90)) || TICKS[TICKS.length - 1];
+      // Day-or-longer ticks fall on local midnights.
+      const off = xs >= 86400 ? new Date(t0 * 1000).getTimezoneOffset() * 60 : 0;
       ctx.textAlign = "center"; ctx.textBaseline = "top";
-      for (let t = Math.ceil(t0 / xs) * xs; t <= t1; t += xs) {
+      for (let t = Math.ceil((t0 - off) / xs) * xs + off; t <= t1; t += xs) {
         const px = Math.round(x(t)) + 0.5;
         ctx.beginPath(); ctx.moveTo(px, padT); ctx.lineTo(px, padT + plotH); ctx.stroke();
-        ctx.fillText(clock(t), px, h - padB + 4);
+        ctx.fillText(tick(t, xs), px, h - padB + 4);
       }
     }
     ctx.save();
@@ -134,7 +149,7 @@ const VitalsChart = (() => {
       ctx.beginPath();
       let pen = false, prevT = 0;
       const gap = (opts.gap || 5);
-      for (let i = firstIndex(l.t, t0 - 2); i < l.t.length; i++) {
+      for (let i = firstIndex(l.t, t0 - 2), n = end(l); i < n; i++) {
         const v = l.v[i];
         if (v == null) { pen = false; continue; }
         const px = x(l.t[i]), py = y(v);
@@ -171,7 +186,20 @@ const VitalsChart = (() => {
         }
       }
     });
+    const marks = [];
+    for (const m of opts.markers || []) {
+      if (m.t < t0 || m.t > t1) continue;
+      const px = Math.round(x(m.t)) + 0.5;
+      ctx.strokeStyle = ctx.fillStyle = m.severity === "critical" ? c.crit : m.severity === "warning" ? c.warn : c.info;
+      ctx.globalAlpha = 0.55; ctx.lineWidth = 1;
+      ctx.beginPath(); ctx.moveTo(px, padT); ctx.lineTo(px, padT + plotH); ctx.stroke();
+      ctx.globalAlpha = 1;
+      ctx.beginPath(); ctx.moveTo(px - 4, padT); ctx.lineTo(px + 4, padT); ctx.lineTo(px, padT + 6); ctx.closePath(); ctx.fill();
+      marks.push({ t: m.t, x: px, y: padT + 2 });
+    }
     ctx.restore();
+    canvas.__geom = { padL, plotW, t0, t1 };
+    canvas.__marks = marks;
     return true;
   }
 
