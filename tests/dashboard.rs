@@ -424,7 +424,7 @@ async fn dashboard_history_restart_zoom_markers_and_csv_in_chromium() {
     first
         .terminate(Duration::from_secs(20))
         .expect("vitals stops");
-    let restart = now_s();
+    let restart = now_s().floor();
     let vitals = Vitals::start(&with_history(data.path()));
     let driver = start_driver();
     let c = browser(&driver).await;
@@ -451,7 +451,7 @@ async fn dashboard_history_restart_zoom_markers_and_csv_in_chromium() {
     .await;
     assert!(
         before.as_u64().unwrap() >= 5,
-        "{before} points before the restart"
+        "{before} CPU points from before the restart in the 1 h view (needs the on-disk history store)"
     );
     let q = run(&c, "return __vitals.hist.lastQuery").await;
     assert!(
@@ -479,6 +479,28 @@ async fn dashboard_history_restart_zoom_markers_and_csv_in_chromium() {
         "document.querySelector('#f-window').value === '3600' && __vitals.hist.fetches >= 1",
     )
     .await;
+
+    // 7 d: one step per pixel of the chart, so the server reads a rollup.
+    run(&c, "const s = document.querySelector('#f-window'); s.value = '604800'; s.dispatchEvent(new Event('change')); return 1;").await;
+    let q = until(
+        &c,
+        "the 7 d query",
+        "(q => q && q.end - q.start >= 604800 && __vitals.hist.version > 0 && [q.start, q.end, q.step, document.querySelector('#c-cpu').clientWidth])(__vitals.hist.lastQuery)",
+    )
+    .await;
+    let q: Vec<f64> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let points = (q[1] - q[0]) / q[2];
+    assert!(
+        q[2] >= 600.0 && points <= q[3] + 1.0 && points >= q[3] / 3.0,
+        "7 d over a {} px chart at step {} s ({points} points)",
+        q[3],
+        q[2]
+    );
 
     // Dragging across the middle half of the CPU chart zooms to it, kept
     // in the URL.
