@@ -147,20 +147,27 @@ const VitalsChart = (() => {
       ctx.lineWidth = l.width || 1.5;
       ctx.lineJoin = "round";
       ctx.beginPath();
-      let pen = false, prevT = 0;
+      let pen = false, prevT = 0, segX = 0;
       const gap = (opts.gap || 5);
+      const fill = l.fill && lines.length === 1;
+      const area = fill ? new Path2D() : null, bottom = padT + plotH;
+      const close = (px) => { if (area) { area.lineTo(px, bottom); area.lineTo(segX, bottom); area.closePath(); } };
       for (let i = firstIndex(l.t, t0 - 2), n = end(l); i < n; i++) {
         const v = l.v[i];
-        if (v == null) { pen = false; continue; }
+        if (v == null) { if (pen) close(x(prevT)); pen = false; continue; }
         const px = x(l.t[i]), py = y(v);
-        if (pen && l.t[i] - prevT <= gap) ctx.lineTo(px, py); else ctx.moveTo(px, py);
+        if (pen && l.t[i] - prevT <= gap) { ctx.lineTo(px, py); if (area) area.lineTo(px, py); }
+        else {
+          if (pen) close(x(prevT));
+          ctx.moveTo(px, py);
+          if (area) area.moveTo(px, py);
+          segX = px;
+        }
         pen = true; prevT = l.t[i];
       }
+      if (pen) close(x(prevT));
       ctx.stroke();
-      if (l.fill && lines.length === 1) {
-        ctx.lineTo(x(prevT), padT + plotH); ctx.lineTo(x(l.t[firstIndex(l.t, t0 - 2)] ?? t0), padT + plotH);
-        ctx.globalAlpha = 0.08; ctx.fillStyle = color; ctx.fill();
-      }
+      if (fill) { ctx.globalAlpha = 0.08; ctx.fillStyle = color; ctx.fill(area); }
       ctx.globalAlpha = 1;
       if (l.s) {
         const thr = opts.threshold || 0.8;
