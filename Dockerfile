@@ -18,7 +18,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin vitals \
     && install -D -m 0755 target/release/vitals /out/usr/local/bin/vitals \
-    && mkdir -p /out/var/lib/vitals-relay /out/etc/vitals
+    && mkdir -p /out/var/lib/vitals-relay /out/var/lib/vitals /out/etc/vitals
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/usr/local/bin/vitals /usr/local/bin/vitals
@@ -26,6 +26,10 @@ COPY --from=build /out/usr/local/bin/vitals /usr/local/bin/vitals
 # owned by the image's non-root user (65532).
 COPY --from=build --chown=65532:65532 /out/var/lib/vitals-relay /var/lib/vitals-relay
 COPY --from=build --chown=65532:65532 /out/etc/vitals /etc/vitals
+# The on-disk history (`[history] path`, default `data` under this
+# directory); mount a volume at /var/lib/vitals to keep it.
+COPY --from=build --chown=65532:65532 /out/var/lib/vitals /var/lib/vitals
+WORKDIR /var/lib/vitals
 USER 65532:65532
 # 9797: exporter (/metrics, dashboard); 9798: relay.
 EXPOSE 9797 9798

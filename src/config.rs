@@ -904,6 +904,9 @@ impl Config {
         if let Err((key, reason)) = crate::remote_write::config::validate_all(&self.remote_write) {
             return Err(invalid(&key, &reason));
         }
+        if let Err((key, reason)) = self.history.validate() {
+            return Err(invalid(&key, &reason));
+        }
         let mut source_names = std::collections::HashSet::from(["system"]);
         let mut routes = std::collections::HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {

@@ -370,6 +370,10 @@ struct RunArgs {
     /// reloads (`web.enable_lifecycle`).
     #[arg(long = "web.enable-lifecycle")]
     enable_lifecycle: bool,
+    /// Directory of the on-disk history, overriding `history.path`
+    /// (default `data/` under the working directory), as Prometheus' flag.
+    #[arg(long = "storage.path", value_name = "DIR")]
+    storage_path: Option<PathBuf>,
     #[command(flatten)]
     collectors: CollectorArgs,
     /// Host root filesystem mounted in a container (e.g. /host): only
@@ -510,6 +514,9 @@ fn apply_overrides(cfg: &mut vitals::config::Config, args: &RunArgs) -> Result<(
     }
     if let Some(path) = &args.telemetry_path {
         cfg.web.telemetry_path = path.clone();
+    }
+    if let Some(path) = &args.storage_path {
+        cfg.history.path = path.clone();
     }
     cfg.web.disable_exporter_metrics |= args.disable_exporter_metrics;
     cfg.web.enable_lifecycle |= args.enable_lifecycle;

@@ -38,6 +38,8 @@ pub enum RunError {
     WebConfig(crate::expose::webconfig::WebConfigError),
     #[error("{0}")]
     RemoteWrite(crate::remote_write::RemoteWriteError),
+    #[error("{0}")]
+    History(crate::history::HistoryError),
 }
 
 /// Reads the configuration again on reload (the file, environment and
@@ -161,13 +163,29 @@ pub async fn run_until(
     // until the ingest task ends, so what it applies at shutdown is queued.
     let tap = crate::remote_write::start(&cfg.remote_write, &telemetry, &tracker, shutdown.clone())
         .map_err(RunError::RemoteWrite)?;
+    // History buffers what the ingest task stores and writes it every
+    // flush interval; its flusher writes the rest once the ingest task ends.
+    let history = crate::history::start(
+        &cfg.history,
+        &telemetry,
+        &events,
+        &tracker,
+        shutdown.clone(),
+    )
+    .map_err(RunError::History)?;
+    let taps = pipeline::Taps {
+        remote_write: tap,
+        history: history.as_ref().map(|h| h.tap.clone()),
+    };
+    // What the query API reads (the tap above is the only writer).
+    let _history_reader = history.map(|h| h.reader);
     tracker.spawn(pipeline::run_ingest_with_control(
         rx,
         pipeline_rx,
         Pipeline::from_config(&cfg, events.clone()),
         store.clone(),
         telemetry.clone(),
-        tap,
+        taps,
         ingest_stop.clone(),
     ));
     let ctx = sources::SourceContext {

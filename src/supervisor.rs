@@ -428,6 +428,10 @@ impl Supervisor {
         if format!("{:?}", old.remote_write) != format!("{:?}", new.remote_write) {
             summary.needs_restart.push("remote_write");
         }
+        // The history store is opened once, at start.
+        if old.history != new.history {
+            summary.needs_restart.push("history");
+        }
 
         // New bounds apply to the series created from here on (and to the
         // sources started below).
@@ -496,6 +500,7 @@ impl Supervisor {
         }
         applied.web = self.config.web.clone();
         applied.store.ingest_queue = self.config.store.ingest_queue;
+        applied.history = self.config.history.clone();
         self.config = applied;
         summary
     }

@@ -528,6 +528,8 @@ fn start_logging(args: &[&str]) -> (Vitals, std::path::PathBuf) {
         .unwrap();
     let child = Command::new(vitals_bin())
         .args(["run", "--web.listen-address", &addr.to_string()])
+        .arg("--storage.path")
+        .arg(dir.path().join("data"))
         .args(args)
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
@@ -686,6 +688,8 @@ fn reload_over_http_needs_the_lifecycle_flag() {
         .arg("--config")
         .arg(&config)
         .args(["--web.listen-address", &addr.to_string()])
+        .arg("--storage.path")
+        .arg(dir.path().join("data"))
         .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -451,6 +451,8 @@ fn saved_offsets_are_fsynced_before_the_rename() {
         .args(["run", "--config"])
         .arg(&cfg)
         .args(["--web.listen-address", &addr])
+        .arg("--storage.path")
+        .arg(dir.path().join("data"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -755,6 +755,8 @@ fn start_with_env(config: &str, env: &[(&str, &str)]) -> Vitals {
         .arg(&path)
         .arg("--web.listen-address")
         .arg(addr.to_string())
+        .arg("--storage.path")
+        .arg(dir.path().join("data"))
         .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())

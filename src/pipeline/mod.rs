@@ -79,11 +79,27 @@ impl Pipeline {
     /// scores, series that ended) to `tap` (remote write) without waiting.
     pub fn apply_tapped(
         &mut self,
-        mut batch: Batch,
+        batch: Batch,
         store: &mut Store,
         telemetry: &Telemetry,
         tap: Option<&crate::remote_write::Tap>,
     ) {
+        let taps = Taps {
+            remote_write: tap.cloned(),
+            history: None,
+        };
+        self.apply_to(batch, store, telemetry, &taps)
+    }
+
+    /// [`Pipeline::apply`], handing what was stored to every tap.
+    pub fn apply_to(
+        &mut self,
+        mut batch: Batch,
+        store: &mut Store,
+        telemetry: &Telemetry,
+        taps: &Taps,
+    ) {
+        let tap = taps.any().then_some(taps);
         if batch.mode == BatchMode::Remove {
             store.remove_source(&batch.source);
             telemetry.forget_source_samples(&batch.source);
@@ -164,6 +180,43 @@ impl Pipeline {
     }
 }
 
+/// Where the ingest task hands what it stored, without waiting: remote
+/// write and the history store.
+#[derive(Clone, Default)]
+pub struct Taps {
+    pub remote_write: Option<crate::remote_write::Tap>,
+    pub history: Option<crate::history::Tap>,
+}
+
+impl Taps {
+    fn any(&self) -> bool {
+        self.remote_write.is_some() || self.history.is_some()
+    }
+
+    fn score_sample(
+        &self,
+        family: &str,
+        labels: &crate::model::Labels,
+        ts: i64,
+        score: f64,
+    ) -> Sample {
+        match (&self.remote_write, &self.history) {
+            (Some(rw), _) => rw.score_sample(family, labels, ts, score),
+            (None, Some(h)) => h.score_sample(family, labels, ts, score),
+            (None, None) => unreachable!("scores are only made for a tap"),
+        }
+    }
+
+    fn send(&self, batch: crate::remote_write::TapBatch) {
+        if let Some(h) = &self.history {
+            h.send(&batch.samples);
+        }
+        if let Some(rw) = &self.remote_write {
+            rw.send(batch);
+        }
+    }
+}
+
 /// A new pipeline for the ingest task, built from a reloaded configuration.
 pub struct Reconfigure {
     pub pipeline: Pipeline,
@@ -186,23 +239,32 @@ pub async fn run_ingest(
     shutdown: CancellationToken,
 ) {
     let (_keep, control) = mpsc::channel(1);
-    run_ingest_with_control(rx, control, pipeline, store, telemetry, None, shutdown).await
+    run_ingest_with_control(
+        rx,
+        control,
+        pipeline,
+        store,
+        telemetry,
+        Taps::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// [`run_ingest`] that also swaps in a new pipeline on each [`Reconfigure`]
 /// from `control` (hot reload). A swap is taken before the next batch, so
 /// every batch queued after the reload answered goes through the new one.
-/// With a `tap`, what is stored is also handed to remote write.
+/// What is stored is also handed to the `taps` (remote write, history).
 pub async fn run_ingest_with_control(
     mut rx: mpsc::Receiver<Batch>,
     mut control: mpsc::Receiver<Reconfigure>,
     mut pipeline: Pipeline,
     store: Arc<RwLock<Store>>,
     telemetry: Arc<Telemetry>,
-    tap: Option<crate::remote_write::Tap>,
+    taps: Taps,
     shutdown: CancellationToken,
 ) {
-    let tap = tap.as_ref();
+    let tap = taps.remote_write.as_ref();
     if tap.is_some() {
         store.write().track_ended();
     }
@@ -226,7 +288,7 @@ pub async fn run_ingest_with_control(
                 None => control_open = false,
             },
             batch = rx.recv() => match batch {
-                Some(batch) => pipeline.apply_tapped(batch, &mut store.write(), &telemetry, tap),
+                Some(batch) => pipeline.apply_to(batch, &mut store.write(), &telemetry, &taps),
                 None => break,
             },
             _ = expiry.tick() => {
@@ -244,6 +306,6 @@ pub async fn run_ingest_with_control(
     // Whatever is already queued is applied before exit, so nothing
     // accepted by a source is lost on shutdown.
     while let Ok(batch) = rx.try_recv() {
-        pipeline.apply_tapped(batch, &mut store.write(), &telemetry, tap);
+        pipeline.apply_to(batch, &mut store.write(), &telemetry, &taps);
     }
 }

@@ -142,6 +142,9 @@ impl Vitals {
             .arg(&path)
             .arg("--web.listen-address")
             .arg(addr.to_string())
+            // Each instance its own history (on by default, `data/`).
+            .arg("--storage.path")
+            .arg(dir.path().join("data"))
             // POST /-/reload, which tests use, needs it since it is gated.
             .arg("--web.enable-lifecycle")
             .args(extra_args)
@@ -177,6 +180,8 @@ impl Vitals {
             .arg(addr.to_string())
             .arg("--web.config.file")
             .arg(web_config)
+            .arg("--storage.path")
+            .arg(dir.path().join("data"))
             .arg("--web.enable-lifecycle")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
