@@ -390,12 +390,32 @@ fn now_s() -> f64 {
         .as_secs_f64()
 }
 
-/// `CONFIG` with the history store at `path`, flushed every second.
-fn with_history(path: &std::path::Path) -> String {
-    format!(
-        "{CONFIG}\n[history]\npath = '{}'\nflush_interval = \"1s\"\n",
-        path.display()
-    )
+/// Stop `v` (SIGTERM) and start it again on the same address, config
+/// and history directory (the harness' `--storage.path`).
+fn restart_vitals(v: &mut Vitals) {
+    v.terminate(Duration::from_secs(20)).expect("vitals stops");
+    v.child = Command::new(common::vitals_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(v.dir.path().join("vitals.toml"))
+        .arg("--web.listen-address")
+        .arg(v.addr.to_string())
+        .arg("--storage.path")
+        .arg(v.dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn vitals again");
+    let (addr, child) = (v.addr, &mut v.child);
+    common::wait_for(Duration::from_secs(20), "vitals to be ready again", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("vitals exited early with {status}");
+        }
+        common::get(addr, "/readyz")
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ())
+    });
 }
 
 /// Run `script` (a function body that may `await`) in the page; its value.
@@ -413,19 +433,15 @@ async fn run(c: &Client, script: &str) -> Value {
 /// With history off the page keeps working from the in-memory window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_history_restart_zoom_markers_and_csv_in_chromium() {
-    let data = tempfile::tempdir().expect("data dir");
     // Before the restart: about 12 s of host and demo series (and demo
-    // anomalies every 2 s) go into the store.
-    let mut first = Vitals::start(&with_history(data.path()));
+    // anomalies every 2 s) go into the store, flushed every second.
+    let mut vitals = Vitals::start(&format!("{CONFIG}\n[history]\nflush_interval = \"1s\"\n"));
     let first_start = now_s().ceil() + 1.0;
     tokio::time::sleep(Duration::from_secs(12)).await;
     let first_end = now_s().floor() - 1.0;
     tokio::time::sleep(Duration::from_millis(1500)).await; // one flush
-    first
-        .terminate(Duration::from_secs(20))
-        .expect("vitals stops");
     let restart = now_s().floor();
-    let vitals = Vitals::start(&with_history(data.path()));
+    restart_vitals(&mut vitals);
     let driver = start_driver();
     let c = browser(&driver).await;
     let base = format!("http://{}/", vitals.addr);
