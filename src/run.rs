@@ -219,6 +219,17 @@ pub async fn run_until(
         tracker.spawn(dashboard.clone().run_hub(events.clone(), shutdown.clone()));
         dashboard.router(shutdown.clone())
     });
+    // The query API (src/query/): `None` → served from the store; the
+    // on-disk history's reader goes there when `[history]` is on.
+    let query = crate::query::state_for_run(
+        &cfg.history,
+        None,
+        store.clone(),
+        &events,
+        &telemetry,
+        &tracker,
+        shutdown.clone(),
+    );
     let state = AppState {
         store,
         telemetry,
@@ -227,8 +238,13 @@ pub async fn run_until(
         reload: Some(reload_tx),
         options: server::ServerOptions::from_config(&cfg.web),
     };
-    let app = server::app_with_page(state, cfg.web.max_requests, Vec::new(), page)
-        .fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push_routes));
+    let app = server::app_with_page(
+        state,
+        cfg.web.max_requests,
+        vec![crate::query::router(query)],
+        page,
+    )
+    .fallback_service(axum::routing::any(crate::supervisor::dispatch).with_state(push_routes));
     let drain = cfg.web.shutdown_timeout;
     let web = match &cfg.web.config_file {
         Some(path) => Some(Arc::new(
