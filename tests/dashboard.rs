@@ -382,3 +382,367 @@ fn dashboard_routes_are_read_only() {
         }
     }
 }
+
+fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Stop `v` (SIGTERM) and start it again on the same address, config
+/// and history directory (the harness' `--storage.path`).
+fn restart_vitals(v: &mut Vitals) {
+    v.terminate(Duration::from_secs(20)).expect("vitals stops");
+    v.child = Command::new(common::vitals_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(v.dir.path().join("vitals.toml"))
+        .arg("--web.listen-address")
+        .arg(v.addr.to_string())
+        .arg("--storage.path")
+        .arg(v.dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn vitals again");
+    let (addr, child) = (v.addr, &mut v.child);
+    common::wait_for(Duration::from_secs(20), "vitals to be ready again", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("vitals exited early with {status}");
+        }
+        common::get(addr, "/readyz")
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ())
+    });
+}
+
+/// Run `script` (a function body that may `await`) in the page; its value.
+async fn run(c: &Client, script: &str) -> Value {
+    c.execute(&format!("return (async () => {{ {script} }})();"), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+}
+
+/// History in the dashboard: a window beyond the in-memory one is read
+/// from the query API, so after a restart the 1 h view shows the points
+/// from before it; a custom range (set by dragging a chart) lands in the
+/// URL and survives a reload; stored events are drawn as markers; the CSV
+/// export holds exactly the API's points of the series and range in view.
+/// With history off the page keeps working from the in-memory window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_history_restart_zoom_markers_and_csv_in_chromium() {
+    // Before the restart: about 12 s of host and demo series (and demo
+    // anomalies every 2 s) go into the store, flushed every second.
+    let mut vitals = Vitals::start(&format!("{CONFIG}\n[history]\nflush_interval = \"1s\"\n"));
+    let first_start = now_s().ceil() + 1.0;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let first_end = now_s().floor() - 1.0;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // one flush
+    let restart = now_s().floor();
+    restart_vitals(&mut vitals);
+    let driver = start_driver();
+    let c = browser(&driver).await;
+    let base = format!("http://{}/", vitals.addr);
+
+    // The 1 h window (chosen in the form) shows points from before the
+    // restart and keeps streaming.
+    c.goto(&base).await.expect("open the dashboard");
+    until(
+        &c,
+        "the snapshot",
+        "window.__vitals && __vitals.snapshots >= 1",
+    )
+    .await;
+    run(&c, "const s = document.querySelector('#f-window'); s.value = '3600'; s.dispatchEvent(new Event('change')); return 1;").await;
+    let cpu = "([...__vitals.state.series.values()].find(s => s.metric === 'vitals_cpu_usage_ratio') || { t: [], v: [] })";
+    let before = until(
+        &c,
+        "the 1 h view to show CPU points from before the restart",
+        &format!(
+            "__vitals.hist.version > 0 && __vitals.pts({cpu}).t.filter(t => t < {restart}).length"
+        ),
+    )
+    .await;
+    assert!(
+        before.as_u64().unwrap() >= 5,
+        "{before} CPU points from before the restart in the 1 h view (needs the on-disk history store)"
+    );
+    let q = run(&c, "return __vitals.hist.lastQuery").await;
+    assert!(
+        q["end"].as_f64().unwrap() - q["start"].as_f64().unwrap() >= 3600.0,
+        "{q}"
+    );
+    let last = run(&c, &format!("return __vitals.pts({cpu}).t.at(-1)")).await;
+    until(
+        &c,
+        "the 1 h view to keep streaming",
+        &format!("__vitals.pts({cpu}).t.at(-1) > {last}"),
+    )
+    .await;
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("window=3600")
+    );
+    c.refresh().await.unwrap();
+    until(
+        &c,
+        "the 1 h window after a reload",
+        "document.querySelector('#f-window').value === '3600' && __vitals.hist.fetches >= 1",
+    )
+    .await;
+
+    // 7 d: one step per pixel of the chart, so the server reads a rollup.
+    run(&c, "const s = document.querySelector('#f-window'); s.value = '604800'; s.dispatchEvent(new Event('change')); return 1;").await;
+    let q = until(
+        &c,
+        "the 7 d query",
+        "(q => q && q.end - q.start >= 604800 && __vitals.hist.version > 0 && [q.start, q.end, q.step, document.querySelector('#c-cpu').clientWidth])(__vitals.hist.lastQuery)",
+    )
+    .await;
+    let q: Vec<f64> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let points = (q[1] - q[0]) / q[2];
+    assert!(
+        q[2] >= 600.0 && points <= q[3] + 1.0 && points >= q[3] / 3.0,
+        "7 d over a {} px chart at step {} s ({points} points)",
+        q[3],
+        q[2]
+    );
+
+    // Dragging across the middle half of the CPU chart zooms to it, kept
+    // in the URL.
+    until(
+        &c,
+        "the CPU chart",
+        "document.querySelector('#c-cpu').__geom",
+    )
+    .await;
+    let zoomed = run(
+        &c,
+        "const cv = document.querySelector('#c-cpu'), g = cv.__geom, r = cv.getBoundingClientRect();
+         const x0 = r.left + g.padL + g.plotW / 4, x1 = r.left + g.padL + 3 * g.plotW / 4, y = r.top + 30;
+         cv.dispatchEvent(new PointerEvent('pointerdown', { bubbles: true, clientX: x0, clientY: y, button: 0 }));
+         window.dispatchEvent(new PointerEvent('pointermove', { clientX: x1, clientY: y }));
+         window.dispatchEvent(new PointerEvent('pointerup', { clientX: x1, clientY: y }));
+         const span = g.t1 - g.t0;
+         return [__vitals.state.from, __vitals.state.to, g.t0 + span / 4, g.t0 + 3 * span / 4];",
+    )
+    .await;
+    let z: Vec<f64> = zoomed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .collect();
+    assert!(
+        (z[0] - z[2]).abs() <= 1.0 && (z[1] - z[3]).abs() <= 1.0,
+        "zoomed to [from, to, dragged from, dragged to] = {zoomed}"
+    );
+    let url = c.current_url().await.unwrap();
+    assert!(
+        url.as_str().contains("from=") && url.as_str().contains("to="),
+        "{url}"
+    );
+    c.refresh().await.unwrap();
+    let kept = until(
+        &c,
+        "the zoomed range after a reload",
+        "document.querySelector('#f-window').value === 'custom' && [__vitals.state.from, __vitals.state.to]",
+    )
+    .await;
+    assert_eq!(
+        kept,
+        json!([z[0], z[1]]),
+        "the custom range survives a reload"
+    );
+
+    // The sensors over the first run only (before the restart): every
+    // point comes from the store.
+    let (a, b) = (first_start, first_end);
+    let iso = |t: f64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs_f64(t))
+            .to_string()
+    };
+    c.goto(&format!(
+        "{base}?view=sensors&from={}&to={}",
+        iso(a),
+        iso(b)
+    ))
+    .await
+    .unwrap();
+    until(
+        &c,
+        "sensor history from the store",
+        "document.querySelectorAll('#cards-sensors .srow').length === 24 && __vitals.hist.version > 0 && __vitals.hist.byKey.size >= 24",
+    )
+    .await;
+
+    // Markers: each stored demo anomaly in the range whose series chart is
+    // on screen is drawn at its time, and the canvas is painted there.
+    let checked = until(
+        &c,
+        "markers for the stored events on the sensor charts",
+        &format!(
+            r#"(async () => {{
+               const r = await fetch('api/v1/vitals/events?start={a}&end={b}&limit=1000');
+               const events = (await r.json()).data.filter(e => e.reason === 'demo_injected_spike');
+               const key = (metric, l) => metric + JSON.stringify(Object.keys(l).sort().map(k => [k, l[k]]));
+               const parse = (text) => Object.fromEntries([...text.matchAll(/(\w+)="([^"]*)"/g)].map(m => [m[1], m[2]]));
+               const charts = new Map();
+               for (const cv of document.querySelectorAll('#cards-sensors .srow canvas')) {{
+                 const s = __vitals.state.series.get(+cv.dataset.id);
+                 if (s && cv.__geom) charts.set(key(s.metric, s.labels), cv);
+               }}
+               const out = [];
+               for (const e of events) {{
+                 const cv = charts.get(key(e.metric, parse(e.labels)));
+                 if (!cv) continue;
+                 const m = (cv.__marks || []).find(m => Math.abs(m.t - e.timestamp_ms / 1000) < 1e-6);
+                 const dpr = window.devicePixelRatio || 1;
+                 const px = m ? [...cv.getContext('2d').getImageData(Math.round(m.x * dpr), Math.round(m.y * dpr), 1, 1).data] : null;
+                 out.push({{ event: e, px }});
+               }}
+               return out.length && out;
+             }})()"#
+        ),
+    )
+    .await;
+    for m in checked.as_array().unwrap() {
+        let p: Vec<u64> = m["px"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no marker drawn for {}", m["event"]))
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        // The critical colour (red), not a line's.
+        assert!(
+            p[3] > 0 && p[0] > 150 && p[0] > p[1] + 40 && p[0] > p[2] + 40,
+            "marker pixel {p:?} for {}",
+            m["event"]
+        );
+    }
+
+    // CSV export: intercept the download, read the blob.
+    let got = run(
+        &c,
+        "let blob = null, name = null; const orig = URL.createObjectURL;
+         URL.createObjectURL = (b) => { blob = b; return orig(b); };
+         HTMLAnchorElement.prototype.click = function () { name = this.download; };
+         document.querySelector('#export').click();
+         return [name, await blob.text(), __vitals.hist.lastQuery];",
+    )
+    .await;
+    let name = got[0].as_str().unwrap();
+    let text = got[1].as_str().unwrap();
+    let q = &got[2];
+    let stamp = |s: String| s.replace(['-', ':'], "");
+    assert_eq!(
+        name,
+        format!("vitals-sensors-{}-{}.csv", stamp(iso(a)), stamp(iso(b)))
+    );
+    assert!(
+        text.contains(",\"{device=\"\"press-01\"\",line=\"\"L1\"\"}\","),
+        "labels quoted: {}",
+        &text[..text.len().min(600)]
+    );
+    let api = run(
+        &c,
+        &format!(
+            "const r = await fetch('api/v1/query_range?query=' + encodeURIComponent({}) + '&start={}&end={}&step={}'); return (await r.json()).data.result;",
+            q["query"], q["start"], q["end"], q["step"]
+        ),
+    )
+    .await;
+    // The API's points in the range, as (metric, labels, t, value).
+    let mut want = std::collections::BTreeSet::new();
+    for s in api.as_array().unwrap() {
+        let m = s["metric"].as_object().unwrap();
+        let mut labels: Vec<_> = m.iter().filter(|(k, _)| *k != "__name__").collect();
+        labels.sort_by_key(|(k, _)| *k);
+        let labels = format!(
+            "{{{}}}",
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap()))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        for p in s["values"].as_array().unwrap() {
+            let t = p[0].as_f64().unwrap();
+            if t >= a && t <= b {
+                let v: f64 = p[1].as_str().unwrap().parse().unwrap();
+                want.insert((
+                    m["__name__"].as_str().unwrap().to_string(),
+                    labels.clone(),
+                    t.to_string(),
+                    v.to_string(),
+                ));
+            }
+        }
+    }
+    let mut rows = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(
+        rows.headers().unwrap(),
+        vec![
+            "time",
+            "unix_seconds",
+            "metric",
+            "source",
+            "labels",
+            "value"
+        ]
+    );
+    let mut have = std::collections::BTreeSet::new();
+    for r in rows.records() {
+        let r = r.expect("a CSV record");
+        let v: f64 = r[5].parse().expect("a value");
+        have.insert((
+            r[2].to_string(),
+            r[4].to_string(),
+            r[1].parse::<f64>().unwrap().to_string(),
+            v.to_string(),
+        ));
+    }
+    assert!(
+        want.len() >= 24 * 8,
+        "{} API points in the range",
+        want.len()
+    );
+    assert_eq!(have, want, "the CSV holds the API's points of the view");
+    let errors = c
+        .execute("return window.__vitalsErrors", vec![])
+        .await
+        .unwrap();
+    assert_eq!(errors, json!([]), "script errors on the page");
+    drop(vitals);
+
+    // History off: the API answers the in-memory window; the 1 h view
+    // draws it without errors.
+    let off = Vitals::start(&format!("{CONFIG}\n[history]\nenabled = false\n"));
+    c.goto(&format!("http://{}/?window=3600", off.addr))
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the in-memory window in the 1 h view",
+        &format!(
+            "__vitals.hist.version > 0 && __vitals.hist.error === '' && ({PAINTED})('#c-cpu') > 500"
+        ),
+    )
+    .await;
+    let errors = c
+        .execute("return window.__vitalsErrors", vec![])
+        .await
+        .unwrap();
+    assert_eq!(errors, json!([]), "script errors on the page");
+    c.close().await.unwrap();
+}

@@ -6,6 +6,14 @@
   const $ = (s) => document.querySelector(s);
   const C = VitalsChart;
   const OVERVIEW = 1, USER = 2; // filter bits: 0 = host overview, 1 = user filter
+  // Windows offered (s); longer than the in-memory history they are read from /api/v1.
+  const WINDOWS = [60, 300, 900, 3600, 21600, 86400, 604800, 2592000];
+  // Query steps (s): the smallest at least the window over the chart width.
+  const STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+  const EVENT_LIMIT = 2000;
+  const METRICS_PER_QUERY = 40;
+  const OV_METRICS = ["vitals_cpu_usage_ratio", "vitals_cpu_core_usage_ratio", "vitals_memory_used_bytes", "vitals_memory_total_bytes",
+    "vitals_disk_read_bytes_total", "vitals_disk_written_bytes_total", "vitals_network_receive_bytes_total", "vitals_network_transmit_bytes_total"];
 
   const state = {
     series: new Map(), // id -> series
@@ -18,6 +26,7 @@
     view: "overview",
     filter: { source: "", metric: "", labels: "", text: "" },
     window: 900,
+    from: null, to: null, // a fixed range (s) instead of the window ending now
     skew: 0, // server clock minus local clock, ms
     rtt: 0, // round trip of the best clock-offset probe, ms
     structure: 0, // bumped when the set of series changes
@@ -29,6 +38,14 @@
     snapshots: 0, deltas: 0, events: 0, frames: 0, notices: [], eventDelays: [],
     points: () => { let n = 0; for (const s of state.series.values()) n += s.t.length; return n; },
     state,
+    pts: (s) => pts(s), // a series' points as drawn (history, then in-memory)
+  });
+  // History read from the query API for windows beyond the in-memory one.
+  const hist = (stats.hist = {
+    key: "", at: -1e9, busy: false, step: 0, version: 0, fetches: 0, error: "",
+    byKey: new Map(), // series key -> {t: [s], v: [number|null]}
+    events: [], // stored events in the range, oldest first
+    lastQuery: null, // {query, start, end, step}
   });
 
   // ---- URL state -------------------------------------------------------
@@ -40,7 +57,9 @@
     state.filter.labels = q.get("labels") || "";
     state.filter.text = q.get("q") || "";
     const w = parseInt(q.get("window") || "900", 10);
-    state.window = [60, 300, 900].includes(w) ? w : 900;
+    state.window = WINDOWS.includes(w) ? w : 900;
+    const from = parseTime(q.get("from")), to = parseTime(q.get("to"));
+    if (from != null && to != null && from < to) { state.from = from; state.to = to; } else state.from = state.to = null;
     state.paused = q.get("paused") === "1";
     state.pausedAt = Date.now() / 1000;
   }
@@ -51,11 +70,20 @@
     if (state.filter.metric) q.set("metric", state.filter.metric);
     if (state.filter.labels) q.set("labels", state.filter.labels);
     if (state.filter.text) q.set("q", state.filter.text);
-    if (state.window !== 900) q.set("window", String(state.window));
+    if (state.from != null) { q.set("from", iso(state.from)); q.set("to", iso(state.to)); }
+    else if (state.window !== 900) q.set("window", String(state.window));
     if (state.paused) q.set("paused", "1");
     const s = q.toString();
     history.replaceState(null, "", location.pathname + (s ? "?" + s : ""));
   }
+  /** Seconds since the epoch from unix seconds or an ISO 8601 time; null if neither. */
+  function parseTime(x) {
+    if (!x) return null;
+    if (/^\d+(\.\d+)?$/.test(x)) return Number(x);
+    const ms = Date.parse(x);
+    return isNaN(ms) ? null : ms / 1000;
+  }
+  function iso(t) { return new Date(t * 1000).toISOString().replace(".000Z", "Z"); }
 
   // ---- the stream ------------------------------------------------------
   let ws = null, retry = 0;
@@ -145,16 +173,18 @@
   function addSeries(meta, points) {
     let s = state.series.get(meta.id);
     if (!s) {
-      s = { t: [], v: [], s: null, last: 0, value: null, pend: 0, rate: null, rateAt: -1 };
+      s = { t: [], v: [], s: null, last: 0, value: null, pend: 0, rate: null, rateAt: -1, ver: 0 };
       state.series.set(meta.id, s);
     }
     Object.assign(s, { id: meta.id, metric: meta.metric, kind: meta.kind, source: meta.source, labels: meta.labels, help: meta.help, m: meta.m });
+    s.key = seriesKey(meta.metric, meta.labels);
     s.labelText = Object.entries(meta.labels).map(([k, v]) => k + "=" + v).join(", ");
     if (points) { s.t = []; s.v = []; s.s = null; merge(s, points); }
   }
 
   /** Merge points by time: newer ones append, same slot replaces, older are ignored. */
   function merge(s, p) {
+    s.ver++;
     for (let i = 0; i < p.t.length; i++) {
       const t = p.t[i], n = s.t.length;
       const sc = p.s ? p.s[i] : null;
@@ -183,21 +213,41 @@
     }
   }
 
+  /** Identity of a series across the stream and the query API: name and sorted labels. */
+  function seriesKey(metric, labels) {
+    return metric + "{" + Object.keys(labels).sort().map((k) => k + "=" + JSON.stringify(labels[k])).join(",") + "}";
+  }
+  /** A series' points: stored history before its first in-memory point, then the in-memory ones. */
+  function pts(s) {
+    const h = hist.byKey.get(s.key);
+    if (!h || !h.t.length) return s;
+    const tag = hist.version + ":" + s.ver;
+    if (s.ptsAt === tag) return s.pts;
+    const n = C.firstIndex(h.t, s.t.length ? s.t[0] : Infinity);
+    s.pts = {
+      t: h.t.slice(0, n).concat(s.t), v: h.v.slice(0, n).concat(s.v),
+      s: s.s ? new Array(n).fill(null).concat(s.s) : null,
+    };
+    s.ptsAt = tag;
+    return s.pts;
+  }
   /** Per-second rate of a counter (null across resets). Cached per data version. */
   function rate(s) {
-    if (s.rateAt === s.t.length + ":" + s.last) return s.rate;
+    const tag = hist.version + ":" + s.ver;
+    if (s.rateAt === tag) return s.rate;
+    const p = pts(s);
     const t = [], v = [];
-    for (let i = 1; i < s.t.length; i++) {
-      const dt = s.t[i] - s.t[i - 1];
-      const dv = s.v[i] - s.v[i - 1];
-      t.push(s.t[i]);
-      v.push(dt > 0 && dv >= 0 && s.v[i] != null && s.v[i - 1] != null ? dv / dt : null);
+    for (let i = 1; i < p.t.length; i++) {
+      const dt = p.t[i] - p.t[i - 1];
+      const dv = p.v[i] - p.v[i - 1];
+      t.push(p.t[i]);
+      v.push(dt > 0 && dv >= 0 && p.v[i] != null && p.v[i - 1] != null ? dv / dt : null);
     }
-    s.rate = { t, v, s: s.s ? s.s.slice(1) : null };
-    s.rateAt = s.t.length + ":" + s.last;
+    s.rate = { t, v, s: p.s ? p.s.slice(1) : null };
+    s.rateAt = tag;
     return s.rate;
   }
-  const line = (s) => (s.kind === "counter" ? rate(s) : s);
+  const line = (s) => (s.kind === "counter" ? rate(s) : pts(s));
 
   /** Sum several series (their rates for counters) on common timestamps. */
   function sum(list) {
@@ -213,10 +263,13 @@
   // ---- time ------------------------------------------------------------
   function nowSec() { return (Date.now() + state.skew) / 1000; }
   function range() {
+    if (state.from != null) return [state.from, state.to];
     // The right edge trails real time slightly so new points slide in smoothly.
     const t1 = (state.paused ? state.pausedAt : nowSec()) - 1;
     return [t1 - state.window, t1];
   }
+  /** Longest gap (s) a line is drawn across. */
+  function gap() { return Math.max(5 * state.hello.resolution, hist.byKey.size ? 2.5 * hist.step : 0); }
   function ago(ms) {
     if (!ms) return "never";
     const s = Math.max(0, Math.round((Date.now() + state.skew - ms) / 1000));
@@ -242,11 +295,17 @@
     const css = getComputedStyle(document.documentElement);
     ovCache = {
       data: state.data,
-      cpu: { lines: [...cores.map((s) => ({ t: s.t, v: s.v, width: 1, alpha: 0.25 })), ...(cpu ? [{ t: cpu.t, v: cpu.v, width: 2, color: css.getPropertyValue("--c1") }] : [])], src: [cpu, ...cores], now: cpu && C.fmt(cpu.value, "%") },
-      mem: { lines: used ? [{ t: used.t, v: used.v, width: 2, fill: true }] : [], src: [used], max: total && total.value, now: used && C.fmt(used.value, "B") + (total ? " of " + C.fmt(total.value, "B") : "") },
+      cpu: { lines: [...cores.map((s) => ({ t: pts(s).t, v: pts(s).v, width: 1, alpha: 0.25 })), ...(cpu ? [{ t: pts(cpu).t, v: pts(cpu).v, width: 2, color: css.getPropertyValue("--c1") }] : [])], src: [cpu, ...cores], now: cpu && C.fmt(cpu.value, "%") },
+      mem: { lines: used ? [{ t: pts(used).t, v: pts(used).v, width: 2, fill: true }] : [], src: [used], max: total && total.value, now: used && C.fmt(used.value, "B") + (total ? " of " + C.fmt(total.value, "B") : "") },
       disk: { lines: [sum(disksR), sum(disksW)], src: [...disksR, ...disksW] },
       net: { lines: [sum(rx), sum(tx)], src: [...rx, ...tx] },
     };
+    const mk = markers();
+    for (const k of ["cpu", "mem", "disk", "net"]) {
+      const names = new Set(ovCache[k].src.filter(Boolean).map((s) => s.metric));
+      ovCache[k].markers = [...names].flatMap((n) => mk.byMetric.get(n) || []);
+    }
+    ovCache.all = [cpu, ...cores, used, total, ...disksR, ...disksW, ...rx, ...tx].filter(Boolean);
     const lastOf = (l) => (l.v.length ? l.v[l.v.length - 1] : null);
     ovCache.disk.now = "read " + C.fmt(lastOf(ovCache.disk.lines[0]), "B/s") + " · write " + C.fmt(lastOf(ovCache.disk.lines[1]), "B/s");
     ovCache.net.now = "in " + C.fmt(lastOf(ovCache.net.lines[0]), "B/s") + " · out " + C.fmt(lastOf(ovCache.net.lines[1]), "B/s");
@@ -258,7 +317,7 @@
     const charts = [["cpu", "%", 0], ["mem", "B", 0], ["disk", "B/s", 0], ["net", "B/s", 0]];
     for (const [k, unit, min] of charts) {
       const c = o[k];
-      if (C.draw($("#c-" + k), c.lines, t0, t1, { unit, min, max: c.max, gap: 5 * state.hello.resolution })) {
+      if (C.draw($("#c-" + k), c.lines, t0, t1, { unit, min, max: c.max, gap: gap(), markers: c.markers })) {
         for (const s of c.src) if (s) drawn(s);
       }
       $("#now-" + k).textContent = c.now || "";
@@ -356,6 +415,7 @@
     const [t0, t1] = range();
     const thr = state.hello.score_threshold;
     const now = Date.now() + state.skew;
+    const mk = markers();
     const cards = new Map();
     for (const [id, r] of rows) {
       const s = state.series.get(id);
@@ -372,7 +432,7 @@
       r.val.textContent = C.fmt(s.kind === "counter" ? l.v.at(-1) : s.value, r.unit === "%" ? "%" : r.unit);
       r.seen.textContent = ago(s.last);
       if (visible.has(id) && C.draw(r.canvas, [{ t: l.t, v: l.v, s: l.s, width: 1.4, fill: true }], t0, t1,
-        { unit: r.unit === "%" ? "%" : "", axes: false, scoreStrip: true, threshold: thr, gap: 5 * state.hello.resolution })) drawn(s);
+        { unit: r.unit === "%" ? "%" : "", axes: false, scoreStrip: true, threshold: thr, gap: gap(), markers: mk.bySeries.get(s.key) })) drawn(s);
     }
     for (const [card, c] of cards) {
       const silent = c.all > 0 && c.silent === c.all;
@@ -420,6 +480,195 @@
     const badge = $("#badge");
     badge.hidden = state.unseen === 0;
     badge.textContent = state.unseen > 99 ? "99+" : String(state.unseen);
+  }
+
+  // ---- history: query API, event markers, CSV export ----------------------
+  /** Does the range reach beyond the in-memory history? */
+  function needHistory() { return state.from != null || state.window > state.hello.history; }
+  /** Width (CSS px) of the widest chart in the view: one query step per pixel. */
+  function chartWidth() {
+    let w = 0;
+    for (const c of document.querySelectorAll(state.view === "overview" ? "#view-overview canvas" : "#view-" + state.view + " canvas")) w = Math.max(w, c.clientWidth);
+    return w || 600;
+  }
+  function stepFor(span) {
+    const raw = span / chartWidth();
+    return Math.max(state.hello.resolution || 1, STEPS.find((s) => s >= raw) || STEPS[STEPS.length - 1]);
+  }
+  /** The series the current view draws (and exports). */
+  function seriesInView() {
+    if (state.view === "overview") return overviewLines().all;
+    return [...rows.keys()].map((id) => state.series.get(id)).filter(Boolean);
+  }
+  function metricsInView() {
+    const names = state.view === "overview" ? OV_METRICS : [...new Set(seriesInView().map((s) => s.metric))];
+    return names.filter((n) => /^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(n)).sort();
+  }
+  async function getJson(url) {
+    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    let body = null;
+    try { body = await r.json(); } catch (e) { /* not JSON */ }
+    if (!r.ok || !body || body.status !== "success") throw new Error(body && body.error ? body.error : "HTTP " + r.status);
+    return body.data;
+  }
+  function num(x) { const v = parseFloat(x); return isFinite(v) ? v : null; }
+  /** Fetch what the range needs when the view, range or step changed (sliding windows: every minute). */
+  function maybeFetch(ts) {
+    if (!needHistory()) {
+      if (hist.byKey.size || hist.events.length) { hist.byKey = new Map(); hist.events = []; hist.key = ""; hist.version++; state.data++; }
+      return;
+    }
+    if (hist.busy) return;
+    const metrics = metricsInView();
+    if (!metrics.length) return;
+    const [t0, t1] = range();
+    const step = stepFor(t1 - t0);
+    const key = [state.view, metrics.join("|"), step, state.from, state.to, state.window].join(" ");
+    const slide = state.from == null && !state.paused && ts - hist.at > Math.max(60000, 5000 * step);
+    if (key !== hist.key || slide) fetchHistory(key, metrics, t0, t1, step, ts);
+  }
+  async function fetchHistory(key, metrics, t0, t1, step, ts) {
+    hist.busy = true; hist.key = key; hist.at = ts; hist.fetches++;
+    const start = Math.floor(t0 / step) * step, end = Math.ceil(t1 / step) * step;
+    const queries = [];
+    for (let i = 0; i < metrics.length; i += METRICS_PER_QUERY) queries.push('{__name__=~"' + metrics.slice(i, i + METRICS_PER_QUERY).join("|") + '"}');
+    hist.lastQuery = { query: queries[0], queries, start, end, step };
+    const qs = (q) => "api/v1/query_range?query=" + encodeURIComponent(q) + "&start=" + start + "&end=" + end + "&step=" + step;
+    try {
+      const [results, events] = await Promise.all([
+        Promise.all(queries.map((q) => getJson(qs(q)))),
+        getJson("api/v1/vitals/events?start=" + start + "&end=" + end + "&limit=" + EVENT_LIMIT).catch(() => []),
+      ]);
+      if (hist.key !== key) return; // the range changed meanwhile
+      const byKey = new Map();
+      for (const data of results) {
+        for (const r of data.result || []) {
+          const labels = { ...r.metric };
+          const name = labels.__name__;
+          delete labels.__name__;
+          const h = { t: r.values.map((p) => Number(p[0])), v: r.values.map((p) => num(p[1])) };
+          byKey.set(seriesKey(name, labels), h);
+        }
+      }
+      hist.byKey = byKey; hist.events = Array.isArray(events) ? events : []; hist.step = step; hist.error = "";
+    } catch (err) {
+      if (hist.key !== key) return;
+      hist.error = String(err.message || err);
+      showNotice("History unavailable (" + hist.error + "): showing the in-memory window");
+    } finally {
+      hist.busy = false;
+    }
+    hist.version++; state.data++;
+  }
+
+  /** `{a="x"}` (as events carry labels) to an object. */
+  function parseLabels(text) {
+    const out = {}, re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+    let m;
+    while ((m = re.exec(text || ""))) out[m[1]] = m[2].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+    return out;
+  }
+  function renderLabels(labels) {
+    return "{" + Object.keys(labels).sort().map((k) => k + '="' + String(labels[k]).replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : "\\" + c)) + '"').join(",") + "}";
+  }
+  /** Event markers by series key and by metric: stored events in the range and live ones. */
+  let mkCache = { tag: "" };
+  function markers() {
+    const tag = hist.version + ":" + stats.events + ":" + stats.snapshots;
+    if (mkCache.tag === tag) return mkCache;
+    const all = new Map();
+    for (const e of [...hist.events, ...state.events]) all.set(e.timestamp_ms + e.kind + e.metric + e.labels + e.reason, e);
+    mkCache = { tag, bySeries: new Map(), byMetric: new Map() };
+    const push = (m, k, v) => { if (!m.has(k)) m.set(k, []); m.get(k).push(v); };
+    for (const e of all.values()) {
+      const mark = { t: e.timestamp_ms / 1000, severity: e.severity, kind: e.kind };
+      push(mkCache.bySeries, seriesKey(e.metric, parseLabels(e.labels)), mark);
+      push(mkCache.byMetric, e.metric, mark);
+    }
+    return mkCache;
+  }
+
+  function csvField(x) {
+    const s = x == null ? "" : String(x);
+    return /[",\r\n]/.test(s) || s !== s.trim() ? '"' + s.replace(/"/g, '""') + '"' : s;
+  }
+  function stamp(t) { return iso(Math.round(t)).replace(/[-:]/g, ""); }
+  /** The series and range in view as CSV (RFC 4180), built from the points shown. */
+  function csv() {
+    const [t0, t1] = range();
+    const out = ["time,unix_seconds,metric,source,labels,value"];
+    for (const s of seriesInView()) {
+      const p = pts(s), labels = renderLabels(s.labels);
+      for (let i = C.firstIndex(p.t, t0); i < p.t.length && p.t[i] <= t1; i++) {
+        out.push([new Date(p.t[i] * 1000).toISOString(), p.t[i], s.metric, s.source, labels, p.v[i]].map(csvField).join(","));
+      }
+    }
+    return { text: out.join("\r\n") + "\r\n", name: "vitals-" + state.view + "-" + stamp(t0) + "-" + stamp(t1) + ".csv" };
+  }
+  function exportCsv() {
+    const { text, name } = csv();
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([text], { type: "text/csv;charset=utf-8" }));
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+  }
+
+  // ---- range: window, custom from/to, zoom and pan -------------------------
+  function localInput(t) {
+    const d = new Date(Math.round(t) * 1000), p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }
+  function showRange() {
+    const custom = state.from != null;
+    $("#f-window").value = custom ? "custom" : String(state.window);
+    $("#custom").hidden = !custom;
+    $("#live").hidden = !custom;
+    if (custom) { $("#f-from").value = localInput(state.from); $("#f-to").value = localInput(state.to); }
+  }
+  /** Show the fixed range [a, b] (s); it keeps streaming while it includes now. */
+  function setRange(a, b) {
+    a = Math.floor(a); b = Math.ceil(b);
+    if (b - a < 10) { const mid = (a + b) / 2; a = Math.floor(mid - 5); b = a + 10; }
+    state.from = a; state.to = b;
+    showRange(); writeUrl();
+  }
+  function setWindow(w) {
+    state.from = state.to = null; state.window = w;
+    showRange(); writeUrl();
+  }
+  function pan(frac) {
+    const [t0, t1] = range(), d = (t1 - t0) * frac;
+    setRange(t0 + d, t1 + d);
+  }
+  function initZoom() {
+    let drag = null;
+    const box = $("#zoombox");
+    $("#main").addEventListener("pointerdown", (e) => {
+      const cv = e.target.closest("canvas");
+      if (!cv || !cv.__geom || e.button !== 0) return;
+      drag = { cv, r: cv.getBoundingClientRect(), x0: e.clientX, pan: e.shiftKey, g: { ...cv.__geom } };
+      e.preventDefault();
+    });
+    addEventListener("pointermove", (e) => {
+      if (!drag || drag.pan) return;
+      const a = Math.min(drag.x0, e.clientX), b = Math.max(drag.x0, e.clientX);
+      Object.assign(box.style, { left: a + "px", width: b - a + "px", top: drag.r.top + "px", height: drag.r.height + "px" });
+      box.hidden = false;
+    });
+    addEventListener("pointerup", (e) => {
+      if (!drag) return;
+      const d = drag;
+      drag = null; box.hidden = true;
+      const dx = e.clientX - d.x0;
+      if (Math.abs(dx) < 4) return;
+      const perPx = (d.g.t1 - d.g.t0) / d.g.plotW;
+      if (d.pan) { setRange(d.g.t0 - dx * perPx, d.g.t1 - dx * perPx); return; }
+      const at = (cx) => d.g.t0 + (cx - d.r.left - d.g.padL) * perPx;
+      setRange(at(Math.min(d.x0, e.clientX)), at(Math.max(d.x0, e.clientX)));
+    });
   }
 
   // ---- controls --------------------------------------------------------
@@ -472,8 +721,22 @@
       };
     }
     $("#f-source").onchange = () => { state.filter.source = $("#f-source").value; writeUrl(); subscribe(); };
-    $("#f-window").value = String(state.window);
-    $("#f-window").onchange = () => { state.window = parseInt($("#f-window").value, 10); writeUrl(); };
+    $("#f-window").onchange = () => {
+      const v = $("#f-window").value;
+      if (v === "custom") { const [t0, t1] = range(); setRange(t0, t1); } else setWindow(parseInt(v, 10));
+    };
+    const custom = () => {
+      const a = Date.parse($("#f-from").value) / 1000, b = Date.parse($("#f-to").value) / 1000;
+      if (a < b) setRange(a, b); else showNotice("From must be before To");
+    };
+    $("#f-from").onchange = custom;
+    $("#f-to").onchange = custom;
+    $("#pan-back").onclick = () => pan(-0.5);
+    $("#pan-fwd").onclick = () => pan(0.5);
+    $("#live").onclick = () => { const [t0, t1] = range(); setWindow(WINDOWS.find((w) => w >= t1 - t0) || WINDOWS[WINDOWS.length - 1]); };
+    $("#export").onclick = exportCsv;
+    showRange();
+    initZoom();
     window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => { C.resetColors(); });
   }
 
@@ -494,8 +757,10 @@
     if (ts - (frame.statsAt ?? -1e9) > 1000) {
       frame.statsAt = ts;
       $("#stats").textContent = `${state.series.size} series · ${stats.points()} points in memory · ` +
+        (hist.byKey.size ? `history ${hist.byKey.size} series at ${hist.step} s steps · ` : "") +
         (lat.length ? `latency p50 ${lat[Math.floor(lat.length / 2)]} ms, p95 ${lat[Math.floor(lat.length * 0.95)]} ms` : "waiting for data");
     }
+    maybeFetch(ts);
     requestAnimationFrame(frame);
   }
 

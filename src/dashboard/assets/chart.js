@@ -11,6 +11,7 @@ const VitalsChart = (() => {
     if (!palette) {
       palette = {
         ink: css("--ink"), muted: css("--muted"), grid: css("--grid"), crit: css("--crit"),
+        warn: css("--warn"), info: css("--accent-2"),
         lines: ["--c1", "--c2", "--c3", "--c4", "--c5", "--c6"].map(css),
       };
     }
@@ -55,6 +56,13 @@ const VitalsChart = (() => {
     return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0") +
       (d.getSeconds() ? ":" + String(d.getSeconds()).padStart(2, "0") : "");
   }
+  /** Axis label: the clock, with the day for ticks a day apart or more. */
+  function tick(tSec, step) {
+    if (step < 86400) return clock(tSec);
+    const d = new Date(tSec * 1000);
+    return String(d.getMonth() + 1).padStart(2, "0") + "-" + String(d.getDate()).padStart(2, "0");
+  }
+  const TICKS = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
 
   /** Size the backing store to the element and device pixel ratio. */
   function fit(canvas) {
@@ -71,7 +79,11 @@ const VitalsChart = (() => {
   /**
    * Draw `lines` over the time range [t0, t1] (seconds).
    * Each line: {t: [sec], v: [number|null], s?: [score|null], color?, width?, alpha?}.
-   * opts: {unit, axes (bool), min (fixed y min), max, threshold (score), scoreStrip (bool)}.
+   * opts: {unit, axes (bool), min (fixed y min), max, threshold (score), scoreStrip (bool),
+   *   gap (s: a longer gap breaks the line), markers ([{t, severity}]: events, drawn as
+   *   vertical lines with a triangle on top)}.
+   * Records the plot geometry in `canvas.__geom` (for zoom and pan) and where
+   * each marker was drawn in `canvas.__marks` ([{t, x, y}], CSS pixels).
    */
   function draw(canvas, lines, t0, t1, opts) {
     const f = fit(canvas);
@@ -84,10 +96,11 @@ const VitalsChart = (() => {
     const plotH = h - padT - padB - strip;
     const plotW = w - padL - padR;
     ctx.clearRect(0, 0, w, h);
-    // y range over the points in view
+    // y range over the points in view (and one past each edge)
     let lo = Infinity, hi = -Infinity;
+    const end = (l) => Math.min(l.t.length, firstIndex(l.t, t1) + 1);
     for (const l of lines) {
-      for (let i = firstIndex(l.t, t0 - 2); i < l.t.length; i++) {
+      for (let i = firstIndex(l.t, t0 - 2), n = end(l); i < n; i++) {
         const v = l.v[i];
         if (v == null) continue;
         if (v < lo) lo = v;
@@ -115,12 +128,14 @@ const VitalsChart = (() => {
         ctx.fillText(fmt(v, opts.unit), padL - 6, py);
       }
       const span = t1 - t0;
-      const xs = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600].find((s) => span / s <= Math.max(2, plotW / 90)) || 3600;
+      const xs = TICKS.find((s) => span / s <= Math.max(2, plotW / 90)) || TICKS[TICKS.length - 1];
+      // Day-or-longer ticks fall on local midnights.
+      const off = xs >= 86400 ? new Date(t0 * 1000).getTimezoneOffset() * 60 : 0;
       ctx.textAlign = "center"; ctx.textBaseline = "top";
-      for (let t = Math.ceil(t0 / xs) * xs; t <= t1; t += xs) {
+      for (let t = Math.ceil((t0 - off) / xs) * xs + off; t <= t1; t += xs) {
         const px = Math.round(x(t)) + 0.5;
         ctx.beginPath(); ctx.moveTo(px, padT); ctx.lineTo(px, padT + plotH); ctx.stroke();
-        ctx.fillText(clock(t), px, h - padB + 4);
+        ctx.fillText(tick(t, xs), px, h - padB + 4);
       }
     }
     ctx.save();
@@ -132,20 +147,27 @@ const VitalsChart = (() => {
       ctx.lineWidth = l.width || 1.5;
       ctx.lineJoin = "round";
       ctx.beginPath();
-      let pen = false, prevT = 0;
+      let pen = false, prevT = 0, segX = 0;
       const gap = (opts.gap || 5);
-      for (let i = firstIndex(l.t, t0 - 2); i < l.t.length; i++) {
+      const fill = l.fill && lines.length === 1;
+      const area = fill ? new Path2D() : null, bottom = padT + plotH;
+      const close = (px) => { if (area) { area.lineTo(px, bottom); area.lineTo(segX, bottom); area.closePath(); } };
+      for (let i = firstIndex(l.t, t0 - 2), n = end(l); i < n; i++) {
         const v = l.v[i];
-        if (v == null) { pen = false; continue; }
+        if (v == null) { if (pen) close(x(prevT)); pen = false; continue; }
         const px = x(l.t[i]), py = y(v);
-        if (pen && l.t[i] - prevT <= gap) ctx.lineTo(px, py); else ctx.moveTo(px, py);
+        if (pen && l.t[i] - prevT <= gap) { ctx.lineTo(px, py); if (area) area.lineTo(px, py); }
+        else {
+          if (pen) close(x(prevT));
+          ctx.moveTo(px, py);
+          if (area) area.moveTo(px, py);
+          segX = px;
+        }
         pen = true; prevT = l.t[i];
       }
+      if (pen) close(x(prevT));
       ctx.stroke();
-      if (l.fill && lines.length === 1) {
-        ctx.lineTo(x(prevT), padT + plotH); ctx.lineTo(x(l.t[firstIndex(l.t, t0 - 2)] ?? t0), padT + plotH);
-        ctx.globalAlpha = 0.08; ctx.fillStyle = color; ctx.fill();
-      }
+      if (fill) { ctx.globalAlpha = 0.08; ctx.fillStyle = color; ctx.fill(area); }
       ctx.globalAlpha = 1;
       if (l.s) {
         const thr = opts.threshold || 0.8;
@@ -171,7 +193,20 @@ const VitalsChart = (() => {
         }
       }
     });
+    const marks = [];
+    for (const m of opts.markers || []) {
+      if (m.t < t0 || m.t > t1) continue;
+      const px = Math.round(x(m.t)) + 0.5;
+      ctx.strokeStyle = ctx.fillStyle = m.severity === "critical" ? c.crit : m.severity === "warning" ? c.warn : c.info;
+      ctx.globalAlpha = 0.55; ctx.lineWidth = 1;
+      ctx.beginPath(); ctx.moveTo(px, padT); ctx.lineTo(px, padT + plotH); ctx.stroke();
+      ctx.globalAlpha = 1;
+      ctx.beginPath(); ctx.moveTo(px - 4, padT); ctx.lineTo(px + 4, padT); ctx.lineTo(px, padT + 6); ctx.closePath(); ctx.fill();
+      marks.push({ t: m.t, x: px, y: padT + 2 });
+    }
     ctx.restore();
+    canvas.__geom = { padL, plotW, t0, t1 };
+    canvas.__marks = marks;
     return true;
   }
 
