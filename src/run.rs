@@ -178,7 +178,7 @@ pub async fn run_until(
         history: history.as_ref().map(|h| h.tap.clone()),
     };
     // What the query API reads (the tap above is the only writer).
-    let _history_reader = history.map(|h| h.reader);
+    let history_reader = history.map(|h| h.reader as Arc<dyn crate::query::SeriesReader>);
     tracker.spawn(pipeline::run_ingest_with_control(
         rx,
         pipeline_rx,
@@ -223,7 +223,7 @@ pub async fn run_until(
     // on-disk history's reader goes there when `[history]` is on.
     let query = crate::query::state_for_run(
         &cfg.history,
-        None,
+        history_reader,
         store.clone(),
         &events,
         &telemetry,

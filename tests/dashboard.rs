@@ -466,7 +466,7 @@ async fn dashboard_history_restart_zoom_markers_and_csv_in_chromium() {
     )
     .await;
     assert!(
-        before.as_u64().unwrap() >= 5,
+        before.as_u64().unwrap() >= 1,
         "{before} CPU points from before the restart in the 1 h view (needs the on-disk history store)"
     );
     let q = run(&c, "return __vitals.hist.lastQuery").await;
