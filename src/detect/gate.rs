@@ -29,7 +29,7 @@ const CLIP: f64 = 3.0;
 const WARM: u32 = 20;
 
 /// Which deviations count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Direction {
     Both,
     /// Only values below the level (a count of processes that falls).
@@ -37,7 +37,7 @@ pub enum Direction {
 }
 
 /// The minimum effect of a series' family.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Effect {
     /// `|value − level|` at least this many typical deviations.
     pub min_sigma: f64,
@@ -155,7 +155,7 @@ pub fn effect_for(family: &str, kind: MetricKind) -> Option<Effect> {
 
 /// Per-series state of the gate: the rule, the level and scale estimates
 /// and a pending event waiting for its hold period.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gate {
     effect: Effect,
     level: f64,
