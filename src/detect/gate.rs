@@ -169,6 +169,14 @@ pub struct Gate {
     from_raw: f64,
 }
 
+/// The gate of a series without a rule and with `min_effect = 0`: judges
+/// nothing away (also the blank state the saved-state fingerprint encodes).
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new(Effect::generic(0.0))
+    }
+}
+
 impl Gate {
     pub fn new(effect: Effect) -> Self {
         Gate {
