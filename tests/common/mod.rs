@@ -161,13 +161,10 @@ impl Vitals {
             .arg(&path)
             .arg("--web.listen-address")
             .arg(addr.to_string())
-            // Each instance its own history (on by default, `data/`).
-            .arg("--storage.path")
-            .arg(dir.path().join("data"))
             // POST /-/reload, which tests use, needs it since it is gated.
             .arg("--web.enable-lifecycle")
             .args(extra_args)
-            .envs(own_history(config, &dir))
+            .args(own_history(config, &dir))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -200,10 +197,8 @@ impl Vitals {
             .arg(addr.to_string())
             .arg("--web.config.file")
             .arg(web_config)
-            .arg("--storage.path")
-            .arg(dir.path().join("data"))
             .arg("--web.enable-lifecycle")
-            .envs(own_history(config, &dir))
+            .args(own_history(config, &dir))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -252,12 +247,17 @@ impl Vitals {
 
 /// Each instance keeps its history and detector state in its own temp dir
 /// (not `data/` in the working directory, shared by every test), unless
-/// the test configures `[history]` itself.
-fn own_history(config: &str, dir: &tempfile::TempDir) -> Vec<(&'static str, PathBuf)> {
-    if config.contains("[history]") {
+/// the test sets `[history] path` itself
+/// (`--storage.path` overrides `[history] path`, so it is passed only then).
+fn own_history(config: &str, dir: &tempfile::TempDir) -> Vec<std::ffi::OsString> {
+    let sets_path = toml::from_str::<toml::Table>(config)
+        .ok()
+        .and_then(|t| t.get("history")?.get("path").cloned())
+        .is_some();
+    if sets_path {
         Vec::new()
     } else {
-        vec![("VITALS_HISTORY__PATH", dir.path().join("data"))]
+        vec!["--storage.path".into(), dir.path().join("data").into()]
     }
 }
 
