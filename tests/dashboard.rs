@@ -1,6 +1,7 @@
 //! The live dashboard in a real browser: Debian's headless Chromium driven
 //! over WebDriver (chromedriver) against a running vitals fed by the demo
-//! source. Saves docs/dashboard.png (the README screenshot).
+//! source. With UPDATE_SCREENSHOTS=1 it saves docs/dashboard.png and
+//! docs/dashboard-overview.png (the README screenshots).
 
 mod common;
 
@@ -288,9 +289,19 @@ async fn dashboard_renders_updates_shows_alerts_and_filters_in_chromium() {
     .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let png = c.screenshot().await.expect("screenshot");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    std::fs::write(&out, png).expect("write docs/dashboard.png");
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+    // The README's screenshots are rewritten only on request
+    // (UPDATE_SCREENSHOTS=1), so a test run leaves the checkout as it was.
+    let shots = std::env::var_os("UPDATE_SCREENSHOTS").is_some();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = if shots {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
+    } else {
+        tmp.path().to_path_buf()
+    };
+    let out = dir.join("dashboard.png");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&out, png).expect("write dashboard.png");
     c.goto(&format!("{base}?window=60")).await.unwrap();
     until(
         &c,
@@ -301,7 +312,7 @@ async fn dashboard_renders_updates_shows_alerts_and_filters_in_chromium() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let png = c.screenshot().await.expect("screenshot");
     std::fs::write(out.with_file_name("dashboard-overview.png"), png)
-        .expect("write docs/dashboard-overview.png");
+        .expect("write dashboard-overview.png");
     c.close().await.unwrap();
     drop(vitals);
 }
