@@ -153,7 +153,12 @@ pub async fn run_until(
         .set_detector_scores(cfg.detect.detector_scores);
     // Detector state and idempotency windows of the previous run, before
     // the first sample; saved periodically and once more after shutdown.
-    let saver = crate::detect::state::Saver::start(&cfg, &store, &telemetry);
+    let saver = crate::detect::state::Saver::start(
+        &cfg.history,
+        crate::detect::state::config_fingerprint(&cfg.detect, &cfg.pipeline),
+        &store,
+        &telemetry,
+    );
     if let Some(saver) = &saver {
         tracker.spawn(saver.clone().run(shutdown.clone()));
     }
@@ -228,7 +233,7 @@ pub async fn run_until(
     // The query API (src/query/): the on-disk history's reader when
     // `[history]` is on, else (`None`) the store's.
     let query = crate::query::state_for_run(
-        &cfg.history,
+        cfg.history.prometheus_url.as_deref(),
         history_reader,
         store.clone(),
         &events,

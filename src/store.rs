@@ -240,7 +240,7 @@ pub struct Store {
     changes: Arc<std::sync::atomic::AtomicU64>,
     /// Detector state restored at start (taken by a series when it comes
     /// back) and the idempotency windows saved with it.
-    pub persisted: crate::detect::state::Persisted,
+    pub persisted: crate::detect::persisted::Persisted,
 }
 
 impl Store {

@@ -380,10 +380,11 @@ impl Supervisor {
         let (done, applied) = tokio::sync::oneshot::channel();
         // What the per-series detector state is built from
         // (`detector_scores` only changes what is rendered).
-        let state_config = crate::detect::state::config_fingerprint(new);
+        let state_config = crate::detect::state::config_fingerprint(&new.detect, &new.pipeline);
         let request = Reconfigure {
             pipeline: Pipeline::from_config(new, self.ctx.events.clone()),
-            reset_detectors: state_config != crate::detect::state::config_fingerprint(old),
+            reset_detectors: state_config
+                != crate::detect::state::config_fingerprint(&old.detect, &old.pipeline),
             state_config,
             detector_scores: new.detect.detector_scores,
             done,

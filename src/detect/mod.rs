@@ -27,6 +27,7 @@ pub mod gate;
 pub mod likelihood;
 pub mod live;
 pub mod nab;
+pub mod persisted;
 pub mod robust;
 pub mod seasonal;
 pub mod state;

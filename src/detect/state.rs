@@ -26,13 +26,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use prometheus::{Gauge, IntCounter, IntGauge};
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::live::SeriesDetector;
+pub use super::persisted::{Digest32, Persisted, SavedWindow, WindowState};
 use super::{DetectConfig, DetectorKind, Ensemble, LikelihoodKind};
+use crate::history::config::HistoryConfig;
 use crate::model::Labels;
+use crate::pipeline::filters::PipelineRule;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 
@@ -50,9 +52,6 @@ pub const RESTORE_GRACE: Duration = Duration::from_secs(3600);
 const MAGIC: [u8; 8] = *b"vitalsDS";
 /// Bumped when the layout of the file (not of the detectors) changes.
 const FORMAT: u32 = 1;
-
-/// A SHA-256 digest.
-pub type Digest32 = [u8; 32];
 
 /// Why the state could not be saved or read.
 #[derive(Debug, thiserror::Error)]
@@ -77,10 +76,10 @@ pub enum StateError {
 /// `detector_scores`, which only changes what is exported) and the
 /// `[[pipeline]]` rules (their `detect` switch). A reload resets the
 /// detectors when it differs; a restart ignores saved state when it does.
-pub fn config_fingerprint(cfg: &crate::config::Config) -> Digest32 {
-    let mut detect = cfg.detect.clone();
+pub fn config_fingerprint(detect: &DetectConfig, pipeline: &[PipelineRule]) -> Digest32 {
+    let mut detect = detect.clone();
     detect.detector_scores = false;
-    Sha256::digest(format!("{detect:?}{:?}", cfg.pipeline).as_bytes()).into()
+    Sha256::digest(format!("{detect:?}{pipeline:?}").as_bytes()).into()
 }
 
 /// The digest of the shape of detector state in this build: its version
@@ -107,89 +106,6 @@ pub fn build_fingerprint() -> Digest32 {
         h.update(postcard::to_stdvec(&blank).unwrap_or_default());
     }
     h.finalize().into()
-}
-
-/// The idempotency window of one push source: the keys (as SHA-256
-/// digests) it accepted, with when (ms since the Unix epoch), oldest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WindowState {
-    /// The source's name.
-    pub source: String,
-    /// The configured key field: a window of another field is not restored.
-    pub key: String,
-    pub entries: Vec<(i64, Digest32)>,
-}
-
-/// A live idempotency window, saved with the detector state.
-pub trait SavedWindow: Send + Sync {
-    /// The window now; `None` when there is nothing to keep.
-    fn save_window(&self) -> Option<WindowState>;
-}
-
-/// What the store holds for persistence: restored state waiting for its
-/// series or source, and the live windows to save.
-#[derive(Default)]
-pub struct Persisted {
-    /// Restored detector state by family and series, taken by
-    /// [`Store::upsert`] when the series reappears.
-    detectors: FxHashMap<Box<str>, FxHashMap<Labels, Box<SeriesDetector>>>,
-    unclaimed: usize,
-    /// Restored windows by source name, taken by the source when it starts.
-    windows: FxHashMap<String, WindowState>,
-    live: Vec<Weak<dyn SavedWindow>>,
-    /// [`config_fingerprint`] of the configuration the store's detector
-    /// state is built under (set at start, changed by a reload).
-    config: Digest32,
-}
-
-impl std::fmt::Debug for Persisted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Persisted")
-            .field("unclaimed", &self.unclaimed)
-            .field("windows", &self.windows.len())
-            .field("live", &self.live.len())
-            .finish()
-    }
-}
-
-impl Persisted {
-    /// The restored detector state of a series that appears, if any.
-    pub fn take_detector(&mut self, family: &str, labels: &Labels) -> Option<Box<SeriesDetector>> {
-        if self.unclaimed == 0 {
-            return None;
-        }
-        let series = self.detectors.get_mut(family)?;
-        let state = series.remove(labels)?;
-        self.unclaimed -= 1;
-        if series.is_empty() {
-            self.detectors.remove(family);
-        }
-        Some(state)
-    }
-
-    /// Drop restored detector state not claimed yet (a reload changed what
-    /// detectors are built from, or its series did not come back).
-    pub fn forget_detectors(&mut self) {
-        self.detectors = FxHashMap::default();
-        self.unclaimed = 0;
-    }
-
-    /// Record the configuration the detector state is now built under.
-    pub fn set_config(&mut self, fingerprint: Digest32) {
-        self.config = fingerprint;
-    }
-
-    /// The restored window of source `name` if it was kept for the same
-    /// key field.
-    pub fn take_window(&mut self, name: &str, key: &str) -> Option<WindowState> {
-        self.windows.remove(name).filter(|w| w.key == key)
-    }
-
-    /// Save `window` with the detector state while it lives.
-    pub fn watch_window(&mut self, window: Weak<dyn SavedWindow>) {
-        self.live.retain(|w| w.strong_count() > 0);
-        self.live.push(window);
-    }
 }
 
 /// The file's header, before the body it checks.
@@ -411,24 +327,25 @@ pub struct Saver {
 
 impl Saver {
     /// Restore the saved state into `store` and return the saver, or `None`
-    /// when `[history]` is off (nothing is kept).
+    /// when `[history]` is off (nothing is kept). `config` is the
+    /// [`config_fingerprint`] of the configuration the run starts with.
     pub fn start(
-        cfg: &crate::config::Config,
+        history: &HistoryConfig,
+        config: Digest32,
         store: &Arc<RwLock<Store>>,
         telemetry: &Telemetry,
     ) -> Option<Arc<Saver>> {
-        if !cfg.history.enabled {
+        if !history.enabled {
             return None;
         }
         let saver = Saver {
-            dir: cfg.history.path.clone(),
+            dir: history.path.clone(),
             build: build_fingerprint(),
             store: store.clone(),
             metrics: Metrics::register(telemetry),
             started: Instant::now(),
             grace_over: false.into(),
         };
-        let config = config_fingerprint(cfg);
         store.write().persisted.set_config(config);
         saver.restore(&config);
         Some(Arc::new(saver))
@@ -678,7 +595,15 @@ mod tests {
         let mut cfg = test_config();
         cfg.history.enabled = false;
         let store = Arc::new(RwLock::new(Store::new()));
-        assert!(Saver::start(&cfg, &store, &Telemetry::new()).is_none());
+        assert!(
+            Saver::start(
+                &cfg.history,
+                config_fingerprint(&cfg.detect, &cfg.pipeline),
+                &store,
+                &Telemetry::new(),
+            )
+            .is_none()
+        );
     }
 
     #[tokio::test]
@@ -774,7 +699,13 @@ mod tests {
         let mut cfg = cfg.clone();
         cfg.history.path = dir.to_path_buf();
         let store = Arc::new(RwLock::new(Store::new()));
-        let saver = Saver::start(&cfg, &store, &Telemetry::new()).unwrap();
+        let saver = Saver::start(
+            &cfg.history,
+            config_fingerprint(&cfg.detect, &cfg.pipeline),
+            &store,
+            &Telemetry::new(),
+        )
+        .unwrap();
         (saver, store)
     }
 

@@ -20,7 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::codec::{self, Row};
-use crate::query::StoredEvent;
+use crate::query::reader::{ReadError, StoredEvent};
 
 /// Raw chunks never cross a window of this length (ms), and a closed
 /// window is rolled up at once; also the key unit of the minute tier.
@@ -716,24 +716,19 @@ pub struct Reader<'a> {
     path: &'a Path,
 }
 
-fn read_err(path: &Path) -> impl Fn(redb::Error) -> crate::query::ReadError + '_ {
-    move |e| crate::query::ReadError::Storage(format!("{}: {e}", path.display()))
+fn read_err(path: &Path) -> impl Fn(redb::Error) -> ReadError + '_ {
+    move |e| ReadError::Storage(format!("{}: {e}", path.display()))
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(db: &Database, path: &'a Path) -> Result<Reader<'a>, crate::query::ReadError> {
+    pub fn new(db: &Database, path: &'a Path) -> Result<Reader<'a>, ReadError> {
         let txn = db.begin_read().map_err(|e| read_err(path)(e.into()))?;
         Ok(Reader { txn, path })
     }
 
     /// Raw points of a series in `[start, end]` (chunks that do not decode
     /// are left out).
-    pub fn raw(
-        &self,
-        s: u32,
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<(i64, f64)>, crate::query::ReadError> {
+    pub fn raw(&self, s: u32, start: i64, end: i64) -> Result<Vec<(i64, f64)>, ReadError> {
         let e = read_err(self.path);
         let t = self.txn.open_table(RAW).map_err(|x| e(x.into()))?;
         let mut out = Vec::new();
@@ -750,19 +745,13 @@ impl<'a> Reader<'a> {
     }
 
     /// The last raw value before `ts`, looking back one window.
-    pub fn raw_before(&self, s: u32, ts: i64) -> Result<Option<f64>, crate::query::ReadError> {
+    pub fn raw_before(&self, s: u32, ts: i64) -> Result<Option<f64>, ReadError> {
         let p = self.raw(s, ts - RAW_WINDOW, ts - 1)?;
         Ok(p.iter().max_by_key(|p| p.0).map(|p| p.1))
     }
 
     /// Stored rollup rows (`step` MINUTE or HOUR) starting in `[start, end]`.
-    pub fn rows(
-        &self,
-        step: i64,
-        s: u32,
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<Row>, crate::query::ReadError> {
+    pub fn rows(&self, step: i64, s: u32, start: i64, end: i64) -> Result<Vec<Row>, ReadError> {
         let e = read_err(self.path);
         let (def, unit) = if step == MINUTE {
             (MINUTE_T, RAW_WINDOW)
@@ -787,7 +776,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Does any tier hold a chunk of the series near `[start, end]`?
-    pub fn has_any(&self, s: u32, start: i64, end: i64) -> Result<bool, crate::query::ReadError> {
+    pub fn has_any(&self, s: u32, start: i64, end: i64) -> Result<bool, ReadError> {
         let e = read_err(self.path);
         for (def, unit) in [(RAW, RAW_WINDOW), (MINUTE_T, RAW_WINDOW), (HOUR_T, DAY)] {
             let t = self.txn.open_table(def).map_err(|x| e(x.into()))?;
@@ -807,7 +796,7 @@ impl<'a> Reader<'a> {
         start: i64,
         end: i64,
         limit: usize,
-    ) -> Result<Vec<StoredEvent>, crate::query::ReadError> {
+    ) -> Result<Vec<StoredEvent>, ReadError> {
         let e = read_err(self.path);
         let t = self.txn.open_table(EVENTS).map_err(|x| e(x.into()))?;
         let mut out = Vec::new();

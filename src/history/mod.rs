@@ -33,7 +33,7 @@ pub use config::HistoryConfig;
 use disk::{Gen, HOUR, MINUTE, RAW_WINDOW, SeriesInfo, floor};
 
 use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
-use crate::query::{Matcher, RangeSeries, ReadError, SeriesReader, StoredEvent};
+use crate::query::reader::{Matcher, RangeSeries, ReadError, SeriesReader, StoredEvent};
 use crate::telemetry::Telemetry;
 
 /// Most points and events buffered (unflushed, or waiting for a disk that

@@ -2,7 +2,7 @@
 //! bound, a damaged file, reads of buffered samples.
 
 use super::*;
-use crate::query::MatchOp;
+use crate::query::reader::MatchOp;
 
 const H: i64 = 3_600_000;
 

@@ -23,10 +23,10 @@ const RECENT_EVENTS: usize = 1000;
 /// The query API's state for `vitals run`: served from `history` (the
 /// on-disk history's reader, when `[history]` is on) or else from the
 /// in-memory store (with the events heard since start, recorded by a task
-/// spawned on `tracker` until `shutdown`); with `[history] prometheus_url`,
-/// older ranges come from that Prometheus.
+/// spawned on `tracker` until `shutdown`); with `prometheus_url` (`[history]
+/// prometheus_url`), older ranges come from that Prometheus.
 pub fn state_for_run(
-    cfg: &crate::history::HistoryConfig,
+    prometheus_url: Option<&str>,
     history: Option<Arc<dyn SeriesReader>>,
     store: Arc<RwLock<crate::store::Store>>,
     events: &crate::events::EventBus,
@@ -48,7 +48,7 @@ pub fn state_for_run(
         }
     };
     let state = ApiState::new(local.clone(), telemetry.registry());
-    let Some(url) = cfg.prometheus_url.as_deref() else {
+    let Some(url) = prometheus_url else {
         return state;
     };
     let errors = state.remote_errors();
