@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Vitals, check_config, check_file, http, promtool_check_metrics, sample_value, wait_for,
+    Vitals, assert_samples, check_config, check_file, http, promtool_check_metrics, sample_value,
+    wait_for,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -126,25 +127,19 @@ fn fraud_rule_flags_a_payment_over_one_lakh_rupees() {
         Some(1.0),
         "only the INR payment over 1,00,000 is flagged"
     );
-    assert_eq!(
-        sample_value(&m, "payments_events_total", &["status=\"failed\""]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_total", &["currency=\"INR\""]),
-        Some(225000.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_inr_bucket", &["le=\"100000\""]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_inr_bucket", &["le=\"+Inf\""]),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_inr_count", &[]),
-        Some(2.0)
+    assert_samples(
+        &m,
+        &[
+            ("payments_events_total", &["status=\"failed\""], Some(1.0)),
+            (
+                "payments_amount_total",
+                &["currency=\"INR\""],
+                Some(225000.0),
+            ),
+            ("payments_amount_inr_bucket", &["le=\"100000\""], Some(1.0)),
+            ("payments_amount_inr_bucket", &["le=\"+Inf\""], Some(2.0)),
+            ("payments_amount_inr_count", &[], Some(2.0)),
+        ],
     );
     let (ok, findings) = promtool_check_metrics(&m);
     assert!(ok, "promtool check metrics: {findings}");
@@ -245,17 +240,17 @@ fn retried_post_is_not_counted_twice() {
         ) == Some(3.0))
         .then_some(m)
     });
-    assert_eq!(
-        sample_value(&m, "payments_events_total", &["status=\"ok\""]),
-        Some(3.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_total", &["currency=\"INR\""]),
-        Some(13.0)
-    );
-    assert_eq!(
-        sample_value(&m, "vitals_webhook_events_total", &["outcome=\"accepted\""]),
-        Some(3.0)
+    assert_samples(
+        &m,
+        &[
+            ("payments_events_total", &["status=\"ok\""], Some(3.0)),
+            ("payments_amount_total", &["currency=\"INR\""], Some(13.0)),
+            (
+                "vitals_webhook_events_total",
+                &["outcome=\"accepted\""],
+                Some(3.0),
+            ),
+        ],
     );
 }
 
