@@ -16,8 +16,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use common::certs::make_certs;
 use common::{
-    Vitals, WAIT, check_config, free_port, metric, promtool_check_metrics, sample_value,
-    serve_on_thread, wait_absent, wait_for, wait_value,
+    Vitals, WAIT, assert_samples, check_config, free_port, metric, promtool_check_metrics,
+    sample_value, serve_on_thread, wait_absent, wait_for, wait_value,
 };
 
 /// Path → (status, content type, body).
@@ -232,44 +232,39 @@ labels = {{ env = "test" }}
         "{m}"
     );
     // String → number, through the table and as numeric text.
-    assert_eq!(
-        sample_value(&m, "shop_server_up", &[r#"server="a""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_server_up", &[r#"server="b""#]),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_server_requests_total", &[r#"server="b""#]),
-        Some(20.0)
+    assert_samples(
+        &m,
+        &[
+            ("shop_server_up", &[r#"server="a""#], Some(1.0)),
+            ("shop_server_up", &[r#"server="b""#], Some(0.0)),
+            ("shop_server_requests_total", &[r#"server="b""#], Some(20.0)),
+        ],
     );
     assert!(m.contains("# TYPE shop_server_requests_total counter"));
     // Object members → one series each, keyed by the member name.
-    assert_eq!(
-        sample_value(&m, "shop_queue_depth", &[r#"queue="email""#]),
-        Some(3.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_queue_depth", &[r#"queue="sms""#]),
-        Some(7.0)
+    assert_samples(
+        &m,
+        &[
+            ("shop_queue_depth", &[r#"queue="email""#], Some(3.0)),
+            ("shop_queue_depth", &[r#"queue="sms""#], Some(7.0)),
+        ],
     );
     // A child array deep in the document.
-    assert_eq!(
-        sample_value(&m, "shop_pool_free", &[r#"pool="p1""#, r#"region="south""#]),
-        Some(4.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_pool_free", &[r#"pool="p2""#]),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample_value(
-            &m,
-            "vitals_source_up",
-            &[r#"source="shop_api""#, r#"type="http""#]
-        ),
-        Some(1.0)
+    assert_samples(
+        &m,
+        &[
+            (
+                "shop_pool_free",
+                &[r#"pool="p1""#, r#"region="south""#],
+                Some(4.0),
+            ),
+            ("shop_pool_free", &[r#"pool="p2""#], Some(0.0)),
+            (
+                "vitals_source_up",
+                &[r#"source="shop_api""#, r#"type="http""#],
+                Some(1.0),
+            ),
+        ],
     );
     let (ok, findings) = promtool_check_metrics(&m);
     assert!(ok, "promtool: {findings}");
