@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::broker::{PASSWORD, USER, msg, publish_to};
-use common::{Broker, Vitals, WAIT, metric, sample_value, wait_for, wait_value};
+use common::{Broker, Vitals, WAIT, assert_samples, metric, sample_value, wait_for, wait_value};
 
 fn wait_subscribed(v: &Vitals, source: &str) {
     wait_value(
@@ -631,13 +631,12 @@ values = {{ open = 1, closed = 0 }}
         Some(1.0)
     );
     assert!(sample_value(&m, "plant_temperature_celsius", &[r#"device="d1""#]).is_none());
-    assert_eq!(
-        sample_value(&m, "vitals_mqtt_connected", &[r#"source="plant""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "plant_valve_open", &[r#"device="d2""#]),
-        Some(1.0)
+    assert_samples(
+        &m,
+        &[
+            ("vitals_mqtt_connected", &[r#"source="plant""#], Some(1.0)),
+            ("plant_valve_open", &[r#"device="d2""#], Some(1.0)),
+        ],
     );
 }
 
