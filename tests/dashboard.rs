@@ -109,6 +109,18 @@ async fn until(c: &Client, what: &str, expr: &str) -> Value {
     }
 }
 
+/// A browser on the dashboard of `vitals`, once `snapshot` (a script
+/// expression telling that the first snapshot arrived) holds; the driver
+/// (keep it alive), the client and the dashboard's URL.
+async fn open_dashboard(vitals: &Vitals, snapshot: &str) -> (Driver, Client, String) {
+    let driver = start_driver();
+    let c = browser(&driver).await;
+    let base = format!("http://{}/", vitals.addr);
+    c.goto(&base).await.expect("open the dashboard");
+    until(&c, "the snapshot", snapshot).await;
+    (driver, c, base)
+}
+
 /// Painted (non-transparent) pixels of a canvas.
 const PAINTED: &str = "(sel) => { const c = document.querySelector(sel); if (!c || !c.width) return 0; \
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; \
@@ -117,15 +129,9 @@ const PAINTED: &str = "(sel) => { const c = document.querySelector(sel); if (!c 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_updates_shows_alerts_and_filters_in_chromium() {
     let vitals = Vitals::start(CONFIG);
-    let driver = start_driver();
-    let c = browser(&driver).await;
-    let base = format!("http://{}/", vitals.addr);
-
     // Overview: host charts render, then update as deltas arrive.
-    c.goto(&base).await.expect("open the dashboard");
-    until(
-        &c,
-        "the snapshot",
+    let (_driver, c, base) = open_dashboard(
+        &vitals,
         "window.__vitals && __vitals.snapshots >= 1 && __vitals.state.series.size > 0",
     )
     .await;
@@ -405,28 +411,13 @@ fn now_s() -> f64 {
 /// and history directory (the harness' `--storage.path`).
 fn restart_vitals(v: &mut Vitals) {
     v.terminate(Duration::from_secs(20)).expect("vitals stops");
-    v.child = Command::new(common::vitals_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(v.dir.path().join("vitals.toml"))
-        .arg("--web.listen-address")
-        .arg(v.addr.to_string())
+    v.child = common::vitals_run(&v.dir.path().join("vitals.toml"), v.addr)
         .arg("--storage.path")
         .arg(v.dir.path().join("data"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn vitals again");
-    let (addr, child) = (v.addr, &mut v.child);
-    common::wait_for(Duration::from_secs(20), "vitals to be ready again", || {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("vitals exited early with {status}");
-        }
-        common::get(addr, "/readyz")
-            .filter(|(s, _)| *s == 200)
-            .map(|_| ())
-    });
+    common::wait_started(&mut v.child, v.addr, common::Ready::Readyz, None);
 }
 
 /// Run `script` (a function body that may `await`) in the page; its value.
@@ -453,19 +444,10 @@ async fn dashboard_history_restart_zoom_markers_and_csv_in_chromium() {
     tokio::time::sleep(Duration::from_millis(1500)).await; // one flush
     let restart = now_s().floor();
     restart_vitals(&mut vitals);
-    let driver = start_driver();
-    let c = browser(&driver).await;
-    let base = format!("http://{}/", vitals.addr);
-
     // The 1 h window (chosen in the form) shows points from before the
     // restart and keeps streaming.
-    c.goto(&base).await.expect("open the dashboard");
-    until(
-        &c,
-        "the snapshot",
-        "window.__vitals && __vitals.snapshots >= 1",
-    )
-    .await;
+    let (_driver, c, base) =
+        open_dashboard(&vitals, "window.__vitals && __vitals.snapshots >= 1").await;
     run(&c, "const s = document.querySelector('#f-window'); s.value = '3600'; s.dispatchEvent(new Event('change')); return 1;").await;
     let cpu = "([...__vitals.state.series.values()].find(s => s.metric === 'vitals_cpu_usage_ratio') || { t: [], v: [] })";
     let before = until(

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::process::Command;
+use std::ffi::OsStr;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{Vitals, promtool_check_metrics, sample_value, vitals_bin, wait_for};
@@ -86,6 +87,27 @@ fn csv(rows: usize, step: usize) -> String {
     out
 }
 
+/// `vitals backtest args…`.
+fn backtest(args: &[&OsStr]) -> Output {
+    Command::new(vitals_bin())
+        .arg("backtest")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// [`backtest`], which must succeed; its standard output.
+fn backtest_ok(args: &[&OsStr]) -> String {
+    let out = backtest(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn backtest_scores_a_labelled_csv_and_writes_nab_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,23 +124,15 @@ fn backtest_scores_a_labelled_csv_and_writes_nab_results() {
     .unwrap();
     let results = dir.path().join("results");
     let rows = dir.path().join("rows");
-    let out = Command::new(vitals_bin())
-        .arg("backtest")
-        .arg("--labels")
-        .arg(&labels)
-        .arg("--nab-results")
-        .arg(&results)
-        .arg("--output")
-        .arg(&rows)
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = backtest_ok(&[
+        OsStr::new("--labels"),
+        labels.as_os_str(),
+        OsStr::new("--nab-results"),
+        results.as_os_str(),
+        OsStr::new("--output"),
+        rows.as_os_str(),
+        dir.path().join("data").as_os_str(),
+    ]);
     // The jump is detected inside its window and nothing else is flagged:
     // every profile scores close to the perfect detector.
     for profile in ["standard", "reward_low_FP_rate", "reward_low_FN_rate"] {
@@ -172,12 +186,7 @@ fn backtest_reports_bad_rows_by_line_and_keeps_going() {
     .unwrap();
     let single = dir.path().join("single.csv");
     std::fs::write(&single, "timestamp,value\n2024-01-01 00:00:00,3\n").unwrap();
-    let out = Command::new(vitals_bin())
-        .arg("backtest")
-        .arg(&path)
-        .arg(&single)
-        .output()
-        .unwrap();
+    let out = backtest(&[path.as_os_str(), single.as_os_str()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("bad.csv:3: "), "{stderr}");
@@ -201,12 +210,7 @@ fn backtest_fails_on_an_unreadable_path_or_a_file_without_rows() {
     std::fs::write(&header_only, "timestamp,value\n").unwrap();
     let missing = dir.path().join("no-such-file.csv");
     for (bad, what) in [(&missing, "missing"), (&header_only, "header only")] {
-        let out = Command::new(vitals_bin())
-            .arg("backtest")
-            .arg(&good)
-            .arg(bad)
-            .output()
-            .unwrap();
+        let out = backtest(&[good.as_os_str(), bad.as_os_str()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: exit 0\n{stderr}");
         assert!(
@@ -215,16 +219,7 @@ fn backtest_fails_on_an_unreadable_path_or_a_file_without_rows() {
         );
     }
     // The good file alone still succeeds.
-    let out = Command::new(vitals_bin())
-        .arg("backtest")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backtest_ok(&[good.as_os_str()]);
 }
 
 #[test]
@@ -247,21 +242,13 @@ fn backtest_prints_out_of_fold_scores_with_folds() {
         r#"{"folds": {"a": ["synthetic/one.csv"], "b": ["synthetic/two.csv"]}}"#,
     )
     .unwrap();
-    let out = Command::new(vitals_bin())
-        .arg("backtest")
-        .arg("--labels")
-        .arg(&labels)
-        .arg("--folds")
-        .arg(&folds)
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = backtest_ok(&[
+        OsStr::new("--labels"),
+        labels.as_os_str(),
+        OsStr::new("--folds"),
+        folds.as_os_str(),
+        dir.path().join("data").as_os_str(),
+    ]);
     assert!(stdout.contains("in sample"), "{stdout}");
     let oof = stdout
         .split("out of fold")

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::golden::{assert_golden, assert_golden_shape_on_host, families, families_with, render};
 use common::process::run_ok;
 use common::relay::Gateway;
-use common::{Broker, Vitals, http, require, sample_value, wait_for};
+use common::{Broker, OFF, Vitals, http, require, sample_value, wait_for, wait_value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -46,9 +46,6 @@ fn golden(
     );
     assert_golden(fixture, &text);
 }
-
-/// No system source, and no detectors (their families are not a source's).
-const OFF: &str = "[system]\nenabled = false\n[detect]\nenabled = false\n";
 
 #[test]
 fn system_families_have_a_fixed_shape() {
@@ -191,14 +188,7 @@ path = "vib"
 "#,
         broker.port
     ));
-    wait_for(WAIT, "the subscription", || {
-        (sample_value(
-            &v.metrics(),
-            "vitals_mqtt_subscribed",
-            &["source=\"plant\""],
-        ) == Some(1.0))
-        .then_some(())
-    });
+    wait_value(&v, "vitals_mqtt_subscribed", &["source=\"plant\""], 1.0);
     broker.publish(
         "factory/L1/oven-1/telemetry",
         r#"{"temp": 71.5, "vib": 1.25}"#,

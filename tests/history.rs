@@ -12,10 +12,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{Broker, Tmpfs, fill, free_port, get, sample_value, wait_for};
+use common::broker::{now_ms, readings_source};
+use common::{Broker, OFF, Tmpfs, fill, free_port, get, sample_value, wait_for};
 use vitals::history::HistoryReader;
 use vitals::query::{MatchOp, Matcher, SeriesReader};
 
@@ -23,33 +24,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn config(broker: &Broker) -> String {
     format!(
-        r#"
-[system]
-enabled = false
-
-[detect]
-enabled = false
-
-[history]
-flush_interval = "1s"
-
-[[sources]]
-type = "mqtt"
-name = "plant"
-host = "127.0.0.1"
-port = {port}
-
-[[sources.subscriptions]]
-name = "readings"
-topic = "h/+device"
-[sources.subscriptions.mapping]
-each = "r"
-timestamp = "ts"
-[[sources.subscriptions.mapping.metrics]]
-name = "hist_test_value"
-path = "v"
-"#,
-        port = broker.port
+        "{OFF}\n[history]\nflush_interval = \"1s\"\n{}",
+        readings_source(broker.port, "h/+device", "hist_test_value")
     )
 }
 
@@ -67,28 +43,13 @@ impl Proc {
         std::fs::write(&path, config).unwrap();
         let log = cfg_dir.join("stderr.log");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(common::vitals_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .arg("--web.listen-address")
-            .arg(addr.to_string())
+        let mut child = common::vitals_run(&path, addr)
             .arg("--storage.path")
             .arg(storage)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn vitals");
-        wait_for(WAIT, "vitals to become ready", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "vitals exited early with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            get(addr, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
-        });
+        common::wait_started(&mut child, addr, common::Ready::Readyz, Some(&log));
         Proc { child, addr, log }
     }
 
@@ -120,26 +81,10 @@ impl Drop for Proc {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Publish readings `first..first + n` of device `dev`, one second apart
-/// from `start_ms`, value = index.
+/// from `start_ms`, value = index, 100 to a message.
 fn publish(broker: &Broker, dev: &str, start_ms: i64, first: usize, n: usize) {
-    for chunk in (first..first + n).collect::<Vec<_>>().chunks(100) {
-        let readings: Vec<String> = chunk
-            .iter()
-            .map(|i| format!(r#"{{"ts":{},"v":{i}}}"#, start_ms + *i as i64 * 1000))
-            .collect();
-        broker.publish(
-            &format!("h/{dev}"),
-            &format!(r#"{{"r":[{}]}}"#, readings.join(",")),
-        );
-    }
+    broker.publish_readings(&format!("h/{dev}"), start_ms, first, n, 100);
 }
 
 /// The points of `hist_test_value{device=dev}` in the store (vitals stopped).

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +16,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use common::certs::make_certs;
 use common::{
-    Vitals, WAIT, free_port, metric, promtool_check_metrics, sample_value, vitals_bin, wait_absent,
-    wait_for, wait_value,
+    Vitals, WAIT, assert_samples, check_config, free_port, metric, promtool_check_metrics,
+    sample_value, serve_on_thread, wait_absent, wait_for, wait_value,
 };
 
 /// Path → (status, content type, body).
@@ -36,30 +35,22 @@ impl Api {
     fn start() -> Api {
         let fixtures: Fixtures = Arc::default();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = fixtures.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        let thread = serve_on_thread(listener, move |listener| async move {
+            let app = axum::Router::new().fallback(
+                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                    let state = state.clone();
+                    async move { respond(&state, method, uri, headers, body).await }
+                },
+            );
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
                 .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = axum::Router::new().fallback(
-                    move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                        let state = state.clone();
-                        async move { respond(&state, method, uri, headers, body).await }
-                    },
-                );
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .unwrap();
-            });
         });
         Api {
             addr,
@@ -241,44 +232,39 @@ labels = {{ env = "test" }}
         "{m}"
     );
     // String → number, through the table and as numeric text.
-    assert_eq!(
-        sample_value(&m, "shop_server_up", &[r#"server="a""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_server_up", &[r#"server="b""#]),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_server_requests_total", &[r#"server="b""#]),
-        Some(20.0)
+    assert_samples(
+        &m,
+        &[
+            ("shop_server_up", &[r#"server="a""#], Some(1.0)),
+            ("shop_server_up", &[r#"server="b""#], Some(0.0)),
+            ("shop_server_requests_total", &[r#"server="b""#], Some(20.0)),
+        ],
     );
     assert!(m.contains("# TYPE shop_server_requests_total counter"));
     // Object members → one series each, keyed by the member name.
-    assert_eq!(
-        sample_value(&m, "shop_queue_depth", &[r#"queue="email""#]),
-        Some(3.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_queue_depth", &[r#"queue="sms""#]),
-        Some(7.0)
+    assert_samples(
+        &m,
+        &[
+            ("shop_queue_depth", &[r#"queue="email""#], Some(3.0)),
+            ("shop_queue_depth", &[r#"queue="sms""#], Some(7.0)),
+        ],
     );
     // A child array deep in the document.
-    assert_eq!(
-        sample_value(&m, "shop_pool_free", &[r#"pool="p1""#, r#"region="south""#]),
-        Some(4.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_pool_free", &[r#"pool="p2""#]),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample_value(
-            &m,
-            "vitals_source_up",
-            &[r#"source="shop_api""#, r#"type="http""#]
-        ),
-        Some(1.0)
+    assert_samples(
+        &m,
+        &[
+            (
+                "shop_pool_free",
+                &[r#"pool="p1""#, r#"region="south""#],
+                Some(4.0),
+            ),
+            ("shop_pool_free", &[r#"pool="p2""#], Some(0.0)),
+            (
+                "vitals_source_up",
+                &[r#"source="shop_api""#, r#"type="http""#],
+                Some(1.0),
+            ),
+        ],
     );
     let (ok, findings) = promtool_check_metrics(&m);
     assert!(ok, "promtool: {findings}");
@@ -478,22 +464,8 @@ values = { up = 1, down = 0 }
 }
 
 fn check(config: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(vitals_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let checked = check_config("c.toml", config);
+    (checked.ok(), checked.output())
 }
 
 #[test]
@@ -562,38 +534,34 @@ fn tls_server(dir: &Path, body: &'static str) -> SocketAddr {
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    // Handshake failures (an untrusting client) just end here.
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
+    serve_on_thread(listener, move |listener| async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // Handshake failures (an untrusting client) just end here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = tls.write_all(resp.as_bytes()).await;
-                    let _ = tls.shutdown().await;
-                });
-            }
-        });
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
     });
     addr
 }

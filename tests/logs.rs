@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Vitals, promtool_check_metrics, sample_value, wait_for};
+use common::{Vitals, assert_samples, promtool_check_metrics, sample_value, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -94,45 +94,38 @@ fn counts_matched_lines_by_label_and_skips_lines_that_do_not_match() {
     );
     wait_total(&v, 3.0, "three matched lines");
     let m = v.metrics();
-    assert_eq!(
-        sample_value(
-            &m,
-            "app_requests_total",
-            &["method=\"GET\"", "status=\"200\""]
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample_value(
-            &m,
-            "app_requests_total",
-            &["method=\"POST\"", "status=\"500\""]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "app_last_duration_seconds", &[]),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample_value(&m, "app_request_duration_seconds_bucket", &["le=\"0.1\""]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "app_request_duration_seconds_bucket", &["le=\"1\""]),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample_value(&m, "app_request_duration_seconds_bucket", &["le=\"+Inf\""]),
-        Some(3.0)
-    );
-    assert_eq!(
-        sample_value(&m, "app_request_duration_seconds_sum", &[]),
-        Some(2.55)
-    );
-    assert_eq!(
-        sample_value(&m, "app_request_duration_seconds_count", &[]),
-        Some(3.0)
+    assert_samples(
+        &m,
+        &[
+            (
+                "app_requests_total",
+                &["method=\"GET\"", "status=\"200\""],
+                Some(2.0),
+            ),
+            (
+                "app_requests_total",
+                &["method=\"POST\"", "status=\"500\""],
+                Some(1.0),
+            ),
+            ("app_last_duration_seconds", &[], Some(2.0)),
+            (
+                "app_request_duration_seconds_bucket",
+                &["le=\"0.1\""],
+                Some(1.0),
+            ),
+            (
+                "app_request_duration_seconds_bucket",
+                &["le=\"1\""],
+                Some(2.0),
+            ),
+            (
+                "app_request_duration_seconds_bucket",
+                &["le=\"+Inf\""],
+                Some(3.0),
+            ),
+            ("app_request_duration_seconds_sum", &[], Some(2.55)),
+            ("app_request_duration_seconds_count", &[], Some(3.0)),
+        ],
     );
     assert!(m.contains("# TYPE app_request_duration_seconds histogram"));
     assert_eq!(
@@ -324,37 +317,28 @@ severity = "warning"
         sample_value(&v.metrics(), "job_duration_seconds_count", &[]).filter(|n| *n == 2.0)
     });
     let m = v.metrics();
-    assert_eq!(
-        sample_value(&m, "jobs_total", &["job=\"sync\"", "level=\"info\""]),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample_value(&m, "job_duration_seconds_bucket", &["le=\"0.5\""]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "job_duration_seconds_sum", &[]),
-        Some(4.75)
-    );
-    assert_eq!(
-        sample_value(
-            &m,
-            "vitals_rule_hits_total",
-            &["rule=\"slow_job\"", "source=\"jsonapp\""]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(
-            &m,
-            "vitals_source_errors_total",
-            &["reason=\"malformed_json\""]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "vitals_log_lines_total", &["outcome=\"malformed\""]),
-        Some(1.0)
+    assert_samples(
+        &m,
+        &[
+            ("jobs_total", &["job=\"sync\"", "level=\"info\""], Some(2.0)),
+            ("job_duration_seconds_bucket", &["le=\"0.5\""], Some(1.0)),
+            ("job_duration_seconds_sum", &[], Some(4.75)),
+            (
+                "vitals_rule_hits_total",
+                &["rule=\"slow_job\"", "source=\"jsonapp\""],
+                Some(1.0),
+            ),
+            (
+                "vitals_source_errors_total",
+                &["reason=\"malformed_json\""],
+                Some(1.0),
+            ),
+            (
+                "vitals_log_lines_total",
+                &["outcome=\"malformed\""],
+                Some(1.0),
+            ),
+        ],
     );
     let (ok, findings) = promtool_check_metrics(&m);
     assert!(ok, "promtool check metrics: {findings}");

@@ -4,178 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use common::certs::{CLIENT_EXT, Ca, KeyType};
-use common::{Vitals, WAIT, free_port, metric, require, sample_value, wait_for, wait_value};
-
-/// A Mosquitto process with its own configuration directory.
-struct Broker {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-    tls_port: Option<u16>,
-    mtls_port: Option<u16>,
-}
-
-const USER: &str = "vitals";
-const PASSWORD: &str = "s3cret-pass";
-
-impl Broker {
-    /// A broker with one anonymous plain listener.
-    fn start() -> Broker {
-        Self::start_with(false)
-    }
-
-    /// With `tls`, also a TLS listener requiring `USER`/`PASSWORD`.
-    fn start_with(tls: bool) -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        // `user root`: when the tests run as root, Mosquitto would otherwise
-        // switch to the `mosquitto` user, which cannot read the private temp dir.
-        let mut conf = format!(
-            "user root\nper_listener_settings true\npersistence false\nlog_dest stderr\nlog_type error\n\
-             listener {port} 127.0.0.1\nallow_anonymous true\n"
-        );
-        let mut tls_port = None;
-        let mut mtls_port = None;
-        if tls {
-            make_certs(dir.path());
-            let passwd = dir.path().join("passwd");
-            let status = Command::new(require("mosquitto_passwd"))
-                .arg("-b")
-                .arg("-c")
-                .arg(&passwd)
-                .args([USER, PASSWORD])
-                .status()
-                .expect("run mosquitto_passwd");
-            assert!(status.success(), "mosquitto_passwd failed");
-            let p = free_port();
-            let d = dir.path().display();
-            conf.push_str(&format!(
-                "listener {p} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\n\
-                 cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
-            ));
-            tls_port = Some(p);
-            // Mutual TLS: a client certificate signed by the test CA is required.
-            let m = free_port();
-            conf.push_str(&format!(
-                "listener {m} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\n\
-                 cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
-            ));
-            mtls_port = Some(m);
-        }
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
-        let mut b = Broker {
-            child: None,
-            dir,
-            port,
-            tls_port,
-            mtls_port,
-        };
-        b.spawn();
-        b
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(require("mosquitto"))
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mosquitto");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(WAIT, "mosquitto to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    /// Publish with QoS 1 and wait until the broker acknowledged every message.
-    fn publish(&self, messages: &[(String, Vec<u8>)]) {
-        publish_to(self.port, messages);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn publish_to(port: u16, messages: &[(String, Vec<u8>)]) {
-    use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
-    let id = format!("test-pub-{}", free_port());
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_max_packet_size(4 << 20, 4 << 20);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut conn) = Client::new(o, messages.len() + 10);
-    for (topic, payload) in messages {
-        client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-            .expect("queue publish");
-    }
-    let mut acked = 0;
-    for event in conn.iter() {
-        match event {
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                acked += 1;
-                if acked == messages.len() {
-                    let _ = client.disconnect();
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(e) => panic!("publishing to the test broker failed: {e}"),
-        }
-    }
-    assert_eq!(acked, messages.len());
-}
-
-fn msg(topic: &str, payload: &str) -> (String, Vec<u8>) {
-    (topic.to_string(), payload.as_bytes().to_vec())
-}
-
-/// A test CA, a server certificate for 127.0.0.1 and an untrusted second CA.
-fn make_certs(dir: &Path) {
-    let ca = Ca::new(dir, "ca", "pem", "/CN=vitals test ca", KeyType::Ec);
-    Ca::new(
-        dir,
-        "other-ca",
-        "pem",
-        "/CN=vitals test other-ca",
-        KeyType::Ec,
-    );
-    let server_ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n";
-    ca.issue(
-        "server.key",
-        "server.pem",
-        "/CN=localhost",
-        server_ext,
-        None,
-    );
-    ca.issue(
-        "client.key",
-        "client.pem",
-        "/CN=vitals-client",
-        CLIENT_EXT,
-        None,
-    );
-}
+use common::broker::{PASSWORD, USER, msg, publish_to};
+use common::{Broker, Vitals, WAIT, assert_samples, metric, sample_value, wait_for, wait_value};
 
 fn wait_subscribed(v: &Vitals, source: &str) {
     wait_value(
@@ -274,7 +107,7 @@ name = "plant_v5_value"
     ));
     wait_subscribed(&v, "plant");
     wait_subscribed(&v, "plant5");
-    broker.publish(&[
+    broker.publish_all(&[
         msg(
             "factory/L1/d7/telemetry",
             r#"{"temp_dc":215,"meta":{"site":"north"},"vib":[{"rms":0.1},{"rms":2.5}]}"#,
@@ -345,7 +178,7 @@ name = "plant_v5_value"
 
 #[test]
 fn tls_with_password_or_client_certificate_works_and_failures_are_reported() {
-    let broker = Broker::start_with(true);
+    let broker = Broker::start_tls();
     let tls_port = broker.tls_port.unwrap();
     let ca = broker.path("ca.pem");
     let other_ca = broker.path("other-ca.pem");
@@ -519,7 +352,7 @@ path = "t"
             }
         })
     };
-    broker.publish(&[msg("sensors/d1/state", r#"{"t":20}"#)]);
+    broker.publish_all(&[msg("sensors/d1/state", r#"{"t":20}"#)]);
     wait_value(&v, "plant_device_up", &[r#"device="d1""#], 1.0);
     wait_value(&v, "plant_temperature_celsius", &[r#"device="d1""#], 20.0);
     let seen = metric(
@@ -581,7 +414,7 @@ path = "v"
     let messages: Vec<_> = (0..50)
         .map(|i| msg(&format!("sensors/id{i}/state"), r#"{"v":1}"#))
         .collect();
-    broker.publish(&messages);
+    broker.publish_all(&messages);
     wait_value(
         &v,
         "vitals_mqtt_messages_total",
@@ -608,7 +441,7 @@ path = "v"
         Some(40.0)
     );
     // Known series keep updating.
-    broker.publish(&[msg("sensors/id0/state", r#"{"v":5}"#)]);
+    broker.publish_all(&[msg("sensors/id0/state", r#"{"v":5}"#)]);
     wait_value(&v, "flood_value", &[r#"id="id0""#], 5.0);
 }
 
@@ -637,14 +470,14 @@ name = "tank_level_ratio"
 "#
     ));
     wait_subscribed(&v, "plant");
-    broker.publish(&[msg("tanks/t1/level", "0.5")]);
+    broker.publish_all(&[msg("tanks/t1/level", "0.5")]);
     wait_value(&v, "tank_level_ratio", &[r#"tank="t1""#], 0.5);
-    broker.stop();
+    broker.kill();
     wait_value(&v, "vitals_mqtt_connected", &[r#"source="plant""#], 0.0);
     wait_value(&v, "vitals_source_up", &[r#"source="plant""#], 0.0);
     broker.spawn();
     wait_subscribed(&v, "plant");
-    broker.publish(&[msg("tanks/t1/level", "0.75")]);
+    broker.publish_all(&[msg("tanks/t1/level", "0.75")]);
     wait_value(&v, "tank_level_ratio", &[r#"tank="t1""#], 0.75);
     let m = v.metrics();
     assert!(
@@ -690,7 +523,7 @@ name = "shared_value"
     let messages: Vec<_> = (0..n)
         .map(|i| msg(&format!("sensors/id{i}/state"), &i.to_string()))
         .collect();
-    broker.publish(&messages);
+    broker.publish_all(&messages);
     let count = |v: &Vitals| {
         metric(
             v,
@@ -753,7 +586,7 @@ values = {{ open = 1, closed = 0 }}
     let mut big = b"{\"t\":1,\"pad\":\"".to_vec();
     big.resize(1 << 20, b'x');
     big.extend_from_slice(b"\"}");
-    broker.publish(&[
+    broker.publish_all(&[
         msg("factory/d1/telemetry", r#"{"t":20"#),
         msg("factory/d1/telemetry", r#"{"t":{"nested":1}}"#),
         msg("factory/d1/telemetry", r#"{"t":"NaN"}"#),
@@ -798,28 +631,19 @@ values = {{ open = 1, closed = 0 }}
         Some(1.0)
     );
     assert!(sample_value(&m, "plant_temperature_celsius", &[r#"device="d1""#]).is_none());
-    assert_eq!(
-        sample_value(&m, "vitals_mqtt_connected", &[r#"source="plant""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "plant_valve_open", &[r#"device="d2""#]),
-        Some(1.0)
+    assert_samples(
+        &m,
+        &[
+            ("vitals_mqtt_connected", &[r#"source="plant""#], Some(1.0)),
+            ("plant_valve_open", &[r#"device="d2""#], Some(1.0)),
+        ],
     );
 }
 
 #[test]
 fn plant_example_passes_vitals_check() {
-    let out = Command::new(common::vitals_bin())
-        .args(["check", "--config"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mqtt-plant.toml"))
-        .output()
-        .expect("run vitals check");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let checked = common::check_file(&common::process::root().join("examples/mqtt-plant.toml"));
+    assert!(checked.ok(), "{}", checked.stderr);
 }
 
 #[test]
@@ -852,11 +676,11 @@ name = "tank_level_ratio"
         let topic = format!("p{protocol}/t1/level");
         let mut v = Vitals::start(&config);
         wait_subscribed(&v, "plant");
-        broker.publish(&[msg(&topic, "0.1")]);
+        broker.publish_all(&[msg(&topic, "0.1")]);
         wait_value(&v, "tank_level_ratio", &[r#"tank="t1""#], 0.1);
         assert!(v.terminate(WAIT).is_some(), "vitals stops on SIGTERM");
         // Published while no vitals is connected: the broker queues it.
-        broker.publish(&[msg(&topic, "0.9")]);
+        broker.publish_all(&[msg(&topic, "0.9")]);
         let v = Vitals::start(&config);
         wait_value(&v, "tank_level_ratio", &[r#"tank="t1""#], 0.9);
     }
@@ -865,10 +689,8 @@ name = "tank_level_ratio"
 #[test]
 fn plant_example_maps_every_subscription_against_a_real_broker() {
     let broker = Broker::start();
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mqtt-plant.toml"),
-    )
-    .unwrap();
+    let example =
+        std::fs::read_to_string(common::process::root().join("examples/mqtt-plant.toml")).unwrap();
     // The example's broker, with the password given inline (the test broker
     // accepts any login on its anonymous listener).
     let config = example
@@ -884,7 +706,7 @@ fn plant_example_maps_every_subscription_against_a_real_broker() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    broker.publish(&[
+    broker.publish_all(&[
         msg(
             "factory/L1/press1/telemetry",
             &format!(
@@ -948,21 +770,12 @@ fn plant_example_maps_every_subscription_against_a_real_broker() {
 
 #[test]
 fn typos_and_bad_values_in_mqtt_config_are_rejected_with_file_and_key() {
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mqtt-plant.toml"),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(common::process::root().join("examples/mqtt-plant.toml")).unwrap();
     let check = |text: String| -> String {
-        let path = dir.path().join("bad.toml");
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(common::vitals_bin())
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let checked = common::check_config("bad.toml", &text);
+        assert_eq!(checked.code, Some(2));
+        checked.stderr
     };
     let e = check(example.replace("path = \"temp_dc\"", "pth = \"temp_dc\""));
     assert!(
@@ -1020,7 +833,7 @@ path = "v"
         })
         .chain([msg("sensors/id0/state", r#"{"v":7,"serial":"sn-1"}"#)])
         .collect();
-    broker.publish(&messages);
+    broker.publish_all(&messages);
     wait_value(
         &v,
         "vitals_mqtt_messages_total",

@@ -15,34 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Broker, Tmpfs, Vitals, fill, free_port, get, require, sample_value, wait_for};
+use common::broker::{now_ms, readings_source};
+use common::{Broker, OFF, Tmpfs, Vitals, fill, free_port, get, require, sample_value, wait_for};
 
 /// vitals with one MQTT subscription and one remote.
 fn config(broker: &Broker, url: &str, queue_dir: &Path, extra: &str) -> String {
     format!(
-        r#"
-[system]
-enabled = false
-
-[detect]
-enabled = false
-
-[[sources]]
-type = "mqtt"
-name = "plant"
-host = "127.0.0.1"
-port = {port}
-
-[[sources.subscriptions]]
-name = "readings"
-topic = "rw/+device"
-[sources.subscriptions.mapping]
-each = "r"
-timestamp = "ts"
-[[sources.subscriptions.mapping.metrics]]
-name = "rw_test_value"
-path = "v"
-
+        r#"{OFF}{source}
 [[remote_write]]
 name = "central"
 url = "{url}"
@@ -56,34 +35,15 @@ external_labels = {{ site = "plant-3" }}
 [[remote_write.select]]
 metric = "rw_test_.*"
 "#,
-        port = broker.port,
+        source = readings_source(broker.port, "rw/+device", "rw_test_value"),
         queue = queue_dir.display(),
     )
 }
 
-/// Publish `n` readings of device `dev`, one second apart, the first at
-/// `start_ms` (event time, in the past).
+/// Publish `n` readings of device `dev` in one message, one second apart,
+/// the first at `start_ms` (event time, in the past).
 fn publish(broker: &Broker, dev: &str, start_ms: i64, first: usize, n: usize) {
-    let readings: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"ts":{},"v":{}}}"#,
-                start_ms + ((first + i) as i64) * 1000,
-                first + i
-            )
-        })
-        .collect();
-    broker.publish(
-        &format!("rw/{dev}"),
-        &format!(r#"{{"r":[{}]}}"#, readings.join(",")),
-    );
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    broker.publish_readings(&format!("rw/{dev}"), start_ms, first, n, n);
 }
 
 fn metric(v: &Vitals, name: &str, parts: &[&str]) -> f64 {
@@ -345,46 +305,38 @@ fn scripted(script: Vec<(u16, Option<&'static str>)>) -> (SocketAddr, Arc<Mutex<
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let s2 = seen.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new().route(
-                "/api/v1/write",
-                axum::routing::post(
-                    move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                        let seen = s2.clone();
-                        let script = script.clone();
-                        async move {
-                            let (status, retry_after) =
-                                script.lock().unwrap().pop_front().unwrap_or((204, None));
-                            let samples = vitals::remote_write::encoder::decode(&body)
-                                .map(|r| r.timeseries.iter().map(|t| t.samples.len()).sum())
-                                .unwrap_or(0);
-                            seen.lock().unwrap().push(Seen {
-                                at: Instant::now(),
-                                status,
-                                headers,
-                                samples,
-                                body: body.to_vec(),
-                            });
-                            let mut resp = axum::response::Response::builder().status(status);
-                            if let Some(ra) = retry_after {
-                                resp = resp.header("Retry-After", ra);
-                            }
-                            resp.body(axum::body::Body::empty()).unwrap()
+    common::serve_on_thread(listener, move |l| async move {
+        let app = axum::Router::new().route(
+            "/api/v1/write",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let seen = s2.clone();
+                    let script = script.clone();
+                    async move {
+                        let (status, retry_after) =
+                            script.lock().unwrap().pop_front().unwrap_or((204, None));
+                        let samples = vitals::remote_write::encoder::decode(&body)
+                            .map(|r| r.timeseries.iter().map(|t| t.samples.len()).sum())
+                            .unwrap_or(0);
+                        seen.lock().unwrap().push(Seen {
+                            at: Instant::now(),
+                            status,
+                            headers,
+                            samples,
+                            body: body.to_vec(),
+                        });
+                        let mut resp = axum::response::Response::builder().status(status);
+                        if let Some(ra) = retry_after {
+                            resp = resp.header("Retry-After", ra);
                         }
-                    },
-                ),
-            );
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(l, app).await.unwrap();
-        });
+                        resp.body(axum::body::Body::empty()).unwrap()
+                    }
+                },
+            ),
+        );
+        axum::serve(l, app).await.unwrap();
     });
     (addr, seen)
 }

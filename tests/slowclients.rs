@@ -74,17 +74,7 @@ fn answered(
     let result = (|| -> std::io::Result<u16> {
         let mut s = TcpStream::connect_timeout(&addr, ANSWER_WITHIN)?;
         s.set_read_timeout(Some(ANSWER_WITHIN))?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        s.write_all(&bytes)?;
+        s.write_all(&common::request_bytes(addr, method, path, headers, body))?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
         let text = String::from_utf8_lossy(&raw);

@@ -4,15 +4,14 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::mariadb::MariaDb;
 use common::postgres::Postgres;
 use common::process::run_ok as run;
 use common::{
-    Vitals, WAIT, free_port, metric, promtool_check_metrics, require, sample_value, vitals_bin,
-    wait_absent, wait_for, wait_value,
+    Vitals, WAIT, assert_samples, check_config, metric, promtool_check_metrics, require,
+    sample_value, wait_absent, wait_for, wait_value,
 };
 
 const ORDERS_SQL: &str = "
@@ -79,25 +78,19 @@ fn postgres_rows_become_labelled_gauges_and_counters_and_zero_rows_remove_series
 
     wait_value(&v, "shop_orders", &[r#"status="ok""#], 2.0);
     let m = v.metrics();
-    assert_eq!(
-        sample_value(&m, "shop_orders", &[r#"status="failed""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_order_amount_rupees_total", &[r#"status="ok""#]),
-        Some(125100.75)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_order_items", &[r#"status="failed""#]),
-        Some(3.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_orders_flagged", &[r#"status="ok""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_orders_flagged", &[r#"status="failed""#]),
-        Some(0.0)
+    assert_samples(
+        &m,
+        &[
+            ("shop_orders", &[r#"status="failed""#], Some(1.0)),
+            (
+                "shop_order_amount_rupees_total",
+                &[r#"status="ok""#],
+                Some(125100.75),
+            ),
+            ("shop_order_items", &[r#"status="failed""#], Some(3.0)),
+            ("shop_orders_flagged", &[r#"status="ok""#], Some(1.0)),
+            ("shop_orders_flagged", &[r#"status="failed""#], Some(0.0)),
+        ],
     );
     assert!(
         m.contains("# TYPE shop_order_amount_rupees_total counter"),
@@ -118,17 +111,20 @@ fn postgres_rows_become_labelled_gauges_and_counters_and_zero_rows_remove_series
             >= 1.0,
         "{m}"
     );
-    assert_eq!(
-        sample_value(
-            &m,
-            "vitals_sql_query_up",
-            &[r#"source="shop""#, r#"query="by_status""#]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "vitals_sql_query_rows", &[r#"query="by_status""#]),
-        Some(2.0)
+    assert_samples(
+        &m,
+        &[
+            (
+                "vitals_sql_query_up",
+                &[r#"source="shop""#, r#"query="by_status""#],
+                Some(1.0),
+            ),
+            (
+                "vitals_sql_query_rows",
+                &[r#"query="by_status""#],
+                Some(2.0),
+            ),
+        ],
     );
     assert!(
         sample_value(
@@ -152,14 +148,16 @@ fn postgres_rows_become_labelled_gauges_and_counters_and_zero_rows_remove_series
     pg.psql("DELETE FROM orders");
     wait_absent(&v, "shop_orders", &[]);
     wait_absent(&v, "shop_merchant_seen", &[]);
-    let m = v.metrics();
-    assert_eq!(
-        sample_value(&m, "vitals_sql_query_up", &[r#"query="by_status""#]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "vitals_sql_query_rows", &[r#"query="by_status""#]),
-        Some(0.0)
+    assert_samples(
+        &v.metrics(),
+        &[
+            ("vitals_sql_query_up", &[r#"query="by_status""#], Some(1.0)),
+            (
+                "vitals_sql_query_rows",
+                &[r#"query="by_status""#],
+                Some(0.0),
+            ),
+        ],
     );
 }
 
@@ -242,17 +240,15 @@ column = "v"
     // The good query keeps running, and the database counts as up.
     pg.psql("UPDATE t SET v = 8");
     wait_value(&v, "db_good_value", &[r#"k="a""#], 8.0);
-    let m = v.metrics();
-    assert_eq!(
-        sample_value(&m, "vitals_sql_query_up", &[r#"query="good""#]),
-        Some(1.0)
+    assert_samples(
+        &v.metrics(),
+        &[
+            ("vitals_sql_query_up", &[r#"query="good""#], Some(1.0)),
+            ("vitals_source_up", &[r#"source="db""#], Some(1.0)),
+            ("db_slow_value", &[], None),
+            ("db_broken_value", &[], None),
+        ],
     );
-    assert_eq!(
-        sample_value(&m, "vitals_source_up", &[r#"source="db""#]),
-        Some(1.0)
-    );
-    assert!(sample_value(&m, "db_slow_value", &[]).is_none());
-    assert!(sample_value(&m, "db_broken_value", &[]).is_none());
 }
 
 #[test]
@@ -348,21 +344,20 @@ column = "state"
         &[r#"sensor="boiler""#],
         71.5,
     );
-    let m = v.metrics();
-    assert_eq!(
-        sample_value(&m, "plant_temperature_celsius", &[r#"sensor="tank""#]),
-        Some(20.0)
+    assert_samples(
+        &v.metrics(),
+        &[
+            (
+                "plant_temperature_celsius",
+                &[r#"sensor="tank""#],
+                Some(20.0),
+            ),
+            ("plant_readings_total", &[r#"sensor="tank""#], Some(4.0)),
+            // Numeric text is read as a number; NULL is no sample.
+            ("plant_state", &[r#"sensor="boiler""#], Some(3.25)),
+            ("plant_state", &[r#"sensor="tank""#], None),
+        ],
     );
-    assert_eq!(
-        sample_value(&m, "plant_readings_total", &[r#"sensor="tank""#]),
-        Some(4.0)
-    );
-    // Numeric text is read as a number; NULL is no sample.
-    assert_eq!(
-        sample_value(&m, "plant_state", &[r#"sensor="boiler""#]),
-        Some(3.25)
-    );
-    assert_eq!(sample_value(&m, "plant_state", &[r#"sensor="tank""#]), None);
     exec("DELETE FROM readings WHERE sensor = 'tank'");
     wait_absent(&v, "plant_temperature_celsius", &[r#"sensor="tank""#]);
 }
@@ -412,26 +407,18 @@ column = "c"
         &[r#"method="upi""#],
         100000.5,
     );
-    let m = v.metrics();
-    assert_eq!(
-        sample_value(
-            &m,
-            "shop_payment_amount_rupees_total",
-            &[r#"method="card""#]
-        ),
-        Some(20.25)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_payments", &[r#"method="upi""#]),
-        Some(3.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_payment_ok", &[r#"method="card""#]),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample_value(&m, "shop_payment_rows", &[r#"method="card""#]),
-        Some(1.0)
+    assert_samples(
+        &v.metrics(),
+        &[
+            (
+                "shop_payment_amount_rupees_total",
+                &[r#"method="card""#],
+                Some(20.25),
+            ),
+            ("shop_payments", &[r#"method="upi""#], Some(3.0)),
+            ("shop_payment_ok", &[r#"method="card""#], Some(0.0)),
+            ("shop_payment_rows", &[r#"method="card""#], Some(1.0)),
+        ],
     );
     db.sql("DELETE FROM shop.payments");
     wait_absent(&v, "shop_payments", &[]);
@@ -442,22 +429,8 @@ column = "c"
 }
 
 fn check(config: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path: &Path = &dir.path().join("c.toml");
-    std::fs::write(path, config).unwrap();
-    let out = Command::new(vitals_bin())
-        .args(["check", "--config"])
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let checked = check_config("c.toml", config);
+    (checked.ok(), checked.output())
 }
 
 #[test]
@@ -503,40 +476,6 @@ column = "v"
     assert!(ok, "{out}");
 }
 
-/// Start vitals with extra environment variables (the harness's `start`
-/// passes the test's own environment through). Names must not start with
-/// `VITALS_`, which vitals reads as configuration overrides.
-fn start_with_env(config: &str, env: &[(&str, &str)]) -> Vitals {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("vitals.toml");
-    std::fs::write(&path, config).expect("write config");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Command::new(vitals_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .arg("--web.listen-address")
-        .arg(addr.to_string())
-        .arg("--storage.path")
-        .arg(dir.path().join("data"))
-        .envs(env.iter().copied())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn vitals");
-    let mut v = Vitals { child, addr, dir };
-    wait_for(WAIT, "vitals to become ready", || {
-        if let Ok(Some(status)) = v.child.try_wait() {
-            panic!("vitals exited early with {status}");
-        }
-        common::get(addr, "/readyz")
-            .filter(|(s, _)| *s == 200)
-            .map(|_| ())
-    });
-    v
-}
-
 #[test]
 fn dsn_from_the_environment_and_a_missing_one_reported_as_down() {
     let sqlite3 = require("sqlite3");
@@ -563,11 +502,11 @@ name = "envdb_value"
 column = "v"
 "#;
     let dsn = format!("sqlite://{}", db.display());
-    let v = start_with_env(config, &[("SQLTEST_DSN", &dsn)]);
+    let v = Vitals::start_env(config, &[("SQLTEST_DSN", &dsn)]);
     wait_value(&v, "envdb_value", &[], 9.0);
     drop(v);
 
-    let v = start_with_env(&config.replace("SQLTEST_DSN", "SQLTEST_DSN_UNSET"), &[]);
+    let v = Vitals::start_env(&config.replace("SQLTEST_DSN", "SQLTEST_DSN_UNSET"), &[]);
     wait_for(WAIT, "the missing DSN to be reported", || {
         let m = v.metrics();
         let errors = sample_value(

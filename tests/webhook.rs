@@ -5,10 +5,14 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Vitals, http, promtool_check_metrics, sample_value, wait_for};
+use common::{
+    Vitals, assert_samples, check_config, check_file, http, promtool_check_metrics, sample_value,
+    wait_for,
+};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -123,25 +127,19 @@ fn fraud_rule_flags_a_payment_over_one_lakh_rupees() {
         Some(1.0),
         "only the INR payment over 1,00,000 is flagged"
     );
-    assert_eq!(
-        sample_value(&m, "payments_events_total", &["status=\"failed\""]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_total", &["currency=\"INR\""]),
-        Some(225000.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_inr_bucket", &["le=\"100000\""]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_inr_bucket", &["le=\"+Inf\""]),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_inr_count", &[]),
-        Some(2.0)
+    assert_samples(
+        &m,
+        &[
+            ("payments_events_total", &["status=\"failed\""], Some(1.0)),
+            (
+                "payments_amount_total",
+                &["currency=\"INR\""],
+                Some(225000.0),
+            ),
+            ("payments_amount_inr_bucket", &["le=\"100000\""], Some(1.0)),
+            ("payments_amount_inr_bucket", &["le=\"+Inf\""], Some(2.0)),
+            ("payments_amount_inr_count", &[], Some(2.0)),
+        ],
     );
     let (ok, findings) = promtool_check_metrics(&m);
     assert!(ok, "promtool check metrics: {findings}");
@@ -242,17 +240,17 @@ fn retried_post_is_not_counted_twice() {
         ) == Some(3.0))
         .then_some(m)
     });
-    assert_eq!(
-        sample_value(&m, "payments_events_total", &["status=\"ok\""]),
-        Some(3.0)
-    );
-    assert_eq!(
-        sample_value(&m, "payments_amount_total", &["currency=\"INR\""]),
-        Some(13.0)
-    );
-    assert_eq!(
-        sample_value(&m, "vitals_webhook_events_total", &["outcome=\"accepted\""]),
-        Some(3.0)
+    assert_samples(
+        &m,
+        &[
+            ("payments_events_total", &["status=\"ok\""], Some(3.0)),
+            ("payments_amount_total", &["currency=\"INR\""], Some(13.0)),
+            (
+                "vitals_webhook_events_total",
+                &["outcome=\"accepted\""],
+                Some(3.0),
+            ),
+        ],
     );
 }
 
@@ -437,15 +435,8 @@ async fn fraud_rule_publishes_a_rule_event_on_the_bus() {
 #[test]
 fn business_example_configs_pass_vitals_check() {
     for file in ["examples/webhook.toml", "examples/logs.toml"] {
-        let out = std::process::Command::new(common::vitals_bin())
-            .args(["check", "--config", file])
-            .output()
-            .expect("run vitals check");
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let checked = check_file(Path::new(file));
+        assert!(checked.ok(), "{file}: {}", checked.stderr);
     }
 }
 
@@ -491,11 +482,10 @@ max_series = 2
 
 #[test]
 fn a_typo_in_a_business_source_is_rejected_with_its_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        r#"
+    // Each bad config with the two parts its error must name.
+    let cases = [
+        (
+            r#"
 [[sources]]
 type = "webhook"
 name = "payments"
@@ -505,23 +495,10 @@ idempotency_keys = "id"
 name = "payments_events_total"
 type = "counter"
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::vitals_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        err.contains("bad.toml") && err.contains("idempotency_keys"),
-        "{err}"
-    );
-
-    std::fs::write(
-        &path,
-        r#"
+            ["bad.toml", "idempotency_keys"],
+        ),
+        (
+            r#"
 [[sources]]
 type = "logs"
 name = "app"
@@ -533,19 +510,15 @@ name = "app_x_total"
 type = "counter"
 labels = { y = "y" }
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::vitals_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        err.contains("sources[0].metrics[0].match") && err.contains("`y`"),
-        "{err}"
-    );
+            ["sources[0].metrics[0].match", "`y`"],
+        ),
+    ];
+    for (config, [first, second]) in cases {
+        let checked = check_config("bad.toml", config);
+        let err = &checked.stderr;
+        assert_eq!(checked.code, Some(2));
+        assert!(err.contains(first) && err.contains(second), "{err}");
+    }
 }
 
 /// Ids used to be compared as text: `7`, `7.0` and `"7"` were one key (and

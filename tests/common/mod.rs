@@ -2,12 +2,13 @@
 //! binary on a free loopback port, talk plain HTTP to it, wait for
 //! conditions, and check that external tools the tests need are installed.
 //! The real peers the tests start live in the submodules: certificates,
-//! PostgreSQL, MariaDB, SMTP, Prometheus, Alertmanager and `vitals relay`;
-//! golden `/metrics` fixtures in [`golden`]. One harness for every test
-//! file: reuse these, do not copy them.
+//! Mosquitto, PostgreSQL, MariaDB, SMTP, Prometheus, Alertmanager and
+//! `vitals relay`; golden `/metrics` fixtures in [`golden`]. One harness for
+//! every test file: reuse these, do not copy them.
 #![allow(dead_code)]
 
 pub mod alertmanager;
+pub mod broker;
 pub mod certs;
 pub mod golden;
 pub mod mariadb;
@@ -20,6 +21,8 @@ pub mod stack;
 pub mod wait;
 
 #[allow(unused_imports)]
+pub use broker::Broker;
+#[allow(unused_imports)]
 pub use wait::{WAIT, metric, wait_absent, wait_value};
 
 use std::io::{Read, Write};
@@ -27,6 +30,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Config text: no system source, and no detectors (their families are
+/// not a source's).
+pub const OFF: &str = "[system]\nenabled = false\n[detect]\nenabled = false\n";
 
 /// Path of the `vitals` binary built for these tests.
 pub fn vitals_bin() -> PathBuf {
@@ -78,19 +85,7 @@ pub fn http(
 ) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    // One write: a server that answers early and closes (plain HTTP on a
-    // TLS port) would otherwise fail the body's write with a broken pipe.
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    let written = stream.write_all(&bytes);
+    let written = stream.write_all(&request_bytes(addr, method, path, headers, body));
     let mut raw = Vec::new();
     let read = stream.read_to_end(&mut raw);
     if raw.is_empty() {
@@ -115,6 +110,51 @@ pub fn http(
         rest.to_string()
     };
     Ok((status, body))
+}
+
+/// The bytes of a `Connection: close` HTTP/1.1 request, head and body
+/// together: sent in one write, a server that answers early and closes
+/// (plain HTTP on a TLS port) cannot fail the body's write with a broken pipe.
+pub fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Run an in-test server on its own thread with a current-thread tokio
+/// runtime: `serve` gets `listener` as a tokio listener.
+pub fn serve_on_thread<F, Fut>(listener: TcpListener, serve: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            serve(listener).await
+        });
+    })
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -151,69 +191,41 @@ impl Vitals {
 
     /// Like [`Vitals::start`], with extra command-line arguments.
     pub fn start_with(config: &str, extra_args: &[&str]) -> Vitals {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("vitals.toml");
-        std::fs::write(&path, config).expect("write config");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(vitals_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .arg("--web.listen-address")
-            .arg(addr.to_string())
-            // POST /-/reload, which tests use, needs it since it is gated.
-            .arg("--web.enable-lifecycle")
-            .args(extra_args)
-            .args(own_history(config, &dir))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vitals");
-        let mut v = Vitals { child, addr, dir };
-        let addr = v.addr;
-        let child = &mut v.child;
-        wait_for(Duration::from_secs(20), "vitals to become ready", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("vitals exited early with {status}");
-            }
-            get(addr, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
-        });
-        v
+        Self::launch(config, extra_args, &[], Ready::Readyz)
+    }
+
+    /// Like [`Vitals::start`], with extra environment variables (the test's
+    /// own environment is passed through too). Names must not start with
+    /// `VITALS_`, which vitals reads as configuration overrides.
+    pub fn start_env(config: &str, env: &[(&str, &str)]) -> Vitals {
+        Self::launch(config, &[], env, Ready::Readyz)
     }
 
     /// Start `vitals run` with `config` and a web configuration file that
     /// turns on TLS; waits until the port accepts connections.
     pub fn start_tls(config: &str, web_config: &Path) -> Vitals {
+        let web = web_config.to_str().expect("a UTF-8 web config path");
+        Self::launch(config, &["--web.config.file", web], &[], Ready::Listening)
+    }
+
+    /// `vitals run` with `config` in a new temp dir on a free port, then
+    /// wait until it is `ready`.
+    fn launch(config: &str, extra_args: &[&str], env: &[(&str, &str)], ready: Ready) -> Vitals {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("vitals.toml");
         std::fs::write(&path, config).expect("write config");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(vitals_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .arg("--web.listen-address")
-            .arg(addr.to_string())
-            .arg("--web.config.file")
-            .arg(web_config)
+        let child = vitals_run(&path, addr)
+            // POST /-/reload, which tests use, needs it since it is gated.
             .arg("--web.enable-lifecycle")
+            .args(extra_args)
             .args(own_history(config, &dir))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn vitals");
         let mut v = Vitals { child, addr, dir };
-        let child = &mut v.child;
-        wait_for(Duration::from_secs(20), "vitals to listen", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("vitals exited early with {status}");
-            }
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .ok()
-                .map(|_| ())
-        });
+        wait_started(&mut v.child, addr, ready, None);
         v
     }
 
@@ -268,6 +280,97 @@ impl Drop for Vitals {
     }
 }
 
+/// `vitals run --config <config> --web.listen-address <addr>`, stdout to
+/// null and `RUST_LOG` unset; the caller adds flags, stderr and spawns.
+pub fn vitals_run(config: &Path, addr: SocketAddr) -> Command {
+    let mut cmd = Command::new(vitals_bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--web.listen-address")
+        .arg(addr.to_string())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// When a started `vitals` counts as up.
+#[derive(Clone, Copy)]
+pub enum Ready {
+    /// `GET /readyz` answers 200.
+    Readyz,
+    /// The port accepts TCP connections (TLS, where plain GET cannot tell).
+    Listening,
+}
+
+/// Wait (at most [`WAIT`]) until `child`, serving on `addr`, is `ready`;
+/// panics if it exits first (with the text of `log`, its stderr, if given).
+pub fn wait_started(child: &mut Child, addr: SocketAddr, ready: Ready, log: Option<&Path>) {
+    let what = match ready {
+        Ready::Readyz => "vitals to become ready",
+        Ready::Listening => "vitals to listen",
+    };
+    wait_for(WAIT, what, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = log.map(|p| std::fs::read_to_string(p).unwrap_or_default());
+            panic!(
+                "vitals exited early with {status}: {}",
+                log.unwrap_or_default()
+            );
+        }
+        match ready {
+            Ready::Readyz => get(addr, "/readyz").filter(|(s, _)| *s == 200).map(|_| ()),
+            Ready::Listening => TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| ()),
+        }
+    });
+}
+
+/// What `vitals check --config` said about a configuration.
+pub struct Checked {
+    /// Its exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Checked {
+    /// Whether the check passed (exit 0).
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Standard output, then standard error.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Run `vitals check --config <path>` (a path relative to the repository
+/// root, where `cargo test` runs, or an absolute one).
+pub fn check_file(path: &Path) -> Checked {
+    let out = Command::new(vitals_bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run vitals check");
+    Checked {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Write `config` to a file named `file` in a new temp dir and run
+/// `vitals check --config` on it.
+pub fn check_config(file: &str, config: &str) -> Checked {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(file);
+    std::fs::write(&path, config).expect("write config");
+    check_file(&path)
+}
+
 /// The value of the first sample line `name{labels} value` whose series
 /// text (name plus labels) contains every one of `parts`.
 pub fn sample_value(metrics: &str, name: &str, parts: &[&str]) -> Option<f64> {
@@ -283,6 +386,18 @@ pub fn sample_value(metrics: &str, name: &str, parts: &[&str]) -> Option<f64> {
                 None
             }
         })
+}
+
+/// Assert, for each `(name, parts, want)`, that [`sample_value`] of
+/// `name` with `parts` in `metrics` is `want`.
+pub fn assert_samples(metrics: &str, want: &[(&str, &[&str], Option<f64>)]) {
+    for (name, parts, value) in want {
+        assert_eq!(
+            sample_value(metrics, name, parts),
+            *value,
+            "{name}{parts:?}"
+        );
+    }
 }
 
 /// Run `promtool check metrics` on an exposition; returns its findings.
@@ -308,92 +423,6 @@ pub fn promtool_check_metrics(exposition: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success() && text.trim().is_empty(), text)
-}
-
-/// A Mosquitto process on a free loopback port with its own configuration
-/// directory, killed on drop.
-pub struct Broker {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    pub port: u16,
-}
-
-impl Broker {
-    /// One anonymous plain listener.
-    pub fn start() -> Broker {
-        Self::start_with("")
-    }
-
-    /// Same, with `extra` general settings (lines ending in `\n`).
-    pub fn start_with(extra: &str) -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        // `user root`: as root, Mosquitto would otherwise switch to a user
-        // that cannot read the private temp dir.
-        let conf = format!(
-            "user root\npersistence false\nlog_dest stderr\nlog_type error\n{extra}\
-             listener {port} 127.0.0.1\nallow_anonymous true\n"
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
-        let mut b = Broker {
-            child: None,
-            dir,
-            port,
-        };
-        b.spawn();
-        b
-    }
-
-    /// Start (again, after [`Broker::kill`]) and wait until it listens.
-    pub fn spawn(&mut self) {
-        let child = Command::new(require("mosquitto"))
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mosquitto");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(Duration::from_secs(60), "mosquitto to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-    }
-
-    /// SIGKILL: no clean disconnect for anyone.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Publish with QoS 1 and wait for the broker's acknowledgement.
-    pub fn publish(&self, topic: &str, payload: &str) {
-        use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
-        let mut o = MqttOptions::new(format!("test-pub-{}", free_port()), "127.0.0.1", self.port);
-        o.set_keep_alive(Duration::from_secs(30));
-        let (client, mut conn) = Client::new(o, 10);
-        client
-            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
-            .expect("queue publish");
-        for event in conn.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    let _ = client.disconnect();
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(e) => panic!("publishing to the test broker failed: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A tmpfs mounted for one test, unmounted (lazily) when dropped.

@@ -294,6 +294,30 @@ impl Relay {
         self.post(path, &[("Authorization", &auth)], body)
     }
 
+    /// POST (with the receivers' bearer token) to `path` one firing group
+    /// `group` for receiver `ops` with one alert `alert` of `severity` on
+    /// instance `h`.
+    pub fn fire(&self, path: &str, group: &str, alert: &str, severity: &str) -> (u16, String) {
+        let body = am_payload("ops", group, "firing", &[(alert, severity, "h")]);
+        self.post_auth(path, &body)
+    }
+
+    /// [`Relay::fire`] `n` groups `{alert}0`, `{alert}1`, … of one alert
+    /// `alert` each, and assert that every one was accepted.
+    pub fn fire_each(&self, path: &str, alert: &str, severity: &str, n: usize) {
+        for i in 0..n {
+            let resp = self.fire(path, &format!("{alert}{i}"), alert, severity);
+            assert!(count_ok(&resp), "{alert}{i}: {resp:?}");
+        }
+    }
+
+    /// Wait ([`LONG`]) until nothing is left in the outbox.
+    pub fn wait_outbox_empty(&self) {
+        wait_for(LONG, "an empty outbox", || {
+            (self.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
+        });
+    }
+
     pub fn metrics(&self) -> String {
         let (s, body) = get(self.addr, "/metrics").expect("GET /metrics");
         assert_eq!(s, 200);

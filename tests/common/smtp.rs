@@ -26,6 +26,12 @@ impl Smtp {
         Smtp::start_with(port, dir, mode, certs, SMTP_PASSWORD, &[])
     }
 
+    /// STARTTLS with the usual password and `env` options such as
+    /// `SMTP_REJECT_RCPT`.
+    pub fn starttls_env(port: u16, dir: &Path, certs: &Certs, env: &[(&str, &str)]) -> Smtp {
+        Smtp::start_with(port, dir, "starttls", certs, SMTP_PASSWORD, env)
+    }
+
     /// `password` is also the XOAUTH2 bearer token the server accepts;
     /// `env` sets options such as `SMTP_REJECT_RCPT`.
     pub fn start_with(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::alertmanager::Alertmanager;
 use crate::common::certs::make_certs;
 use crate::common::relay::*;
-use crate::common::smtp::{SMTP_PASSWORD, Smtp, read_log};
+use crate::common::smtp::{Smtp, read_log};
 use crate::common::{free_port, promtool_check_metrics, require, wait_for};
 
 #[test]
@@ -275,15 +275,7 @@ fn flood_control_folds_excess_into_a_counted_summary() {
         )
         + &http_provider("gw", &gw.url());
     let relay = Relay::start(dir.path(), &config);
-    for i in 0..5 {
-        let body = am_payload(
-            "ops",
-            &format!("Flood{i}"),
-            "firing",
-            &[("Flood", "critical", "h")],
-        );
-        assert!(count_ok(&relay.post_auth("/webhook", &body)));
-    }
+    relay.fire_each("/webhook", "Flood", "critical", 5);
     let reqs = wait_for(LONG, "two messages and a summary", || {
         let r = gw.requests();
         (r.len() >= 3).then_some(r)
@@ -302,9 +294,7 @@ fn flood_control_folds_excess_into_a_counted_summary() {
         relay.metric("vitals_relay_summaries_sent_total", &["channel=\"sms\""]),
         1.0
     );
-    wait_for(LONG, "an empty outbox", || {
-        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
-    });
+    relay.wait_outbox_empty();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(gw.requests().len(), 3);
 }
@@ -409,12 +399,10 @@ fn smtp_550_is_recorded_as_failed_not_retried_and_other_mail_keeps_flowing() {
     let certs = make_certs(dir.path());
     let port = free_port();
     let mail_dir = dir.path().join("mail");
-    let smtp = Smtp::start_with(
+    let smtp = Smtp::starttls_env(
         port,
         &mail_dir,
-        "starttls",
         &certs,
-        SMTP_PASSWORD,
         &[("SMTP_REJECT_RCPT", "gone@example.com")],
     );
     let gone = email_channel("mail-gone", port, "starttls", "plain", &certs).replace(
@@ -426,15 +414,7 @@ fn smtp_550_is_recorded_as_failed_not_retried_and_other_mail_keeps_flowing() {
         + &gone
         + &email_channel("mail", port, "starttls", "plain", &certs);
     let mut relay = Relay::start(dir.path(), &config);
-    for i in 0..2 {
-        let body = am_payload(
-            "ops",
-            &format!("Gone{i}"),
-            "firing",
-            &[("Gone", "critical", "h")],
-        );
-        assert!(count_ok(&relay.post_auth("/webhook", &body)));
-    }
+    relay.fire_each("/webhook", "Gone", "critical", 2);
     wait_for(LONG, "both permanent failures counted", || {
         (relay.metric(
             "vitals_relay_notifications_failed_total",

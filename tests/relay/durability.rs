@@ -6,29 +6,29 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::certs::make_certs;
+use crate::common::certs::{Certs, make_certs};
 use crate::common::relay::*;
-use crate::common::smtp::{SMTP_PASSWORD, Smtp};
+use crate::common::smtp::Smtp;
 use crate::common::{Tmpfs, fill, free_port, wait_for};
+
+/// Test certificates in `dir`, a free port for the SMTP server and a relay
+/// config sending receiver `ops`'s notifications to channel `mail` there
+/// (STARTTLS, PLAIN).
+fn mail_relay(dir: &Path) -> (Certs, u16, String) {
+    let certs = make_certs(dir);
+    let port = free_port();
+    let config = relay_head(dir)
+        + &bearer_receiver("ops", &["mail"])
+        + &email_channel("mail", port, "starttls", "plain", &certs);
+    (certs, port, config)
+}
 
 #[test]
 fn smtp_outage_then_recovery_delivers_each_mail_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = make_certs(dir.path());
-    let port = free_port();
-    let config = relay_head(dir.path())
-        + &bearer_receiver("ops", &["mail"])
-        + &email_channel("mail", port, "starttls", "plain", &certs);
+    let (certs, port, config) = mail_relay(dir.path());
     let relay = Relay::start(dir.path(), &config);
-    for i in 0..3 {
-        let body = am_payload(
-            "ops",
-            &format!("Outage{i}"),
-            "firing",
-            &[("Outage", "warning", "h")],
-        );
-        assert!(count_ok(&relay.post_auth("/webhook", &body)));
-    }
+    relay.fire_each("/webhook", "Outage", "warning", 3);
     // The server is down: attempts fail and are retried.
     wait_for(LONG, "failed attempts while SMTP is down", || {
         (relay.metric("vitals_relay_delivery_retries_total", &["channel=\"mail\""]) >= 3.0)
@@ -40,9 +40,7 @@ fn smtp_outage_then_recovery_delivers_each_mail_exactly_once() {
         let m = smtp.mails();
         (m.len() >= 3).then_some(m)
     });
-    wait_for(LONG, "an empty outbox", || {
-        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
-    });
+    relay.wait_outbox_empty();
     std::thread::sleep(Duration::from_secs(1));
     let mails_after = smtp.mails();
     assert_eq!(mails_after.len(), 3, "each notification exactly once");
@@ -64,15 +62,7 @@ fn sigkill_mid_delivery_then_restart_delivers_every_notification() {
         + &http_provider("gw", &gw.url());
     let mut relay = Relay::start(dir.path(), &config);
     const N: usize = 20;
-    for i in 0..N {
-        let body = am_payload(
-            "ops",
-            &format!("Kill{i}"),
-            "firing",
-            &[("Kill", "critical", "h")],
-        );
-        assert!(count_ok(&relay.post_auth("/webhook", &body)));
-    }
+    relay.fire_each("/webhook", "Kill", "critical", N);
     wait_for(LONG, "a few deliveries", || {
         (gw.requests().len() >= 3).then_some(())
     });
@@ -93,9 +83,7 @@ fn sigkill_mid_delivery_then_restart_delivers_every_notification() {
         },
     );
     assert_eq!(keys.len(), N, "none lost");
-    wait_for(LONG, "an empty outbox", || {
-        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
-    });
+    relay.wait_outbox_empty();
     // At-least-once on the wire: only sends in flight at the kill (at most
     // the channel's parallelism, 4) may be repeated, with the same key.
     let total = gw.requests().len();
@@ -127,18 +115,11 @@ fn full_disk_answers_503_and_loses_nothing_already_accepted() {
     ) else {
         return;
     };
-    let certs = make_certs(dir.path());
     // The SMTP server stays down until the end, so everything accepted
     // must come out of the outbox file after a SIGKILL and restart.
-    let port = free_port();
-    let config = relay_head(dir.path())
-        + &bearer_receiver("ops", &["mail"])
-        + &email_channel("mail", port, "starttls", "plain", &certs);
+    let (certs, port, config) = mail_relay(dir.path());
     let mut relay = Relay::start(dir.path(), &config);
-    let post = |relay: &Relay, group: &str| {
-        let body = am_payload("ops", group, "firing", &[("Full", "critical", "h")]);
-        relay.post_auth("/webhook/ops", &body)
-    };
+    let post = |relay: &Relay, group: &str| relay.fire("/webhook/ops", group, "Full", "critical");
     let mut accepted = BTreeSet::new();
     for i in 0..5 {
         let g = format!("Before{i}");
@@ -193,9 +174,7 @@ fn full_disk_answers_503_and_loses_nothing_already_accepted() {
     wait_for(LONG, "every accepted notification delivered", || {
         (smtp.mails().len() >= n).then_some(())
     });
-    wait_for(LONG, "an empty outbox", || {
-        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
-    });
+    relay.wait_outbox_empty();
     std::thread::sleep(Duration::from_secs(1));
     let delivered: Vec<String> = smtp
         .mails()
@@ -223,22 +202,10 @@ fn deliveries_during_a_full_disk_are_recorded_and_not_repeated_after_a_restart()
     ) else {
         return;
     };
-    let certs = make_certs(dir.path());
-    let port = free_port();
-    let config = relay_head(dir.path())
-        + &bearer_receiver("ops", &["mail"])
-        + &email_channel("mail", port, "starttls", "plain", &certs);
+    let (certs, port, config) = mail_relay(dir.path());
     let mut relay = Relay::start(dir.path(), &config);
     const N: usize = 4;
-    for i in 0..N {
-        let body = am_payload(
-            "ops",
-            &format!("Mark{i}"),
-            "firing",
-            &[("Mark", "critical", "h")],
-        );
-        assert!(count_ok(&relay.post_auth("/webhook/ops", &body)));
-    }
+    relay.fire_each("/webhook/ops", "Mark", "critical", N);
     // Fill the disk until the outbox refuses to commit.
     let filler = data.join("filler");
     fill(&filler);
@@ -247,8 +214,7 @@ fn deliveries_during_a_full_disk_are_recorded_and_not_repeated_after_a_restart()
     wait_for(LONG, "a 503 on the full disk", || {
         attempt += 1;
         let g = format!("Full{attempt}");
-        let body = am_payload("ops", &g, "firing", &[("Full", "critical", "h")]);
-        match relay.post_auth("/webhook/ops", &body).0 {
+        match relay.fire("/webhook/ops", &g, "Full", "critical").0 {
             503 => Some(()),
             _ => {
                 n += 1;
@@ -281,30 +247,23 @@ fn deliveries_during_a_full_disk_are_recorded_and_not_repeated_after_a_restart()
 #[test]
 fn a_delivered_mail_is_recorded_at_once_not_after_a_slower_send_of_its_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = make_certs(dir.path());
-    let port = free_port();
+    let (certs, port, config) = mail_relay(dir.path());
     let mail_dir = dir.path().join("mail");
-    let config = relay_head(dir.path())
-        + &bearer_receiver("ops", &["mail"])
-        + &email_channel("mail", port, "starttls", "plain", &certs);
     // No SMTP server yet: the four notifications queue up and go out as one
     // batch of four (the channel's parallelism) once it answers.
     let mut relay = Relay::start(dir.path(), &config);
     let names = ["Slow", "Fast1", "Fast2", "Fast3"];
     for name in names {
-        let body = am_payload("ops", name, "firing", &[(name, "critical", "h")]);
-        assert!(count_ok(&relay.post_auth("/webhook", &body)));
+        assert!(count_ok(&relay.fire("/webhook", name, name, "critical")));
     }
     wait_for(LONG, "a failed connection attempt", || {
         (relay.metric("vitals_relay_delivery_retries_total", &["channel=\"mail\""]) >= 1.0)
             .then_some(())
     });
-    let smtp = Smtp::start_with(
+    let smtp = Smtp::starttls_env(
         port,
         &mail_dir,
-        "starttls",
         &certs,
-        SMTP_PASSWORD,
         &[("SMTP_DELAY_SUBJECT", "Slow"), ("SMTP_DELAY_SECONDS", "60")],
     );
     wait_for(LONG, "the three fast mails", || {
@@ -323,9 +282,7 @@ fn a_delivered_mail_is_recorded_at_once_not_after_a_slower_send_of_its_batch() {
             .any(|m| m["subject"] == "[FIRING:1] Slow")
             .then_some(())
     });
-    wait_for(LONG, "an empty outbox", || {
-        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
-    });
+    relay.wait_outbox_empty();
     let mails = smtp.mails();
     for name in names {
         let n = mails
@@ -348,22 +305,10 @@ fn repeated_sigkill_mid_delivery_loses_nothing_and_bounds_duplicates() {
     const KILLS: usize = 10;
     const PARALLELISM: usize = 4;
     let dir = tempfile::tempdir().unwrap();
-    let certs = make_certs(dir.path());
-    let port = free_port();
+    let (certs, port, config) = mail_relay(dir.path());
     let smtp = Smtp::start(port, &dir.path().join("mail"), "starttls", &certs);
-    let config = relay_head(dir.path())
-        + &bearer_receiver("ops", &["mail"])
-        + &email_channel("mail", port, "starttls", "plain", &certs);
     let mut relay = Relay::start(dir.path(), &config);
-    for i in 0..N {
-        let body = am_payload(
-            "ops",
-            &format!("Kill{i}"),
-            "firing",
-            &[("Kill", "critical", "h")],
-        );
-        assert!(count_ok(&relay.post_auth("/webhook", &body)));
-    }
+    relay.fire_each("/webhook", "Kill", "critical", N);
     let mut kills = 0;
     for i in 0..KILLS {
         let seen = smtp.mails().len();
@@ -386,9 +331,7 @@ fn repeated_sigkill_mid_delivery_loses_nothing_and_bounds_duplicates() {
     wait_for(Duration::from_secs(180), "every notification", || {
         (message_id_counts(&smtp.mails()).len() >= N).then_some(())
     });
-    wait_for(LONG, "an empty outbox", || {
-        (relay.metric("vitals_relay_outbox_pending", &[]) == 0.0).then_some(())
-    });
+    relay.wait_outbox_empty();
     let mails = smtp.mails();
     let counts = message_id_counts(&mails);
     let duplicates = mails.len() - counts.len();

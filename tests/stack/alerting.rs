@@ -161,21 +161,19 @@ fn set_runbook_url_rewrites_every_runbook_url() {
         }
     }
     assert!(count >= 2 * alert_rules().len(), "{count} runbook URLs");
-    let rules: Vec<PathBuf> = std::fs::read_dir(copy.join("prometheus/rules"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let entries = |sub: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(copy.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
     let (ok, out) = run(Command::new(&promtool)
         .args(["check", "rules"])
-        .args(&rules));
+        .args(entries("prometheus/rules")));
     assert!(ok, "{out}");
-    let tests: Vec<PathBuf> = std::fs::read_dir(copy.join("prometheus/tests"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
     let (ok, out) = run(Command::new(&promtool)
         .args(["test", "rules"])
-        .args(&tests)
+        .args(entries("prometheus/tests"))
         .current_dir(copy.join("prometheus")));
     assert!(ok, "promtool test rules after the rewrite:\n{out}");
     // Twice in a row is fine (the current base is read from the rules).
@@ -452,6 +450,42 @@ fn alert_in(v: &Value, alertname: &str, status: &str) -> bool {
         })
 }
 
+/// POST one payment event to the `payments` webhook of `vitals`; it must
+/// be accepted.
+fn post_payment(vitals: &Vitals, event: &[u8]) {
+    let (status, body) = http(
+        vitals.addr,
+        "POST",
+        "/ingest/payments",
+        &[("Content-Type", "application/json")],
+        event,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The alert `alertname` of a notification `v`.
+fn alert_named<'a>(v: &'a Value, alertname: &str) -> &'a Value {
+    v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == alertname)
+        .unwrap()
+}
+
+/// Assert each label of `alert` has its value in `want`.
+fn assert_labels(alert: &Value, want: &[(&str, &str)]) {
+    for (label, value) in want {
+        assert_eq!(alert["labels"][label], *value, "label {label}");
+    }
+}
+
+/// Whether annotation `key` of `alert` contains `part`.
+fn annotation_has(alert: &Value, key: &str, part: &str) -> bool {
+    alert["annotations"][key].as_str().unwrap().contains(part)
+}
+
 #[test]
 fn fraud_and_overheating_alert_end_to_end_through_alertmanager() {
     let broker = Broker::start();
@@ -501,76 +535,54 @@ fn fraud_and_overheating_alert_end_to_end_through_alertmanager() {
 
     // A fraudulent transaction: SuspectedFraud (critical, no `for`).
     let posted = std::time::Instant::now();
-    let (status, body) = http(
-        vitals.addr,
-        "POST",
-        "/ingest/payments",
-        &[("Content-Type", "application/json")],
+    post_payment(
+        &vitals,
         br#"{"id":"e2e-1","amount":150000,"currency":"INR","merchant":"m-9","status":"ok"}"#,
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let (at, path, v) = wait_for(
-        Duration::from_secs(90),
-        "SuspectedFraud notification",
-        || receiver.find(|_, v| alert_in(v, "SuspectedFraud", "firing")),
     );
+    // Wait at most `secs` for a notification of `alertname` with `status`.
+    let notice = |secs, alertname: &str, status: &str| {
+        let what = format!("{alertname} {status} notification");
+        wait_for(Duration::from_secs(secs), &what, || {
+            receiver.find(|_, v| alert_in(v, alertname, status))
+        })
+    };
+    let (at, path, v) = notice(90, "SuspectedFraud", "firing");
     let fraud_time = at - posted;
     assert_eq!(
         path, "/webhook/critical",
         "critical alerts use the critical receiver"
     );
-    let alert = v["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["labels"]["alertname"] == "SuspectedFraud")
-        .unwrap();
-    assert_eq!(alert["labels"]["rule"], "potential_fraud");
-    assert_eq!(alert["labels"]["severity"], "critical");
+    let alert = alert_named(&v, "SuspectedFraud");
+    assert_labels(
+        alert,
+        &[("rule", "potential_fraud"), ("severity", "critical")],
+    );
     assert!(
-        alert["annotations"]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("potential_fraud"),
+        annotation_has(alert, "summary", "potential_fraud"),
         "{alert}"
     );
 
     // The oven overheats: TemperatureOutOfRange after its `for: 30s`.
     let hot = std::time::Instant::now();
     *temperature.lock().unwrap() = 96.5;
-    let (at, path, v) = wait_for(
-        Duration::from_secs(120),
-        "TemperatureOutOfRange notification",
-        || receiver.find(|_, v| alert_in(v, "TemperatureOutOfRange", "firing")),
-    );
+    let (at, path, v) = notice(120, "TemperatureOutOfRange", "firing");
     let hot_time = at - hot;
     assert_eq!(path, "/webhook/critical");
-    let alert = v["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["labels"]["alertname"] == "TemperatureOutOfRange")
-        .unwrap();
-    assert_eq!(alert["labels"]["device"], "oven-1");
-    assert_eq!(alert["labels"]["line"], "L1");
-    assert_eq!(alert["labels"]["metric"], "plant_temperature_celsius");
-    assert!(
-        alert["annotations"]["description"]
-            .as_str()
-            .unwrap()
-            .contains("96.5 °C"),
-        "{alert}"
+    let alert = alert_named(&v, "TemperatureOutOfRange");
+    assert_labels(
+        alert,
+        &[
+            ("device", "oven-1"),
+            ("line", "L1"),
+            ("metric", "plant_temperature_celsius"),
+        ],
     );
+    assert!(annotation_has(alert, "description", "96.5 °C"), "{alert}");
 
     // Back to normal: the resolved notice follows.
     let cooled = std::time::Instant::now();
     *temperature.lock().unwrap() = 61.0;
-    let (at, _, _) = wait_for(
-        Duration::from_secs(120),
-        "TemperatureOutOfRange resolved notice",
-        || receiver.find(|_, v| alert_in(v, "TemperatureOutOfRange", "resolved")),
-    );
+    let (at, _, _) = notice(120, "TemperatureOutOfRange", "resolved");
     let resolve_time = at - cooled;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = publisher.join();
@@ -711,9 +723,7 @@ fn alertmanager_routes_every_shipped_alert_by_its_severity() {
 #[test]
 fn relay_down_reaches_the_fallback_email_receiver() {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("relay-token");
-    std::fs::write(&token, "e2e-token\n").unwrap();
-    let smtp = Smtp::plain(&dir.path().join("mail"));
+    let (token, smtp) = token_and_mailbox(dir.path());
     // Nothing listens there: the relay is down.
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let am = Alertmanager::start(&shipped_alertmanager_config(dead, &token, smtp.port));
@@ -743,6 +753,14 @@ fn relay_down_reaches_the_fallback_email_receiver() {
     );
 }
 
+/// The relay's bearer token file (`relay-token`) in `dir` and a plain SMTP
+/// server storing mail in `dir/mail`.
+fn token_and_mailbox(dir: &Path) -> (PathBuf, Smtp) {
+    let token = dir.join("relay-token");
+    std::fs::write(&token, "e2e-token\n").unwrap();
+    (token, Smtp::plain(&dir.join("mail")))
+}
+
 fn mail_with(smtp: &Smtp, subject_part: &str) -> Option<Value> {
     smtp.mails().into_iter().find(|m| {
         m["subject"]
@@ -758,9 +776,7 @@ fn mail_with(smtp: &Smtp, subject_part: &str) -> Option<Value> {
 #[test]
 fn alerts_are_emailed_and_texted_through_the_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("relay-token");
-    std::fs::write(&token, "e2e-token\n").unwrap();
-    let smtp = Smtp::plain(&dir.path().join("mail"));
+    let (token, smtp) = token_and_mailbox(dir.path());
     let sms = Receiver::start();
     let relay = shipped_relay(dir.path(), smtp.port, sms.addr, &token);
     let broker = Broker::start();
@@ -786,27 +802,24 @@ fn alerts_are_emailed_and_texted_through_the_relay() {
             format!(r#"{{"temperature": {t:.1}, "pressure_kpa": 101.3, "humidity_pct": 42, "vibration_mm_s": 1.9}}"#),
         );
     };
-    wait_for(
-        Duration::from_secs(60),
-        "plant temperature in Prometheus",
-        || {
-            publish(62.0);
+    // Publish temperature `t` every 250 ms until `cond` holds (at most `secs`).
+    let publish_until = |secs, what: &str, t: f64, cond: &mut dyn FnMut() -> Option<Value>| {
+        wait_for(Duration::from_secs(secs), what, || {
+            publish(t);
             std::thread::sleep(Duration::from_millis(250));
-            (prom.query("plant_temperature_celsius").ok()? > 0).then_some(())
-        },
-    );
+            cond()
+        })
+    };
+    publish_until(60, "plant temperature in Prometheus", 62.0, &mut || {
+        (prom.query("plant_temperature_celsius").ok()? > 0).then_some(Value::Null)
+    });
 
     // A fraudulent transaction: e-mail and SMS (critical).
     let posted = std::time::Instant::now();
-    let (status, body) = http(
-        vitals.addr,
-        "POST",
-        "/ingest/payments",
-        &[("Content-Type", "application/json")],
+    post_payment(
+        &vitals,
         br#"{"id":"e2e-relay-1","amount":175000,"currency":"INR","merchant":"m-9","status":"ok"}"#,
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
+    );
     let mail = wait_for(
         Duration::from_secs(120),
         "the SuspectedFraud e-mail",
@@ -840,24 +853,17 @@ fn alerts_are_emailed_and_texted_through_the_relay() {
     // The resolved notice: SuspectedFraud looks back 5 minutes, so use the
     // temperature path: publish 97 °C until its mail, then normal again.
     let hot = std::time::Instant::now();
-    let mail = wait_for(
-        Duration::from_secs(180),
-        "the TemperatureOutOfRange e-mail",
-        || {
-            publish(97.0);
-            std::thread::sleep(Duration::from_millis(250));
-            mail_with(&smtp, "TemperatureOutOfRange")
-        },
-    );
+    let mail = publish_until(180, "the TemperatureOutOfRange e-mail", 97.0, &mut || {
+        mail_with(&smtp, "TemperatureOutOfRange")
+    });
     let time_hot = hot.elapsed();
     assert!(mail["text"].as_str().unwrap().contains("oven-1"), "{mail}");
     let cooled = std::time::Instant::now();
-    wait_for(
-        Duration::from_secs(180),
+    publish_until(
+        180,
         "the TemperatureOutOfRange resolved e-mail",
-        || {
-            publish(61.0);
-            std::thread::sleep(Duration::from_millis(250));
+        61.0,
+        &mut || {
             smtp.mails().into_iter().find(|m| {
                 m["subject"].as_str().is_some_and(|s| {
                     s.starts_with("[RESOLVED") && s.contains("TemperatureOutOfRange")
