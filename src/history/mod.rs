@@ -223,11 +223,31 @@ struct Shared {
 pub struct Tap {
     shared: Arc<Shared>,
     score: Arc<FamilyMeta>,
+    /// The anomaly labels of each scored series, made once: building them
+    /// per score costs more than the rest of the tap.
+    score_labels: Arc<Mutex<ScoreLabels>>,
     /// Dropped with the last tap: the flusher then writes what is left.
     _alive: mpsc::Sender<()>,
 }
 
+/// Per family, per series: its anomaly labels. Grows as the history's
+/// series index does (one entry per scored series).
+type ScoreLabels = FxHashMap<Arc<str>, FxHashMap<Labels, Labels>>;
+
 impl Tap {
+    fn new(shared: Arc<Shared>, alive: mpsc::Sender<()>) -> Tap {
+        Tap {
+            shared,
+            score: FamilyMeta::new(
+                "vitals_anomaly_score",
+                MetricKind::Gauge,
+                "Ensemble anomaly score of the series (0..1).",
+            ),
+            score_labels: Arc::default(),
+            _alive: alive,
+        }
+    }
+
     /// A score sample of the series `family{labels}` (the same series
     /// remote write sends: `vitals_anomaly_score{metric="<family>",...}`).
     pub fn score_sample(
@@ -237,9 +257,22 @@ impl Tap {
         timestamp_ms: i64,
         score: f64,
     ) -> Sample {
+        let mut cache = self.score_labels.lock();
+        let labels = match cache.get(family).and_then(|m| m.get(labels)) {
+            Some(l) => l.clone(),
+            None => {
+                let l = crate::detect::live::anomaly_labels(family, labels);
+                cache
+                    .entry(Arc::from(family))
+                    .or_default()
+                    .insert(labels.clone(), l.clone());
+                l
+            }
+        };
+        drop(cache);
         Sample {
             family: self.score.clone(),
-            labels: crate::detect::live::anomaly_labels(family, labels),
+            labels,
             value: score,
             timestamp_ms,
         }
@@ -328,15 +361,7 @@ pub fn start(
     ));
     tracker.spawn(record_events(shared.clone(), events.subscribe(), shutdown));
     Ok(Some(History {
-        tap: Tap {
-            shared: shared.clone(),
-            score: FamilyMeta::new(
-                "vitals_anomaly_score",
-                MetricKind::Gauge,
-                "Ensemble anomaly score of the series (0..1).",
-            ),
-            _alive: alive_tx,
-        },
+        tap: Tap::new(shared.clone(), alive_tx),
         reader: Arc::new(HistoryReader { shared }),
     }))
 }
@@ -369,11 +394,7 @@ impl ManualStore {
     /// Open `cfg.path` (its retention and `max_bytes` apply at each flush).
     pub fn open(cfg: &HistoryConfig) -> Result<ManualStore, HistoryError> {
         let (reader, bytes) = HistoryReader::open_with(&cfg.path, cfg.raw_retention)?;
-        let tap = Tap {
-            shared: reader.shared.clone(),
-            score: FamilyMeta::new("vitals_anomaly_score", MetricKind::Gauge, "s"),
-            _alive: mpsc::channel(1).0,
-        };
+        let tap = Tap::new(reader.shared.clone(), mpsc::channel(1).0);
         Ok(ManualStore {
             tap,
             reader,

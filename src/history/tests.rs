@@ -24,11 +24,7 @@ impl T {
     fn open(dir: &Path) -> T {
         let reader = HistoryReader::open(dir).unwrap();
         let bytes = [0; 4];
-        let tap = Tap {
-            shared: reader.shared.clone(),
-            score: FamilyMeta::new("vitals_anomaly_score", MetricKind::Gauge, "s"),
-            _alive: mpsc::channel(1).0,
-        };
+        let tap = Tap::new(reader.shared.clone(), mpsc::channel(1).0);
         T {
             reader,
             tap,
@@ -124,6 +120,26 @@ fn buffered_samples_are_read_before_any_flush() {
     assert_eq!(got[0].points, vec![(now - 2000, 1.0), (now - 1000, 2.0)]);
     assert!(got[0].labels.contains(&("device".into(), "a".into())));
     assert!(got[0].labels.contains(&("__name__".into(), "g".into())));
+}
+
+#[test]
+fn score_samples_carry_the_anomaly_labels_of_their_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::open(dir.path());
+    let a = Labels::from_pairs(&[("device", "a"), ("metric", "own")]);
+    let b = Labels::from_pairs(&[("device", "b")]);
+    for _ in 0..2 {
+        for (family, labels) in [("f", &a), ("f", &b), ("g", &a)] {
+            let s = t.tap.score_sample(family, labels, 5, 0.25);
+            assert_eq!(
+                s.labels,
+                crate::detect::live::anomaly_labels(family, labels),
+                "{family}{labels:?}"
+            );
+            assert_eq!(&*s.family.name, "vitals_anomaly_score");
+            assert_eq!((s.timestamp_ms, s.value), (5, 0.25));
+        }
+    }
 }
 
 #[test]
