@@ -7,7 +7,7 @@
 # latency for each, and the ratios vitals/node_exporter.
 #
 #   bench/footprint.sh [SECONDS]      (default 120)
-#   CARGO_TARGET_DIR picks the build (default target/).
+#   CARGO_TARGET_DIR picks the build (default target/); VITALS a binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-120}"
@@ -17,8 +17,11 @@ if [ -z "$NE" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-node-exporter curl >/dev/null
   NE=$(command -v prometheus-node-exporter)
 fi
-cargo build --release --locked --quiet --bin vitals
-VITALS="${CARGO_TARGET_DIR:-target}/release/vitals"
+# VITALS=path/to/vitals runs that binary instead of building one.
+if [ -z "${VITALS:-}" ]; then
+  cargo build --release --locked --quiet --bin vitals
+  VITALS="${CARGO_TARGET_DIR:-target}/release/vitals"
+fi
 OUT=bench/out; mkdir -p "$OUT"
 WORK=$(mktemp -d)
 VPORT=$((20000 + RANDOM % 10000)); NPORT=$((VPORT + 1)); OPORT=$((VPORT + 2))

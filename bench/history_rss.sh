@@ -8,13 +8,15 @@
 # median latency and the differences on - off.
 #
 #   bench/history_rss.sh [SECONDS]      (default 300)
-#   CARGO_TARGET_DIR picks the build (default target/).
+#   CARGO_TARGET_DIR picks the build (default target/); VITALS a binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-300}"
-TARGET="${CARGO_TARGET_DIR:-target}"
-VITALS="$TARGET/release/vitals"
-[ -x "$VITALS" ] || cargo build --release --locked --quiet --bin vitals
+# VITALS=path/to/vitals runs that binary instead of building one.
+if [ -z "${VITALS:-}" ]; then
+  cargo build --release --locked --quiet --bin vitals
+  VITALS="${CARGO_TARGET_DIR:-target}/release/vitals"
+fi
 OUT=bench/out/history_rss; mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PORT_ON=$((20000 + RANDOM % 10000)); PORT_OFF=$((PORT_ON + 1))
