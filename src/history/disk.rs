@@ -53,6 +53,12 @@ pub const T_EVENTS: usize = 3;
 /// Most closed windows compacted by one flush (the rest wait for the next).
 const COMPACT_PER_FLUSH: usize = 512;
 
+/// redb's page cache (its default is 1 GiB, which it fills with every page
+/// written until the file is that big: resident memory growing with the
+/// file). A flush touches a page or two per series; pages not cached are
+/// read back from the OS page cache.
+const CACHE_BYTES: usize = 2 << 20;
+
 pub fn floor(ts: i64, step: i64) -> i64 {
     ts.div_euclid(step) * step
 }
@@ -232,7 +238,7 @@ pub fn reopen(dir: &Path) -> Result<(Database, Loaded), DiskError> {
 }
 
 fn open_file(path: &Path) -> Result<(Database, Loaded), DiskError> {
-    let db = match Database::create(path) {
+    let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(DiskError::InUse {
@@ -341,11 +347,22 @@ pub struct Flushed {
 pub struct Writer {
     pub bytes: [u64; 4],
     event_n: u32,
+    /// Oldest timestamp per tier at the last commit (`None` inside: the
+    /// tier is empty), so retention scans the series only when something
+    /// is due; `None` until a flush has scanned the file.
+    oldest: Option<[Option<i64>; 4]>,
+    /// Tiers scanned series by series for retention, over all flushes.
+    pub retention_scans: u64,
 }
 
 impl Writer {
     pub fn new(bytes: [u64; 4]) -> Writer {
-        Writer { bytes, event_n: 0 }
+        Writer {
+            bytes,
+            event_n: 0,
+            oldest: None,
+            retention_scans: 0,
+        }
     }
 
     /// One transaction: the new series, the generations' points and
@@ -365,6 +382,10 @@ impl Writer {
     ) -> Result<Flushed, DiskError> {
         let mut bytes = self.bytes.map(|b| b as i64);
         let mut out = Flushed::default();
+        // The earliest timestamp this flush writes to each tier.
+        let mut low = [i64::MAX; 4];
+        let mut cache;
+        let mut scans = 0;
         let txn = db.begin_write().at(path)?;
         {
             let mut series_t = txn.open_table(SERIES).at(path)?;
@@ -403,6 +424,7 @@ impl Writer {
                 let enc = codec::encode_raw(&pts).map_err(|c| corrupt(path, c.to_string()))?;
                 bytes[T_RAW] += enc.len() as i64 + ENTRY_OVERHEAD as i64;
                 raw.insert(k, enc.as_slice()).at(path)?;
+                low[T_RAW] = low[T_RAW].min(k.1);
                 if dirty_t.insert(key, 1).at(path)?.is_none() {
                     bytes[T_RAW] += ENTRY_OVERHEAD as i64;
                 }
@@ -489,12 +511,14 @@ impl Writer {
                     None
                 };
                 let minutes = codec::rollup(&pts, prev, MINUTE, counter);
+                low[T_MINUTE] = low[T_MINUTE].min(minutes.first().map_or(i64::MAX, |r| r.start));
                 let enc = codec::encode_rows(&minutes).map_err(|c| corrupt(path, c.to_string()))?;
                 bytes[T_MINUTE] += enc.len() as i64 + ENTRY_OVERHEAD as i64;
                 if let Some(old) = minute_t.insert((s, w), enc.as_slice()).at(path)? {
                     bytes[T_MINUTE] -= old.value().len() as i64 + ENTRY_OVERHEAD as i64;
                 }
                 let hour = codec::rollup(&pts, prev, HOUR, counter);
+                low[T_HOUR] = low[T_HOUR].min(hour.first().map_or(i64::MAX, |r| r.start));
                 let day = floor(w, DAY);
                 let mut rows = match hour_t.get((s, day)).at(path)? {
                     Some(v) => {
@@ -513,17 +537,6 @@ impl Writer {
             }
             // Retention, then the size bound (oldest first).
             let n_series = counters.len() as u32;
-            let mut still_dirty: FxHashMap<u32, i64> = FxHashMap::default();
-            for (s, w) in dirty_t
-                .iter()
-                .at(path)?
-                .map(|r| r.map(|(k, _)| k.value()))
-                .collect::<Result<Vec<_>, _>>()
-                .at(path)?
-            {
-                let m = still_dirty.entry(s).or_insert(w);
-                *m = (*m).min(w);
-            }
             let cut = |tier: usize, cutoff: i64| -> i64 {
                 match tier {
                     T_RAW | T_MINUTE => floor(cutoff, RAW_WINDOW),
@@ -535,8 +548,31 @@ impl Writer {
             for t in 0..4 {
                 cutoffs[t] = cut(t, now_ms.saturating_sub(limits.retention[t]));
             }
+            // What each tier held at the last commit plus what this flush
+            // wrote; a tier is scanned (every series) only when its
+            // oldest data is past its cutoff, or not known yet.
+            let known: [Option<Option<i64>>; 4] = std::array::from_fn(|t| {
+                let o = self.oldest.filter(|_| t != T_EVENTS)?[t];
+                Some(match (o, low[t]) {
+                    (o, i64::MAX) => o,
+                    (Some(o), l) => Some(o.min(l)),
+                    (None, l) => Some(l),
+                })
+            });
+            let over = bytes.iter().sum::<i64>() > limits.max_bytes as i64;
+            let due = |t: usize| !matches!(known[t], Some(o) if o.is_none_or(|o| o >= cutoffs[t]));
+            let still_dirty = if due(T_RAW) || over {
+                min_dirty(&dirty_t).at(path)?
+            } else {
+                FxHashMap::default()
+            };
             let mut oldest = [None; 4];
             for t in 0..4 {
+                if !due(t) {
+                    oldest[t] = known[t].flatten();
+                    continue;
+                }
+                scans += u64::from(t != T_EVENTS);
                 let freed = trim(
                     t,
                     cutoffs[t],
@@ -551,6 +587,9 @@ impl Writer {
                 bytes[t] -= freed as i64;
                 oldest[t] = oldest_of(t, n_series, &raw, &minute_t, &hour_t, &events_t).at(path)?;
             }
+            // The size bound marks tiers it cannot cut as `None`: after it,
+            // the next flush scans again.
+            cache = Some(oldest);
             // Over the bound: cut the tier whose oldest data is oldest
             // relative to its retention, a slice at a time.
             for _ in 0..256 {
@@ -558,6 +597,7 @@ impl Writer {
                 if total <= limits.max_bytes as i64 {
                     break;
                 }
+                cache = None;
                 let pick = (0..4)
                     .filter_map(|t| {
                         oldest[t].map(|o: i64| {
@@ -607,6 +647,8 @@ impl Writer {
             }
         }
         txn.commit().at(path)?;
+        self.oldest = cache;
+        self.retention_scans += scans;
         self.bytes = bytes.map(|b| b.max(0) as u64);
         out.bytes = self.bytes;
         Ok(out)
@@ -615,6 +657,17 @@ impl Writer {
 
 type RawTable<'t> = redb::Table<'t, (u32, i64), &'static [u8]>;
 type EventTable<'t> = redb::Table<'t, (i64, u32), &'static [u8]>;
+
+/// The earliest raw window still dirty, per series.
+fn min_dirty(dirty: &redb::Table<'_, (u32, i64), u8>) -> Result<FxHashMap<u32, i64>, redb::Error> {
+    let mut out: FxHashMap<u32, i64> = FxHashMap::default();
+    for row in dirty.iter()? {
+        let (s, w) = row?.0.value();
+        let m = out.entry(s).or_insert(w);
+        *m = (*m).min(w);
+    }
+    Ok(out)
+}
 
 fn last_before(raw: &RawTable<'_>, s: u32, w: i64) -> Result<Option<f64>, redb::Error> {
     let mut r = raw.range((s, i64::MIN)..(s, w))?;

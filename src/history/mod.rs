@@ -223,11 +223,31 @@ struct Shared {
 pub struct Tap {
     shared: Arc<Shared>,
     score: Arc<FamilyMeta>,
+    /// The anomaly labels of each scored series, made once: building them
+    /// per score costs more than the rest of the tap.
+    score_labels: Arc<Mutex<ScoreLabels>>,
     /// Dropped with the last tap: the flusher then writes what is left.
     _alive: mpsc::Sender<()>,
 }
 
+/// Per family, per series: its anomaly labels. Grows as the history's
+/// series index does (one entry per scored series).
+type ScoreLabels = FxHashMap<Arc<str>, FxHashMap<Labels, Labels>>;
+
 impl Tap {
+    fn new(shared: Arc<Shared>, alive: mpsc::Sender<()>) -> Tap {
+        Tap {
+            shared,
+            score: FamilyMeta::new(
+                "vitals_anomaly_score",
+                MetricKind::Gauge,
+                "Ensemble anomaly score of the series (0..1).",
+            ),
+            score_labels: Arc::default(),
+            _alive: alive,
+        }
+    }
+
     /// A score sample of the series `family{labels}` (the same series
     /// remote write sends: `vitals_anomaly_score{metric="<family>",...}`).
     pub fn score_sample(
@@ -237,9 +257,22 @@ impl Tap {
         timestamp_ms: i64,
         score: f64,
     ) -> Sample {
+        let mut cache = self.score_labels.lock();
+        let labels = match cache.get(family).and_then(|m| m.get(labels)) {
+            Some(l) => l.clone(),
+            None => {
+                let l = crate::detect::live::anomaly_labels(family, labels);
+                cache
+                    .entry(Arc::from(family))
+                    .or_default()
+                    .insert(labels.clone(), l.clone());
+                l
+            }
+        };
+        drop(cache);
         Sample {
             family: self.score.clone(),
-            labels: crate::detect::live::anomaly_labels(family, labels),
+            labels,
             value: score,
             timestamp_ms,
         }
@@ -318,16 +351,7 @@ pub fn start(
         raw_retention_ms: cfg.raw_retention.as_millis() as i64,
     });
     let (alive_tx, alive_rx) = mpsc::channel(1);
-    let limits = disk::Limits {
-        retention: [
-            cfg.raw_retention.as_millis() as i64,
-            cfg.minute_retention.as_millis() as i64,
-            cfg.hour_retention.as_millis() as i64,
-            cfg.minute_retention.as_millis() as i64,
-        ],
-        max_bytes: cfg.max_bytes,
-        grace_ms: (cfg.flush_interval.as_millis() as i64).max(1000),
-    };
+    let limits = limits_of(cfg);
     tracker.spawn(flusher(
         shared.clone(),
         loaded.bytes,
@@ -337,17 +361,60 @@ pub fn start(
     ));
     tracker.spawn(record_events(shared.clone(), events.subscribe(), shutdown));
     Ok(Some(History {
-        tap: Tap {
-            shared: shared.clone(),
-            score: FamilyMeta::new(
-                "vitals_anomaly_score",
-                MetricKind::Gauge,
-                "Ensemble anomaly score of the series (0..1).",
-            ),
-            _alive: alive_tx,
-        },
+        tap: Tap::new(shared.clone(), alive_tx),
         reader: Arc::new(HistoryReader { shared }),
     }))
+}
+
+/// What a flush applies, from the configuration.
+fn limits_of(cfg: &HistoryConfig) -> disk::Limits {
+    disk::Limits {
+        retention: [
+            cfg.raw_retention.as_millis() as i64,
+            cfg.minute_retention.as_millis() as i64,
+            cfg.hour_retention.as_millis() as i64,
+            cfg.minute_retention.as_millis() as i64,
+        ],
+        max_bytes: cfg.max_bytes,
+        grace_ms: (cfg.flush_interval.as_millis() as i64).max(1000),
+    }
+}
+
+/// A store flushed by hand instead of by the flusher task, so
+/// `benches/history.rs` can time one flush; not for use in vitals.
+#[doc(hidden)]
+pub struct ManualStore {
+    pub tap: Tap,
+    pub reader: HistoryReader,
+    writer: Option<disk::Writer>,
+    limits: disk::Limits,
+}
+
+impl ManualStore {
+    /// Open `cfg.path` (its retention and `max_bytes` apply at each flush).
+    pub fn open(cfg: &HistoryConfig) -> Result<ManualStore, HistoryError> {
+        let (reader, bytes) = HistoryReader::open_with(&cfg.path, cfg.raw_retention)?;
+        let tap = Tap::new(reader.shared.clone(), mpsc::channel(1).0);
+        Ok(ManualStore {
+            tap,
+            reader,
+            writer: Some(disk::Writer::new(bytes)),
+            limits: limits_of(cfg),
+        })
+    }
+
+    /// One flush of what the tap buffered; false when it failed.
+    pub fn flush(&mut self) -> bool {
+        let mut failing = false;
+        let w = self.writer.take().expect("writer is back after each flush");
+        self.writer = Some(flush_once(
+            &self.reader.shared,
+            w,
+            self.limits,
+            &mut failing,
+        ));
+        !failing
+    }
 }
 
 async fn record_events(
@@ -582,7 +649,17 @@ impl HistoryReader {
     /// Open a store directory for reading alone (tools and tests; fails
     /// while a running vitals holds it).
     pub fn open(dir: &Path) -> Result<HistoryReader, HistoryError> {
+        Ok(HistoryReader::open_with(dir, Duration::MAX)?.0)
+    }
+
+    /// [`HistoryReader::open`] with the raw retention reads assume, and
+    /// the bytes the file holds per tier.
+    fn open_with(
+        dir: &Path,
+        raw_retention: Duration,
+    ) -> Result<(HistoryReader, [u64; 4]), HistoryError> {
         let (db, loaded) = disk::open(dir)?;
+        let bytes = loaded.bytes;
         let mut inner = Inner {
             persisted: loaded.series.len(),
             dirty: loaded.dirty,
@@ -598,16 +675,17 @@ impl HistoryReader {
             inner.series.push(s);
         }
         let registry = Telemetry::new();
-        Ok(HistoryReader {
+        let reader = HistoryReader {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 inner: Mutex::new(inner),
                 db: RwLock::new(Some(Arc::new(db))),
                 metrics: Metrics::register(&registry),
                 oldest: std::array::from_fn(|_| AtomicI64::new(i64::MAX)),
-                raw_retention_ms: i64::MAX,
+                raw_retention_ms: i64::try_from(raw_retention.as_millis()).unwrap_or(i64::MAX),
             }),
-        })
+        };
+        Ok((reader, bytes))
     }
 }
 
@@ -686,7 +764,12 @@ impl HistoryReader {
         self.shared.db.read().clone()
     }
 
-    /// Points of one series from a tier (0 = raw).
+    /// Points of one series from a tier (0 = raw). A rollup point is
+    /// stamped at its interval's end, so the interval holding `end` (the
+    /// current one, for a range ending now) has none; with `newest` it is
+    /// answered from raw: the rollup of its samples up to `end`, stamped at
+    /// the newest of them.
+    #[allow(clippy::too_many_arguments)]
     fn points(
         &self,
         r: Option<&disk::Reader<'_>>,
@@ -695,6 +778,7 @@ impl HistoryReader {
         tier: i64,
         start: i64,
         end: i64,
+        newest: bool,
     ) -> Result<Vec<(i64, f64)>, ReadError> {
         let raw_in = |from: i64, to: i64| -> Result<Vec<(i64, f64)>, ReadError> {
             let mut p = match r {
@@ -731,10 +815,18 @@ impl HistoryReader {
             w += RAW_WINDOW;
         }
         redo.retain(|w| *w + RAW_WINDOW > first && *w <= end);
+        // The interval holding `end`, and its raw points up to `end`.
+        let open = floor(end, tier);
+        let mut partial: Option<Vec<(i64, f64)>> = None;
         if !redo.is_empty() {
             let lo = *redo.iter().min().expect("not empty");
             let hi = *redo.iter().max().expect("not empty") + RAW_WINDOW - 1;
             let pts = raw_in(lo, hi)?;
+            if newest && lo <= open && end <= hi {
+                let a = pts.partition_point(|p| p.0 < open);
+                let b = pts.partition_point(|p| p.0 <= end);
+                partial = Some(pts[a..b].to_vec());
+            }
             let prev = if hit.counter {
                 let before = raw_in(lo - RAW_WINDOW, lo - 1)?;
                 before.last().map(|p| p.1)
@@ -772,11 +864,28 @@ impl HistoryReader {
             }
         }
         rows.sort_by_key(|r| r.start);
-        Ok(rows
+        let mut out: Vec<(i64, f64)> = rows
             .iter()
             .map(|row| row.point(tier, hit.counter))
             .filter(|p| p.0 >= start && p.0 <= end)
-            .collect())
+            .collect();
+        if newest {
+            let pts = match partial {
+                Some(p) => p,
+                None => raw_in(open, end)?,
+            };
+            if let Some(&(last, _)) = pts.last() {
+                // One interval: the gauge's mean so far, the counter's
+                // last value. After the previous interval's point (at
+                // `open`) even when its only sample is at `open`.
+                let row = codec::rollup(&pts, None, tier, hit.counter)[0];
+                let at = last.max(open + 1);
+                if at >= start && at <= end {
+                    out.push((at, row.point(tier, hit.counter).1));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -798,7 +907,8 @@ impl SeriesReader for HistoryReader {
         let tier = tier_step(step_ms);
         let mut out = Vec::new();
         for hit in &hits {
-            let mut points = self.points(reader.as_ref(), hit, &dirty, tier, start_ms, end_ms)?;
+            let mut points =
+                self.points(reader.as_ref(), hit, &dirty, tier, start_ms, end_ms, true)?;
             // A finer tier cut by its retention: older points from the
             // next tier.
             let mut t = tier;
@@ -808,8 +918,15 @@ impl SeriesReader for HistoryReader {
                 if first <= start_ms + coarser.max(step_ms) {
                     break;
                 }
-                let mut older =
-                    self.points(reader.as_ref(), hit, &dirty, coarser, start_ms, first - 1)?;
+                let mut older = self.points(
+                    reader.as_ref(),
+                    hit,
+                    &dirty,
+                    coarser,
+                    start_ms,
+                    first - 1,
+                    false,
+                )?;
                 if older.is_empty() {
                     t = coarser;
                     continue;

@@ -24,11 +24,7 @@ impl T {
     fn open(dir: &Path) -> T {
         let reader = HistoryReader::open(dir).unwrap();
         let bytes = [0; 4];
-        let tap = Tap {
-            shared: reader.shared.clone(),
-            score: FamilyMeta::new("vitals_anomaly_score", MetricKind::Gauge, "s"),
-            _alive: mpsc::channel(1).0,
-        };
+        let tap = Tap::new(reader.shared.clone(), mpsc::channel(1).0);
         T {
             reader,
             tap,
@@ -124,6 +120,26 @@ fn buffered_samples_are_read_before_any_flush() {
     assert_eq!(got[0].points, vec![(now - 2000, 1.0), (now - 1000, 2.0)]);
     assert!(got[0].labels.contains(&("device".into(), "a".into())));
     assert!(got[0].labels.contains(&("__name__".into(), "g".into())));
+}
+
+#[test]
+fn score_samples_carry_the_anomaly_labels_of_their_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::open(dir.path());
+    let a = Labels::from_pairs(&[("device", "a"), ("metric", "own")]);
+    let b = Labels::from_pairs(&[("device", "b")]);
+    for _ in 0..2 {
+        for (family, labels) in [("f", &a), ("f", &b), ("g", &a)] {
+            let s = t.tap.score_sample(family, labels, 5, 0.25);
+            assert_eq!(
+                s.labels,
+                crate::detect::live::anomaly_labels(family, labels),
+                "{family}{labels:?}"
+            );
+            assert_eq!(&*s.family.name, "vitals_anomaly_score");
+            assert_eq!((s.timestamp_ms, s.value), (5, 0.25));
+        }
+    }
 }
 
 #[test]
@@ -243,6 +259,97 @@ fn retention_drops_old_raw_but_keeps_rollups() {
     );
     let oldest = t.reader.shared.oldest[disk::T_RAW].load(Ordering::Relaxed);
     assert!(oldest >= start + 2 * H);
+}
+
+#[test]
+fn retention_scans_the_series_only_when_something_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = T::open(dir.path());
+    let start = past_start();
+    let g = gauge_points(start);
+    let keep_all = limits(7 * 86_400_000, 1 << 30);
+    t.push("g", MetricKind::Gauge, "a", &g[2 * 3600..]);
+    t.flush(keep_all);
+    let scans = |t: &T| t.writer.as_ref().unwrap().retention_scans;
+    // The first flush learns what each tier holds (raw, minute, hour).
+    assert_eq!(scans(&t), 3);
+    let now = crate::model::now_ms();
+    for i in 0..5 {
+        t.push("g", MetricKind::Gauge, "a", &[(now + i, 1.0)]);
+        t.flush(keep_all);
+    }
+    assert_eq!(scans(&t), 3, "nothing was due, nothing was scanned");
+    // A late sample, older than the raw retention: written, compacted and
+    // trimmed by the same flush, its rollups kept.
+    t.push("g", MetricKind::Gauge, "a", &g[..3600]);
+    let keep = crate::model::now_ms() - (start + H);
+    t.flush(limits(keep, 1 << 30));
+    assert_eq!(scans(&t), 4, "raw was due");
+    let raw = t.db_raw(start, start + 3 * H);
+    assert!(raw[0].0 >= start + 2 * H, "oldest raw {}", raw[0].0 - start);
+    let m = t.select("g", start, start + 3 * H, 60_000);
+    assert_eq!(m[0].points[0].0, start + 60_000);
+    let oldest = t.reader.shared.oldest[disk::T_MINUTE].load(Ordering::Relaxed);
+    assert_eq!(oldest, start);
+}
+
+#[test]
+fn the_newest_minute_of_a_range_comes_from_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = T::open(dir.path());
+    let now = crate::model::now_ms();
+    let minute = disk::floor(now, 60_000);
+    // Two samples in the current minute (at its very start and later),
+    // two in the minute before.
+    let late = (now - 1).max(minute + 1);
+    let g = [
+        (minute - 30_000, 1.0),
+        (minute - 10_000, 3.0),
+        (minute, 10.0),
+        (late, 20.0),
+    ];
+    t.push("g", MetricKind::Gauge, "a", &g);
+    t.push("c_total", MetricKind::Counter, "a", &g);
+    for flushed in [false, true] {
+        let got = t.select("g", minute - 120_000, now, 60_000);
+        assert_eq!(
+            got[0].points,
+            vec![(minute, 2.0), (late, 15.0)],
+            "flushed: {flushed}"
+        );
+        let got = t.select("c_total", minute - 120_000, now, 60_000);
+        assert_eq!(got[0].points, vec![(minute, 3.0), (late, 20.0)]);
+        // A range ending inside the current minute sees its samples up
+        // to that end only.
+        let got = t.select("g", minute - 120_000, late - 1, 60_000);
+        assert_eq!(got[0].points, vec![(minute, 2.0), (minute + 1, 10.0)]);
+        // A range ending on the minute's start: the minute before is whole.
+        let got = t.select("g", minute - 120_000, minute, 60_000);
+        assert_eq!(got[0].points, vec![(minute, 2.0)]);
+        t.flush(limits(7 * 86_400_000, 1 << 30));
+    }
+    // A compacted past hour, a range ending in its middle: the last
+    // minute from raw there too; at step 1 h the hour so far.
+    let start = past_start();
+    let pts = gauge_points(start);
+    t.push("p", MetricKind::Gauge, "a", &pts);
+    t.flush(limits(7 * 86_400_000, 1 << 30));
+    let end = start + 90_500;
+    let got = t.select("p", start, end, 60_000);
+    let tail: Vec<_> = pts
+        .iter()
+        .filter(|p| p.0 >= start + 60_000 && p.0 <= end)
+        .collect();
+    let mean = tail.iter().map(|p| p.1).sum::<f64>() / tail.len() as f64;
+    let last = got[0].points.last().unwrap();
+    assert_eq!(last.0, tail.last().unwrap().0);
+    assert!((last.1 - mean).abs() < 1e-9, "{last:?} vs {mean}");
+    let end = start + H + 1_000;
+    let got = t.select("p", start, end, H);
+    assert_eq!(got[0].points.len(), 2, "{:?}", got[0].points);
+    assert_eq!(got[0].points[0].0, start + H);
+    let newest = pts.iter().filter(|p| p.0 <= end).next_back().unwrap();
+    assert_eq!(got[0].points[1], *newest, "one sample in the hour so far");
 }
 
 #[test]
