@@ -321,10 +321,44 @@ fn synth(capture: &Path, out: &Path, om: &Path, hours: i64, long: &str, long_hou
     println!("samples_vitals={written} samples_openmetrics={om_samples} series={} end_ms={end}", keep.len());
 }
 
+/// Per family: raw samples and the bytes of its values and timestamps,
+/// re-encoded one chunk per raw window at pco levels 4, 8 and 12.
+fn families(dir: &Path) {
+    use pco::ChunkConfig;
+    use pco::standalone::simple_compress;
+    let (series, pts, _, _) = load(dir);
+    let mut by: std::collections::BTreeMap<&str, [u64; 5]> = Default::default();
+    for (s, p) in pts.iter().enumerate() {
+        let e = by.entry(&series[s].family).or_default();
+        e[0] += p.len() as u64;
+        let mut i = 0;
+        while i < p.len() {
+            let w = p[i].0.div_euclid(HOUR);
+            let j = p[i..].partition_point(|q| q.0.div_euclid(HOUR) == w) + i;
+            let ts: Vec<i64> = p[i..j].iter().map(|q| q.0).collect();
+            let vs: Vec<f64> = p[i..j].iter().map(|q| q.1).collect();
+            e[1] += simple_compress(&ts, &ChunkConfig::default().with_compression_level(4)).map_or(0, |b| b.len() as u64);
+            for (k, lvl) in [(2, 4), (3, 8), (4, 12)] {
+                e[k] += simple_compress(&vs, &ChunkConfig::default().with_compression_level(lvl)).map_or(0, |b| b.len() as u64);
+            }
+            i = j;
+        }
+    }
+    let mut t = [0u64; 5];
+    for (f, e) in &by {
+        println!("{f} samples={} ts_B/s={:.3} vals_B/s@4={:.3} @8={:.3} @12={:.3}", e[0], e[1] as f64 / e[0] as f64, e[2] as f64 / e[0] as f64, e[3] as f64 / e[0] as f64, e[4] as f64 / e[0] as f64);
+        for k in 0..5 {
+            t[k] += e[k];
+        }
+    }
+    println!("ALL samples={} ts_B/s={:.3} vals_B/s@4={:.3} @8={:.3} @12={:.3}", t[0], t[1] as f64 / t[0] as f64, t[2] as f64 / t[0] as f64, t[3] as f64 / t[0] as f64, t[4] as f64 / t[0] as f64);
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     match a.get(1).map(String::as_str) {
         Some("count") if a.len() == 3 => count(Path::new(&a[2])),
+        Some("families") if a.len() == 3 => families(Path::new(&a[2])),
         Some("synth") if a.len() >= 8 => {
             let n = |i: usize| a[i].parse::<i64>().unwrap_or_else(|_| die(format!("not a number: {}", a[i])));
             synth(
