@@ -239,9 +239,8 @@ stop_vitals
 # ---- 2. outage and backfill, all three writers at once --------------------------
 declare -A DISK BACKFILL GOT MINS
 start_vitals "$OSERIES" 1s on
-start_peer prometheus-agent 1s; P_PID=$PEER_PID; P_DIR=$PEER_DIR
+start_peer prometheus-agent 1s; P_PID=$PEER_PID; P_DIR=$PEER_DIR; P_PORT_O=$PEER_PORT
 start_peer vmagent 1s; A_PID=$PEER_PID; A_DIR=$PEER_DIR
-P_PORT_O=$P_PORT
 A_PORT_O=$PEER_PORT
 sleep 10
 NSER_O=$(demo_series)
