@@ -7,30 +7,45 @@
 #   1. throughput: vitals' demo source with SERIES series every 100 ms,
 #      remote write to VictoriaMetrics: samples/s the receiver took, vitals
 #      CPU µs per sample (and the same run without [[remote_write]]). Then
-#      each peer scraping the same SERIES series every PEER_INTERVAL and
-#      writing to the receiver: samples/s taken, the peer's CPU per sample.
+#      each peer scraping the same SERIES series every PEER_INTERVAL (1 s:
+#      at 100 ms their scrapes of 50,000 series time out) and writing to
+#      the receiver: samples/s offered (series / interval) and taken, the
+#      peer's CPU per sample.
 #   2. outage: vitals (demo source, OUTAGE_SERIES series at 1 Hz, remote
 #      write on) and both peers (scraping vitals every 1 s) write to the
 #      receiver; the receiver is stopped for OUTAGE seconds: bytes on disk
 #      per queued sample (growth of the queue / WAL directory over the
 #      outage). Then the receiver comes back and each writer is let go in
 #      turn (the others are paused with SIGSTOP, so each drains alone):
-#      backfill time until the receiver holds every sample of the outage
-#      window, and the samples of that window counted at the receiver.
+#      backfill time until the receiver holds every sample the writer
+#      produced in the outage window (from the writer's own counters:
+#      vitals' ingested samples, the peers' scrapes times the series
+#      scraped; within one tick), and the samples of that window counted
+#      at the receiver.
+#   3. QUANTIZED=1 (default): the outage once more, vitals alone, with
+#      readings at a fixed resolution: an `http` source polling a local
+#      JSON page of OUTAGE_SERIES readings (0.1 steps, each a slow random
+#      walk) every 1 s. Bytes on disk per queued sample. (The demo
+#      source's readings are full-precision floats with noise.)
+#
+# vitals runs with [history] off (its own on-disk tap, not measured here).
 #
 # Each writer adds its own label writer="vitals|prometheus-agent|vmagent",
 # so the receiver tells them apart. Prints a Markdown table with ratios.
 #
 #   bench/remote_write.sh [SECONDS] [OUTAGE_SECONDS] [SERIES] [OUTAGE_SERIES]
 #                         (default 20 600 50000 10000)
-#   VITALS=path/to/vitals (default target/release/vitals), PEER_INTERVAL (100ms, the demo source's interval)
+#   VITALS=path/to/vitals (default target/release/vitals), PEER_INTERVAL (1s),
+#   QUANTIZED (1), QUANTIZED_OUTAGE (120 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-20}"
 OUTAGE="${2:-600}"
 SERIES="${3:-50000}"
 OSERIES="${4:-10000}"
-PEER_INTERVAL="${PEER_INTERVAL:-100ms}"
+PEER_INTERVAL="${PEER_INTERVAL:-1s}"
+QUANTIZED="${QUANTIZED:-1}"
+QOUTAGE="${QUANTIZED_OUTAGE:-120}"
 for pkg in victoria-metrics:victoria-metrics prometheus:prometheus curl:curl bc:bc; do
   cmd=${pkg%%:*}
   if ! command -v "$cmd" >/dev/null; then
@@ -73,9 +88,10 @@ VMQ() { curl -sf "http://127.0.0.1:$VMPORT/api/v1/query" --data-urlencode "query
 # Samples the receiver has taken so far (all writers).
 vm_rows() { metric "http://127.0.0.1:$VMPORT/metrics" vm_rows_inserted_total promremotewrite; }
 
-# vitals with the demo source; $1 = series, $2 = interval, $3 = remote write on/off.
+# vitals with the demo source; $1 = series, $2 = interval, $3 = remote write
+# on/off, $4 = "quantized" for the http source of fixed-resolution readings.
 start_vitals() {
-  local series=$1 interval=$2 rw=$3 devices lines
+  local series=$1 interval=$2 rw=$3 kind=${4:-demo} devices lines
   lines=$(( (series / 4 + 999) / 1000 ))   # at most 1000 devices per line
   devices=$(( series / 4 / lines ))
   VPORT=$(free_port)
@@ -87,6 +103,27 @@ enabled = false
 enabled = false
 [dashboard]
 enabled = false
+[history]
+enabled = false
+EOF
+  if [ "$kind" = quantized ]; then
+    cat >> "$OUT/vitals.toml" <<EOF
+[[sources]]
+type = "http"
+name = "demo"
+url = "http://127.0.0.1:$QPORT/"
+interval = "$interval"
+max_response_bytes = 67108864
+[[sources.mappings]]
+each = "readings"
+labels = { sensor = "id" }
+max_payload_bytes = 67108864
+[[sources.mappings.metrics]]
+name = "demo_reading"
+path = "v"
+EOF
+  else
+    cat >> "$OUT/vitals.toml" <<EOF
 [[sources]]
 type = "demo"
 name = "demo"
@@ -97,6 +134,7 @@ business = false
 anomaly_every = "0s"
 silent_device = false
 EOF
+  fi
   if [ "$rw" = on ]; then
     cat >> "$OUT/vitals.toml" <<EOF
 [[remote_write]]
@@ -117,9 +155,9 @@ stop_vitals() { kill "$VPID"; wait "$VPID" 2>/dev/null || true; }
 V_METRICS() { echo "http://127.0.0.1:$VPORT/metrics"; }
 
 # A peer scraping vitals every $2 and writing to the receiver; sets PEER_PID,
-# PEER_DIR (its WAL / persistent queue).
+# PEER_DIR (its WAL / persistent queue), PEER_PORT.
 start_peer() {
-  local name=$1 interval=$2 port; port=$(free_port)
+  local name=$1 interval=$2 port; port=$(free_port); PEER_PORT=$port
   PEER_DIR="$OUT/$name"; rm -rf "$PEER_DIR"; mkdir -p "$PEER_DIR/data"
   case $name in
     prometheus-agent)
@@ -148,7 +186,11 @@ stop_peer() { kill -CONT "$1" 2>/dev/null || true; kill "$1"; wait "$1" 2>/dev/n
 du_b() { du -sb "$1" 2>/dev/null | awk '{print $1}'; }
 
 start_vm
-declare -A TP_RATE TP_CPU TP_LOAD
+declare -A TP_RATE TP_CPU TP_LOAD TP_OFFERED
+# Seconds of a Prometheus-style duration (100ms, 1s, 2m).
+interval_s() { case $1 in *ms) calc "${1%ms}/1000";; *s) echo "${1%s}";; *m) calc "${1%m}*60";; esac; }
+# demo_* series on vitals' /metrics.
+demo_series() { { curl -sf "$(V_METRICS)" || true; } | grep -c '^demo_' || true; }
 
 # ---- 1. throughput: vitals --------------------------------------------------
 start_vitals "$SERIES" 100ms off
@@ -170,12 +212,14 @@ drops=$(metric "$(V_METRICS)" vitals_remote_storage_samples_dropped_total)
 stop_vitals
 TP_RATE[vitals]=$(calc "($r1-$r0)/($t1-$t0)")
 offered=$(calc "($i1-$i0)/($t1-$t0)")
+TP_OFFERED[vitals]=$offered
 TP_CPU[vitals]=$(calc "($c1-$c0)/$HZ*1000000/($r1-$r0)")
 log "vitals throughput: received/s=${TP_RATE[vitals]} offered/s=$offered cpu_us_per_sample=${TP_CPU[vitals]} drops=$drops"
 
 # ---- 1b. throughput: the peers scraping the same series ------------------------
 start_vitals "$SERIES" 100ms off
 sleep 2
+NSER_TP=$(demo_series)
 for p in prometheus-agent vmagent; do
   start_peer "$p" "$PEER_INTERVAL"
   sleep 5
@@ -185,6 +229,7 @@ for p in prometheus-agent vmagent; do
   TP_LOAD[$p]=$(cut -d' ' -f1 /proc/loadavg)
   stop_peer "$PEER_PID"
   TP_RATE[$p]=$(calc "($r1-$r0)/($t1-$t0)")
+  TP_OFFERED[$p]=$(calc "$NSER_TP/$(interval_s "$PEER_INTERVAL")")
   TP_CPU[$p]=$(calc "($c1-$c0)/$HZ*1000000/($r1-$r0+1)")
   log "$p throughput: received/s=${TP_RATE[$p]} peer_cpu_us_per_sample=${TP_CPU[$p]} vitals_scrape_cpu_us_per_sample=$(calc "($v1-$v0)/$HZ*1000000/($r1-$r0+1)")"
   sleep 2
@@ -194,34 +239,49 @@ stop_vitals
 # ---- 2. outage and backfill, all three writers at once --------------------------
 declare -A DISK BACKFILL GOT MINS
 start_vitals "$OSERIES" 1s on
-start_peer prometheus-agent 1s; P_PID=$PEER_PID; P_DIR=$PEER_DIR
+start_peer prometheus-agent 1s; P_PID=$PEER_PID; P_DIR=$PEER_DIR; P_PORT_O=$PEER_PORT
 start_peer vmagent 1s; A_PID=$PEER_PID; A_DIR=$PEER_DIR
+A_PORT_O=$PEER_PORT
 sleep 10
+NSER_O=$(demo_series)
+# What each writer has produced so far: vitals' ingested samples; the
+# peers' scrapes of vitals (times the demo series each scrape brings).
+produced() {
+  case $1 in
+    vitals) metric "$(V_METRICS)" vitals_samples_ingested_total 'source="demo"' ;;
+    prometheus-agent) echo $(( $(metric "http://127.0.0.1:$P_PORT_O/metrics" prometheus_target_interval_length_seconds_count) * NSER_O )) ;;
+    vmagent) echo $(( $(metric "http://127.0.0.1:$A_PORT_O/metrics" vm_promscrape_scrapes_total) * NSER_O )) ;;
+  esac
+}
+declare -A PROD0 PROD1 EXPECTED
 stop_vm
 T0=$(date +%s)
 d0v=$(du_b "$OUT/queue"); d0p=$(du_b "$P_DIR/data"); d0a=$(du_b "$A_DIR/data")
 q0=$(metric "$(V_METRICS)" vitals_remote_storage_queue_samples)
 log "receiver stopped; outage of $OUTAGE s"
-sleep "$OUTAGE"
+sleep 2
+for w in vitals prometheus-agent vmagent; do PROD0[$w]=$(produced "$w"); done
+sleep $((OUTAGE - 4))
+for w in vitals prometheus-agent vmagent; do PROD1[$w]=$(produced "$w"); EXPECTED[$w]=$(( PROD1[$w] - PROD0[$w] )); done
+sleep 2
 T1=$(date +%s)
 kill -STOP "$P_PID" "$A_PID"
 qs=$(metric "$(V_METRICS)" vitals_remote_storage_queue_samples)
 OUTAGE_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 DISK[vitals]=$(calc "($(du_b "$OUT/queue")-$d0v)/($qs-$q0)")
-DISK[prometheus-agent]=$(calc "($(du_b "$P_DIR/data")-$d0p)/($OSERIES*$OUTAGE)")
-DISK[vmagent]=$(calc "($(du_b "$A_DIR/data")-$d0a)/($OSERIES*$OUTAGE)")
+DISK[prometheus-agent]=$(calc "($(du_b "$P_DIR/data")-$d0p)/($NSER_O*$OUTAGE)")
+DISK[vmagent]=$(calc "($(du_b "$A_DIR/data")-$d0a)/($NSER_O*$OUTAGE)")
 log "outage over: vitals queued $qs samples; bytes/sample vitals=${DISK[vitals]} prometheus-agent=${DISK[prometheus-agent]} vmagent=${DISK[vmagent]}"
 # The window every writer must deliver in full: the outage minus 2 s each side.
 W=$((T1 - T0 - 4)); WEND=$((T1 - 2))
-EXPECT=$((OSERIES * W))
 window_count() { VMQ "sum(count_over_time({__name__=~\"demo_.*\",writer=\"$1\"}[${W}s]))" "$WEND"; }
 start_vm
-drain() { # $1 = writer; waits until the receiver holds the window in full
+drain() { # $1 = writer; waits until the receiver holds what it produced in the window
   local w=$1 tb te n
   tb=$(now)
   for _ in $(seq 600); do
     n=$(window_count "$w" || echo 0)
-    [ "$n" -ge $((EXPECT - OSERIES)) ] && break
+    [ "$n" -ge $((EXPECTED[$w] - NSER_O)) ] && break
     sleep 0.5
   done
   te=$(now)
@@ -229,7 +289,7 @@ drain() { # $1 = writer; waits until the receiver holds the window in full
   sleep 3
   GOT[$w]=$(window_count "$w")
   MINS[$w]=$(VMQ "min(count_over_time({__name__=~\"demo_.*\",writer=\"$w\"}[${W}s]))" "$WEND")
-  log "$w: backfill ${BACKFILL[$w]} s; window holds ${GOT[$w]} of $EXPECT samples (fewest per series ${MINS[$w]} of $W)"
+  log "$w: backfill ${BACKFILL[$w]} s; window holds ${GOT[$w]} samples, ${EXPECTED[$w]} produced (fewest per series ${MINS[$w]} of $W s)"
 }
 drain vitals
 vlost=$(metric "$(V_METRICS)" vitals_remote_storage_samples_dropped_total)
@@ -237,10 +297,51 @@ kill -CONT "$P_PID"; drain prometheus-agent; stop_peer "$P_PID"
 kill -CONT "$A_PID"; drain vmagent; stop_peer "$A_PID"
 stop_vitals
 
+# ---- 3. disk per queued sample with fixed-resolution readings -----------------
+QDISK=n/a
+if [ "$QUANTIZED" = 1 ]; then
+  QPORT=$(free_port)
+  python3 - "$QPORT" "$OSERIES" >"$OUT/quantized.log" 2>&1 <<'PY' &
+import http.server, json, random, sys, threading, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+rng = random.Random(7)
+state = [200 + rng.randrange(100) for _ in range(n)]  # tenths: 20.0 .. 29.9
+page = b"{}"
+def tick():
+    global page
+    while True:
+        for i in range(n):
+            state[i] += rng.choice((-1, 0, 0, 0, 1))
+        page = json.dumps({"readings": [{"id": f"s{i:05d}", "v": state[i] / 10} for i in range(n)]}).encode()
+        time.sleep(1)
+threading.Thread(target=tick, daemon=True).start()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = page
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+PY
+  PIDS+=("$!")
+  wait_http "http://127.0.0.1:$QPORT/"
+  start_vitals "$OSERIES" 1s on quantized
+  sleep 10
+  stop_vm
+  d0=$(du_b "$OUT/queue"); q0=$(metric "$(V_METRICS)" vitals_remote_storage_queue_samples)
+  sleep "$QOUTAGE"
+  qs=$(metric "$(V_METRICS)" vitals_remote_storage_queue_samples)
+  QDISK=$(calc "($(du_b "$OUT/queue")-$d0)/($qs-$q0)")
+  log "quantized readings: vitals queued $((qs - q0)) samples; bytes/sample=$QDISK"
+  stop_vitals
+fi
+
 r() { calc "$1/$2"; }
 printf '\n| measure | target | vitals | Prometheus agent | vmagent | vitals/agent | vitals/vmagent |\n|---|---|---|---|---|---|---|\n'
-printf '| samples/s taken by the receiver (vitals: %.0f/s offered by the demo source; peers: scraping %s series every %s) | >= 500000 | %.0f | %.0f | %.0f | %.2f | %.2f |\n' \
-  "$offered" "$SERIES" "$PEER_INTERVAL" "${TP_RATE[vitals]}" "${TP_RATE[prometheus-agent]}" "${TP_RATE[vmagent]}" \
+printf '| samples/s offered (vitals: the demo source, %s series every 100 ms; peers: scraping the same %s series every %s) | | %.0f | %.0f | %.0f | | |\n' \
+  "$SERIES" "$NSER_TP" "$PEER_INTERVAL" "${TP_OFFERED[vitals]}" "${TP_OFFERED[prometheus-agent]}" "${TP_OFFERED[vmagent]}"
+printf '| samples/s taken by the receiver | >= 500000 | %.0f | %.0f | %.0f | %.2f | %.2f |\n' \
+  "${TP_RATE[vitals]}" "${TP_RATE[prometheus-agent]}" "${TP_RATE[vmagent]}" \
   "$(r "${TP_RATE[vitals]}" "${TP_RATE[prometheus-agent]}")" "$(r "${TP_RATE[vitals]}" "${TP_RATE[vmagent]}")"
 printf '| CPU per sample (vitals: whole process incl. the demo source, %.2f us without remote write; peers: their own process) | <= 1 us | %.2f us | %.2f us | %.2f us | %.2f | %.2f |\n' \
   "$base_us" "${TP_CPU[vitals]}" "${TP_CPU[prometheus-agent]}" "${TP_CPU[vmagent]}" \
@@ -249,10 +350,11 @@ printf '| load average (1 min) at the end of each throughput run | | %s | %s | %
 printf '| bytes on disk per queued sample (%s series at 1 Hz, %s s outage) | <= 4 | %.2f | %.2f | %.2f | %.2f | %.2f |\n' \
   "$OSERIES" "$OUTAGE" "${DISK[vitals]}" "${DISK[prometheus-agent]}" "${DISK[vmagent]}" \
   "$(r "${DISK[vitals]}" "${DISK[prometheus-agent]}")" "$(r "${DISK[vitals]}" "${DISK[vmagent]}")"
-printf '| backfill of the outage (%s samples per writer), each writer alone | <= 30 s for 6 M | %.1f s | %.1f s | %.1f s | %.2f | %.2f |\n' \
-  "$EXPECT" "${BACKFILL[vitals]}" "${BACKFILL[prometheus-agent]}" "${BACKFILL[vmagent]}" \
+printf '| backfill of the outage (samples produced in the window: vitals %s, agent %s, vmagent %s), each writer alone | <= 30 s for 6 M | %.1f s | %.1f s | %.1f s | %.2f | %.2f |\n' \
+  "${EXPECTED[vitals]}" "${EXPECTED[prometheus-agent]}" "${EXPECTED[vmagent]}" "${BACKFILL[vitals]}" "${BACKFILL[prometheus-agent]}" "${BACKFILL[vmagent]}" \
   "$(r "${BACKFILL[vitals]}" "${BACKFILL[prometheus-agent]}")" "$(r "${BACKFILL[vitals]}" "${BACKFILL[vmagent]}")"
-printf '| samples of the outage window at the receiver (expected %s, %s s x %s series, +-1 s per series) | all | %s (fewest per series %s) | %s (%s) | %s (%s) | | |\n' \
-  "$EXPECT" "$W" "$OSERIES" "${GOT[vitals]}" "${MINS[vitals]}" "${GOT[prometheus-agent]}" "${MINS[prometheus-agent]}" "${GOT[vmagent]}" "${MINS[vmagent]}"
+printf '| samples of the %s s outage window at the receiver (%s series; produced: see above, +-1 tick) | all | %s (fewest per series %s) | %s (%s) | %s (%s) | | |\n' \
+  "$W" "$NSER_O" "${GOT[vitals]}" "${MINS[vitals]}" "${GOT[prometheus-agent]}" "${MINS[prometheus-agent]}" "${GOT[vmagent]}" "${MINS[vmagent]}"
 printf '| vitals samples dropped (writer behind, queue full, disk) | 0 | %s | | | | |\n' "$((drops + vlost))"
 printf '| load average during the outage (1, 5, 15 min) | | %s | | | | |\n' "$OUTAGE_LOAD"
+printf '| bytes on disk per queued sample, fixed-resolution readings (%s series at 0.1 steps, 1 Hz, %s s outage; vitals only) | <= 4 | %s | | | | |\n' "$OSERIES" "$QOUTAGE" "$QDISK"

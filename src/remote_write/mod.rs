@@ -714,7 +714,7 @@ mod tests {
         let mut per_series: std::collections::HashMap<String, (u32, Vec<i64>)> = Default::default();
         for (lane, e) in &blocks {
             assert!(e.samples <= 2);
-            for ts in encoder::decode(&e.body()).unwrap().timeseries {
+            for ts in encoder::decode(&e.body().unwrap()).unwrap().timeseries {
                 let dev = ts
                     .labels
                     .iter()

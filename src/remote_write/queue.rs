@@ -7,8 +7,13 @@
 //! series' labels (with `__name__` and the external labels, encoded as the
 //! protobuf `Label`s of the request) are written once to the series table,
 //! in the same transaction as the first block that uses the series, and the
-//! `WriteRequest` is built when a block is sent. Series no block refers to
+//! `WriteRequest` is built when a block is sent, from each series' label
+//! fields encoded once and the block's columns. Series no block refers to
 //! and not seen for [`SERIES_IDLE_MS`] leave the table.
+//!
+//! Appending finds a sample's series by a hash of its family and label
+//! set (checked against the series' key; a colliding series is looked up
+//! by its whole key), with buffers kept from one append to the next.
 //!
 //! Blocks live in ordered lanes (`max_concurrency` of them); a series always
 //! goes to the same lane, and each lane is sent oldest first, so a series'
@@ -24,7 +29,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use rustc_hash::FxHashMap;
 
-use super::encoder::{Point, request_body};
+use super::encoder::{Point, RequestEncoder, label_fields};
 
 /// (lane, sequence) → [samples: u32 LE][newest ms: i64 LE][columns].
 const BLOCKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("blocks_v2");
@@ -74,8 +79,14 @@ struct Meta {
 
 /// A series of the table.
 struct Series {
+    /// External labels, family and label set (the row's key).
     key: Box<str>,
+    /// The encoded `Label` messages (the row's labels).
     labels: Arc<[Bytes]>,
+    /// The label fields of its `TimeSeries`, copied into every request.
+    fields: Bytes,
+    /// [`series_hash`] of its family and label set (current prefix only).
+    hash: Option<u64>,
     lane: u32,
     /// Newest block using it.
     last_seq: u64,
@@ -84,26 +95,49 @@ struct Series {
 }
 
 /// A block read back for sending: runs of samples, each of one series.
+/// The timestamp and value columns are decoded by [`Block::body`] (in the
+/// sender, off the writer's thread).
 #[derive(Debug, Clone)]
 pub struct Block {
     pub lane: u32,
     pub seq: u64,
     pub samples: u32,
     pub newest_ms: i64,
-    runs: Vec<(Arc<[Bytes]>, u32)>,
-    timestamps: Vec<i64>,
-    values: Vec<f64>,
+    /// Label fields of each run's series (`None`: missing from the table,
+    /// its samples are skipped) and the run's length.
+    runs: Vec<(Option<Bytes>, u32)>,
+    /// The timestamp and value columns, still compressed.
+    columns: Vec<u8>,
 }
 
 impl Block {
     /// The snappy-compressed `WriteRequest` of the block.
-    pub fn body(&self) -> Vec<u8> {
+    pub fn body(&self) -> Result<Vec<u8>, QueueError> {
+        self.body_with(&mut RequestEncoder::default())
+    }
+
+    /// [`Block::body`] with the sender's buffers.
+    pub fn body_with(&self, enc: &mut RequestEncoder) -> Result<Vec<u8>, QueueError> {
+        let damaged = |reason: String| QueueError::Damaged {
+            lane: self.lane,
+            seq: self.seq,
+            reason,
+        };
+        let mut src = &self.columns[..];
+        let timestamps: Vec<i64> = take_column(&mut src).map_err(damaged)?;
+        let values: Vec<f64> = take_column(&mut src).map_err(damaged)?;
+        let total: usize = self.runs.iter().map(|r| r.1 as usize).sum();
+        if total != timestamps.len() || total != values.len() {
+            return Err(damaged("columns of different lengths".into()));
+        }
         let mut at = 0usize;
-        request_body(self.runs.iter().map(|(labels, n)| {
+        Ok(enc.body(self.runs.iter().filter_map(|(fields, n)| {
             let (a, b) = (at, at + *n as usize);
             at = b;
-            (&labels[..], &self.timestamps[a..b], &self.values[a..b])
-        }))
+            fields
+                .as_ref()
+                .map(|f| (&f[..], &timestamps[a..b], &values[a..b]))
+        })))
     }
 }
 
@@ -136,10 +170,40 @@ pub struct Queue {
     /// Prefix of every key: the external labels.
     key_prefix: String,
     series: FxHashMap<u32, Series>,
-    index: FxHashMap<Box<str>, u32>,
+    /// [`series_hash`] → id, for series of the current external labels.
+    index: FxHashMap<u64, u32>,
+    /// Whole key → id of a series whose hash another series holds.
+    collided: FxHashMap<Box<str>, u32>,
     next_id: u32,
     last_sweep_ms: i64,
     key: String,
+    /// Buffers of [`Queue::append`], kept between appends.
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    per_lane: Vec<Vec<(u32, i64, f64)>>,
+    ids: Vec<u32>,
+    counts: Vec<u32>,
+    timestamps: Vec<i64>,
+    values: Vec<f64>,
+}
+
+/// The hash a series is found by: its family and its label set.
+fn series_hash(family: &str, labels: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(family.as_bytes());
+    h.write_u8(0xff);
+    h.write(labels.as_bytes());
+    h.finish()
+}
+
+/// Family and label set of a key without its prefix (the label set, when
+/// there is one, starts at the first `{`, which a family name lacks).
+fn split_key(rest: &str) -> (&str, &str) {
+    rest.split_at(rest.find('{').unwrap_or(rest.len()))
 }
 
 fn key_prefix(external: &[(String, String)]) -> String {
@@ -217,9 +281,11 @@ impl Queue {
             key_prefix: key_prefix(external),
             series: FxHashMap::default(),
             index: FxHashMap::default(),
+            collided: FxHashMap::default(),
             next_id: 0,
             last_sweep_ms: crate::model::now_ms(),
             key: String::new(),
+            scratch: Scratch::default(),
         };
         {
             let read = db.begin_read().map_err(store)?;
@@ -267,8 +333,16 @@ impl Queue {
                     continue;
                 };
                 let lane = lane_of(&row.key, q.lanes.len());
-                if row.key.starts_with(&q.key_prefix) {
-                    q.index.insert(row.key.clone().into(), id);
+                let mut hash = None;
+                if let Some(rest) = row.key.strip_prefix(&q.key_prefix) {
+                    let (family, labels) = split_key(rest);
+                    let h = series_hash(family, labels);
+                    if let std::collections::hash_map::Entry::Vacant(e) = q.index.entry(h) {
+                        e.insert(id);
+                        hash = Some(h);
+                    } else {
+                        q.collided.insert(row.key.clone().into(), id);
+                    }
                 }
                 q.next_id = q.next_id.max(id.wrapping_add(1));
                 q.bytes += bytes;
@@ -276,7 +350,9 @@ impl Queue {
                     id,
                     Series {
                         key: row.key.into(),
+                        fields: label_fields(&row.labels),
                         labels: row.labels.into(),
+                        hash,
                         lane,
                         last_seq: q.next_seq,
                         last_used_ms: now,
@@ -314,15 +390,34 @@ impl Queue {
         Ok(self.db.as_ref().expect("opened above"))
     }
 
-    /// The id of series `family{labels}`, added to the table (in memory;
-    /// `fresh` collects it for the commit) when new.
-    fn intern(&mut self, family: &str, labels: &crate::model::Labels, fresh: &mut Vec<u32>) -> u32 {
+    /// The id and lane of series `family{labels}`, added to the table (in
+    /// memory; `fresh` collects it for the commit) when new.
+    fn intern(
+        &mut self,
+        family: &str,
+        labels: &crate::model::Labels,
+        fresh: &mut Vec<u32>,
+    ) -> (u32, u32) {
+        let labels_str = labels.as_str();
+        let hash = series_hash(family, labels_str);
+        let plen = self.key_prefix.len();
+        if let Some(id) = self.index.get(&hash)
+            && let Some(s) = self.series.get(id)
+        {
+            let rest = &s.key[plen..];
+            if rest.len() == family.len() + labels_str.len()
+                && rest.starts_with(family)
+                && rest.ends_with(labels_str)
+            {
+                return (*id, s.lane);
+            }
+        }
         self.key.clear();
         self.key.push_str(&self.key_prefix);
         self.key.push_str(family);
-        self.key.push_str(labels.as_str());
-        if let Some(id) = self.index.get(self.key.as_str()) {
-            return *id;
+        self.key.push_str(labels_str);
+        if let Some(id) = self.collided.get(self.key.as_str()) {
+            return (*id, self.series[id].lane);
         }
         let mut id = self.next_id;
         while self.series.contains_key(&id) {
@@ -332,26 +427,47 @@ impl Queue {
         let labels = super::encoder::series_labels(family, labels, &self.external);
         let key: Box<str> = self.key.as_str().into();
         let bytes = (key.len() + labels.iter().map(|l| l.len() + 2).sum::<usize>() + 8) as u64;
-        self.index.insert(key.clone(), id);
+        let hash = match self.index.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(id);
+                Some(hash)
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(key.clone(), id);
+                None
+            }
+        };
+        let lane = lane_of(&key, self.lanes.len());
         self.series.insert(
             id,
             Series {
-                lane: lane_of(&key, self.lanes.len()),
+                lane,
                 key,
+                fields: label_fields(&labels),
                 labels: labels.into(),
+                hash,
                 last_seq: 0,
                 last_used_ms: 0,
                 bytes,
             },
         );
         fresh.push(id);
-        id
+        (id, lane)
     }
 
     fn forget(&mut self, id: u32) {
         if let Some(s) = self.series.remove(&id) {
-            if self.index.get(&s.key) == Some(&id) {
-                self.index.remove(&s.key);
+            match s.hash {
+                Some(h) => {
+                    if self.index.get(&h) == Some(&id) {
+                        self.index.remove(&h);
+                    }
+                }
+                None => {
+                    if self.collided.get(&s.key) == Some(&id) {
+                        self.collided.remove(&s.key);
+                    }
+                }
             }
         }
     }
@@ -368,42 +484,55 @@ impl Queue {
         let mut out = Appended::default();
         let now = crate::model::now_ms();
         let mut fresh: Vec<u32> = Vec::new();
-        let mut per_lane: Vec<Vec<(u32, i64, f64)>> =
-            (0..self.lanes.len()).map(|_| Vec::new()).collect();
+        let mut sc = std::mem::take(&mut self.scratch);
+        sc.per_lane.resize_with(self.lanes.len(), Vec::new);
+        for l in sc.per_lane.iter_mut() {
+            l.clear();
+        }
         for p in points {
-            let id = self.intern(p.family, p.labels, &mut fresh);
-            let lane = self.series[&id].lane as usize;
-            per_lane[lane].push((id, p.timestamp_ms, p.value));
+            let (id, lane) = self.intern(p.family, p.labels, &mut fresh);
+            sc.per_lane[lane as usize].push((id, p.timestamp_ms, p.value));
         }
         // Encode the blocks: runs of one series, ordered by series id, each
         // run in the order given.
         let mut blocks: Vec<(u32, Vec<u8>, u32, i64, Vec<u32>)> = Vec::new();
+        let Scratch {
+            per_lane,
+            ids: run_ids,
+            counts,
+            timestamps: ts,
+            values,
+        } = &mut sc;
         for (lane, pts) in per_lane.iter_mut().enumerate() {
             for chunk in pts.chunks_mut(batch_max.max(1)) {
+                // Stable: a series' samples keep the order given.
                 chunk.sort_by_key(|p| p.0);
-                let mut ids: Vec<u32> = Vec::new();
-                let mut counts: Vec<u32> = Vec::new();
+                run_ids.clear();
+                counts.clear();
                 for p in chunk.iter() {
-                    if ids.last() == Some(&p.0) {
+                    if run_ids.last() == Some(&p.0) {
                         *counts.last_mut().expect("a run per id") += 1;
                     } else {
-                        ids.push(p.0);
+                        run_ids.push(p.0);
                         counts.push(1);
                     }
                 }
-                let ts: Vec<i64> = chunk.iter().map(|p| p.1).collect();
-                let values: Vec<f64> = chunk.iter().map(|p| p.2).collect();
+                ts.clear();
+                ts.extend(chunk.iter().map(|p| p.1));
+                values.clear();
+                values.extend(chunk.iter().map(|p| p.2));
                 let newest = ts.iter().copied().max().unwrap_or(i64::MIN);
-                let mut v = Vec::with_capacity(HEADER + 16 + chunk.len() * 2);
+                let mut v = Vec::with_capacity(HEADER + 16 + chunk.len() * 8);
                 v.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
                 v.extend_from_slice(&newest.to_le_bytes());
-                put_column(&mut v, &ids);
-                put_column(&mut v, &counts);
-                put_column(&mut v, &ts);
-                put_column(&mut v, &values);
-                blocks.push((lane as u32, v, chunk.len() as u32, newest, ids));
+                put_column(&mut v, run_ids);
+                put_column(&mut v, counts);
+                put_column(&mut v, ts);
+                put_column(&mut v, values);
+                blocks.push((lane as u32, v, chunk.len() as u32, newest, run_ids.clone()));
             }
         }
+        self.scratch = sc;
         let fresh_bytes: u64 = fresh.iter().map(|id| self.series[id].bytes).sum();
         let mut keep = Vec::with_capacity(blocks.len());
         let mut need = fresh_bytes;
@@ -544,43 +673,23 @@ impl Queue {
         let mut src = &v[HEADER.min(v.len())..];
         let ids: Vec<u32> = take_column(&mut src).map_err(damaged)?;
         let counts: Vec<u32> = take_column(&mut src).map_err(damaged)?;
-        let mut timestamps: Vec<i64> = take_column(&mut src).map_err(damaged)?;
-        let mut values: Vec<f64> = take_column(&mut src).map_err(damaged)?;
         let total: u64 = counts.iter().map(|c| *c as u64).sum();
-        if ids.len() != counts.len()
-            || total != timestamps.len() as u64
-            || total != values.len() as u64
-        {
+        if ids.len() != counts.len() || total != m.samples as u64 {
             return Err(damaged("columns of different lengths".into()));
         }
         // A run whose series is missing from the table cannot be sent.
-        let mut runs = Vec::with_capacity(ids.len());
         let mut missing = false;
-        for (id, n) in ids.iter().zip(&counts) {
-            match self.series.get(id) {
-                Some(s) => runs.push((s.labels.clone(), *n)),
-                None => {
-                    missing = true;
-                    runs.push((Arc::from(Vec::new()), *n));
-                }
-            }
-        }
+        let runs = ids
+            .iter()
+            .zip(&counts)
+            .map(|(id, n)| {
+                let fields = self.series.get(id).map(|s| s.fields.clone());
+                missing |= fields.is_none();
+                (fields, *n)
+            })
+            .collect();
         if missing {
-            let mut at = 0usize;
-            let (mut t2, mut v2, mut r2) = (Vec::new(), Vec::new(), Vec::new());
-            for (labels, n) in runs {
-                let b = at + n as usize;
-                if !labels.is_empty() {
-                    t2.extend_from_slice(&timestamps[at..b]);
-                    v2.extend_from_slice(&values[at..b]);
-                    r2.push((labels, n));
-                }
-                at = b;
-            }
             tracing::warn!(path = %self.path.display(), lane, seq = m.seq, "A remote write queue block names series missing from the series table; their samples are skipped.");
-            runs = r2;
-            timestamps = t2;
-            values = v2;
         }
         Ok(Some(Block {
             lane,
@@ -588,8 +697,7 @@ impl Queue {
             samples: m.samples,
             newest_ms: m.newest_ms,
             runs,
-            timestamps,
-            values,
+            columns: src.to_vec(),
         }))
     }
 
@@ -721,7 +829,7 @@ mod tests {
     /// (device, timestamp, value bits) of every sample of a block.
     fn contents(b: &Block) -> Vec<(String, i64, u64)> {
         let mut out = Vec::new();
-        for ts in decode(&b.body()).unwrap().timeseries {
+        for ts in decode(&b.body().unwrap()).unwrap().timeseries {
             let dev = ts
                 .labels
                 .iter()
@@ -770,7 +878,7 @@ mod tests {
                 &("d3".to_string(), 107, STALE_NAN)
             ]
         );
-        let req = decode(&a.body()).unwrap();
+        let req = decode(&a.body().unwrap()).unwrap();
         assert!(
             req.timeseries[0]
                 .labels

@@ -50,7 +50,6 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 
 /// A block's request, ready to post (and to post again).
 struct Sending {
-    seq: u64,
     samples: u32,
     newest_ms: i64,
     body: bytes::Bytes,
@@ -90,6 +89,8 @@ impl Sender {
         shutdown: CancellationToken,
     ) {
         let mut after = None;
+        // Request buffers kept from one block to the next.
+        let mut enc = Some(super::encoder::RequestEncoder::default());
         loop {
             let (reply, rx) = oneshot::channel();
             if ctl.send(Ctl::Next { lane, after, reply }).await.is_err() {
@@ -108,19 +109,30 @@ impl Sender {
                 continue;
             };
             // Build the request off the runtime's threads (lanes in parallel).
-            let block = tokio::task::spawn_blocking(move || {
-                let body = bytes::Bytes::from(block.body());
-                Sending {
-                    seq: block.seq,
-                    samples: block.samples,
-                    newest_ms: block.newest_ms,
-                    body,
-                }
+            let mut e = enc.take().expect("the encoder is back after each block");
+            let (e, block, body) = tokio::task::spawn_blocking(move || {
+                let body = block.body_with(&mut e);
+                (e, block, body)
             })
             .await
             .expect("building a request does not panic");
-            if !self.deliver(&block, &shutdown).await {
-                return;
+            enc = Some(e);
+            match body {
+                Ok(body) => {
+                    let sending = Sending {
+                        samples: block.samples,
+                        newest_ms: block.newest_ms,
+                        body: bytes::Bytes::from(body),
+                    };
+                    if !self.deliver(&sending, &shutdown).await {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    // It would fail the same way every time: give it up.
+                    self.m.failed(block.samples as u64);
+                    tracing::error!(remote = %self.cfg.name, %error, samples = block.samples, "A remote write queue block cannot be read; it is dropped.");
+                }
             }
             after = Some(block.seq);
             if ctl
