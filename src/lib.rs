@@ -20,7 +20,7 @@
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
 //! - [`exposition`]: the `/metrics` formats (text 0.0.4, OpenMetrics 1.0), each family once.
-//! - [`expose`]: serving with the web config file (TLS, basic auth, headers),
+//! - [`web`]: serving with the web config file (TLS, basic auth, headers),
 //!   connection cap and slow-client timeouts.
 //! - [`dashboard`]: the live page at `/` and its WebSocket stream.
 //! - [`select`]: metric selectors (family regex + label matchers) and [`select::Pattern`], a leaf.
@@ -37,7 +37,6 @@ pub mod config;
 pub mod dashboard;
 pub mod detect;
 pub mod events;
-pub mod expose;
 pub mod exposition;
 pub mod history;
 pub mod model;
@@ -54,6 +53,7 @@ pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod web;
 
 /// The mapping keeps its old path.
 pub use payload::mapping;
