@@ -1,10 +1,17 @@
-//! The two formats `/metrics` is written in, chosen per scrape from the
-//! `Accept` header: the Prometheus text format 0.0.4 and OpenMetrics 1.0.
+//! The one writer of `/metrics`, in the two formats chosen per scrape from
+//! the `Accept` header: the Prometheus text format 0.0.4 and OpenMetrics 1.0.
 //!
-//! Every part of the exposition (the store's families, the anomaly
-//! families, the self-metrics) writes through one [`Writer`], which owns
-//! the differences between the formats and makes sure no family is
-//! written twice:
+//! The other parts hand it typed state and write no text themselves: the
+//! store its families and series ([`crate::store::Store::families`]), the
+//! detector state kept beside each series
+//! ([`crate::detect::live::SeriesDetector::anomaly`]), the self-telemetry
+//! its registry's values ([`crate::telemetry::Telemetry::gather`]).
+//! [`write_scrape`] writes one scrape from them: the store's families
+//! ([`families`]), the anomaly families, then the self-metrics ([`own`]);
+//! [`text`] holds the value and label escapes every line is made of.
+//!
+//! Every part writes through one [`Writer`], which owns the differences
+//! between the formats and makes sure no family is written twice:
 //!
 //! | | text 0.0.4 | OpenMetrics 1.0 |
 //! |---|---|---|
@@ -17,7 +24,17 @@
 //! A counter whose name does not end in `_total` is written as `unknown`
 //! in OpenMetrics, so its series keep their name in both formats.
 
+pub mod families;
+pub mod own;
+pub mod text;
+
+use parking_lot::RwLock;
+use prometheus::proto::MetricFamily;
 use rustc_hash::FxHashMap;
+
+use crate::store::Store;
+
+pub use families::write_store;
 
 /// Content type of the Prometheus text exposition format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -264,7 +281,7 @@ impl<'a> Writer<'a> {
         out.push_str(name);
         out.push_str(labels);
         out.push(' ');
-        crate::model::write_value(value, out);
+        text::write_value(value, out);
         out.push('\n');
     }
 
@@ -281,7 +298,7 @@ impl<'a> Writer<'a> {
         out.push_str("_created");
         out.push_str(labels);
         out.push(' ');
-        crate::model::write_value(unix_seconds, out);
+        text::write_value(unix_seconds, out);
         out.push('\n');
     }
 
@@ -297,6 +314,45 @@ impl<'a> Writer<'a> {
         }
         self.skipped
     }
+}
+
+/// Write one scrape of `store` and vitals' own metrics `own` (from
+/// [`crate::telemetry::Telemetry::gather`], counting since `started`, Unix
+/// seconds) into `out` (appended) in `format`, each family once: a store
+/// family named like a self-metric is left out, the self-metric is
+/// written. The store's read lock is held only while its part is written.
+/// Returns the names of the families left out, in order.
+pub fn write_scrape(
+    store: &RwLock<Store>,
+    own: &[MetricFamily],
+    started: f64,
+    format: Format,
+    out: &mut String,
+) -> Vec<String> {
+    let mut w = Writer::new(out, format);
+    own::reserve(own, &mut w);
+    write_store(&store.read(), &mut w);
+    own::write(own, started, &mut w);
+    w.finish()
+}
+
+/// The store's families and its anomaly families in the text format
+/// (for checks, tests and benchmarks).
+pub fn store_text(store: &Store, out: &mut String) {
+    let mut w = Writer::new(out, Format::Text);
+    write_store(store, &mut w);
+    w.finish();
+}
+
+/// Every self-metric of `telemetry` in the text format (for checks and
+/// tests).
+pub fn own_text(telemetry: &crate::telemetry::Telemetry) -> String {
+    let families = telemetry.gather();
+    let mut text = String::new();
+    let mut w = Writer::new(&mut text, Format::Text);
+    own::write(&families, telemetry.started(), &mut w);
+    w.finish();
+    text
 }
 
 #[cfg(test)]
@@ -420,5 +476,126 @@ mod tests {
             ]
         );
         assert_eq!(out.matches("# HELP").count(), 2);
+    }
+
+    mod store {
+        use std::sync::Arc;
+
+        use crate::exposition::{Format, Writer};
+        use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
+        use crate::store::{Store, family};
+
+        fn sample(f: &Arc<FamilyMeta>, dev: &str, v: f64, ts: i64) -> Sample {
+            Sample {
+                family: f.clone(),
+                labels: Labels::from_pairs(&[("device", dev)]),
+                value: v,
+                timestamp_ms: ts,
+            }
+        }
+
+        #[test]
+        fn render_writes_help_type_and_samples() {
+            let mut store = Store::new();
+            let src: Arc<str> = "s".into();
+            let g = store.begin_batch();
+            let f = family("b_total", MetricKind::Counter, "A \\ help\nline");
+            store.upsert(&src, &sample(&f, "x", 3.0, 0), g).unwrap();
+            let mut out = String::new();
+            crate::exposition::store_text(&store, &mut out);
+            assert_eq!(
+                out,
+                "# HELP b_total A \\\\ help\\nline\n# TYPE b_total counter\nb_total{device=\"x\"} 3\n"
+            );
+        }
+
+        #[test]
+        fn openmetrics_names_counters_without_total_and_adds_units() {
+            let mut store = Store::new();
+            let src: Arc<str> = "s".into();
+            let g = store.begin_batch();
+            let c = family("io_bytes_total", MetricKind::Counter, "IO.");
+            let t = family("t_celsius", MetricKind::Gauge, "T.");
+            store.upsert(&src, &sample(&c, "x", 3.0, 0), g).unwrap();
+            store.upsert(&src, &sample(&t, "x", 20.5, 0), g).unwrap();
+            let mut out = String::new();
+            let mut w = Writer::new(&mut out, Format::OpenMetrics);
+            crate::exposition::write_store(&store, &mut w);
+            w.finish();
+            assert_eq!(
+                out,
+                "# HELP io_bytes IO.\n# TYPE io_bytes counter\n# UNIT io_bytes bytes\n\
+                 io_bytes_total{device=\"x\"} 3\n\
+                 # HELP t_celsius T.\n# TYPE t_celsius gauge\n# UNIT t_celsius celsius\n\
+                 t_celsius{device=\"x\"} 20.5\n# EOF\n"
+            );
+        }
+
+        #[test]
+        fn histogram_parts_render_under_one_header_in_bucket_order() {
+            let mut store = Store::new();
+            let src: Arc<str> = "s".into();
+            let g = store.begin_batch();
+            let b = family("d_seconds_bucket", MetricKind::Histogram, "D.");
+            let s = family("d_seconds_sum", MetricKind::Histogram, "D.");
+            let c = family("d_seconds_count", MetricKind::Histogram, "D.");
+            for (le, v) in [("+Inf", 3.0), ("0.5", 1.0), ("10", 2.0)] {
+                let sample = Sample {
+                    family: b.clone(),
+                    labels: Labels::from_pairs(&[("le", le)]),
+                    value: v,
+                    timestamp_ms: 0,
+                };
+                store.upsert(&src, &sample, g).unwrap();
+            }
+            for (f, v) in [(&s, 12.5), (&c, 3.0)] {
+                let sample = Sample {
+                    family: f.clone(),
+                    labels: Labels::empty(),
+                    value: v,
+                    timestamp_ms: 0,
+                };
+                store.upsert(&src, &sample, g).unwrap();
+            }
+            let mut out = String::new();
+            crate::exposition::store_text(&store, &mut out);
+            assert_eq!(
+                out,
+                "# HELP d_seconds D.\n# TYPE d_seconds histogram\n\
+                 d_seconds_bucket{le=\"0.5\"} 1\nd_seconds_bucket{le=\"10\"} 2\n\
+                 d_seconds_bucket{le=\"+Inf\"} 3\nd_seconds_sum 12.5\nd_seconds_count 3\n"
+            );
+        }
+    }
+
+    mod own {
+        use crate::exposition::Writer;
+        use crate::telemetry::Telemetry;
+
+        #[test]
+        fn render_includes_build_info_and_process_metrics() {
+            let t = Telemetry::new();
+            t.scrape_duration.observe(0.002);
+            t.source_error("s", "timeout", &"boom");
+            let families = t.gather();
+            let mut text = String::new();
+            let mut w = Writer::new(&mut text, crate::exposition::Format::Text);
+            crate::exposition::own::write(&families, t.started(), &mut w);
+            w.finish();
+            assert!(text.contains("vitals_build_info{"));
+            assert!(text.contains("process_resident_memory_bytes"));
+            assert!(text.contains("vitals_scrape_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
+            assert!(text.contains("vitals_scrape_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
+            assert!(text.contains("# TYPE vitals_source_errors_total counter\n"));
+            assert!(!text.contains("_created"));
+            let mut om = String::new();
+            let mut w = Writer::new(&mut om, crate::exposition::Format::OpenMetrics);
+            crate::exposition::own::write(&families, t.started(), &mut w);
+            w.finish();
+            assert!(om.contains("# TYPE vitals_source_errors counter\n"));
+            assert!(om.contains("vitals_source_errors_created{reason=\"timeout\",source=\"s\"} "));
+            assert!(om.contains("# UNIT vitals_scrape_duration_seconds seconds\n"));
+            assert!(om.ends_with("# EOF\n"));
+        }
     }
 }
