@@ -143,13 +143,8 @@ pub fn scrape(state: &AppState, format: Format, out: &mut String) {
     if !state.options.exporter_metrics {
         own.retain(|family| !is_exporter_metric(family.name()));
     }
-    let skipped = crate::exposition::write_scrape(
-        &state.store,
-        &own,
-        state.telemetry.started(),
-        format,
-        out,
-    );
+    let skipped =
+        crate::exposition::write_scrape(&state.store, &own, state.telemetry.started(), format, out);
     if let Some(first) = skipped.first()
         && let Some(suppressed) = state.telemetry.should_log("exposition", "duplicate_family")
     {

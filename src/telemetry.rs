@@ -16,7 +16,6 @@ use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-
 /// Version and commit baked in at build time.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const COMMIT: &str = env!("BUILD_VITALS_COMMIT");

@@ -93,9 +93,14 @@ impl DemoConfig {
 }
 
 /// The bearing temperature the demo's threshold flags: above every normal
-/// value (at most 65 + 4 + 1.4 °C) and below every spike (at least
-/// 51 + 25 °C).
+/// value and below every spike (see [`NORMAL_MAX_C`], [`SPIKE_MIN_C`]).
 pub const OVERHEAT_C: f64 = 75.0;
+/// Highest normal temperature: base at most 65, wave 4, noise 0.4 × 3.464.
+const NORMAL_MAX_C: f64 = 65.0 + 4.0 + 0.4 * 3.464;
+/// Lowest spike: base at least 55, wave −4, noise −0.4 × 3.464, spike 26.
+const SPIKE_MIN_C: f64 = 55.0 - 4.0 - 0.4 * 3.464 + SPIKE_MIN_HEIGHT;
+/// Spikes are 26 to 36 °C high.
+const SPIKE_MIN_HEIGHT: f64 = 26.0;
 
 /// The demo's own detector: a static threshold on its temperature series,
 /// firing events with the reason `demo_injected_spike`.
@@ -254,7 +259,7 @@ pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
             spike = Some(Spike {
                 device: next_spike,
                 ticks_left: 5,
-                height: 25.0 + 10.0 * rng.unit(),
+                height: SPIKE_MIN_HEIGHT + 10.0 * rng.unit(),
             });
             next_spike = (next_spike + 1) % devices.len();
         }
@@ -369,6 +374,44 @@ pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::DetectConfig;
+    use crate::detect::live::Detect;
+    use crate::events::EventBus;
+
+    #[test]
+    fn its_threshold_fires_on_every_spike_with_its_reason_and_never_on_normal_values() {
+        const { assert!(NORMAL_MAX_C + 2.0 < OVERHEAT_C && SPIKE_MIN_C > OVERHEAT_C) };
+        let bus = EventBus::new(16);
+        let mut rx = bus.subscribe();
+        let cfg = DetectConfig {
+            thresholds: thresholds(),
+            ..DetectConfig::default()
+        };
+        let d = Detect::new(cfg, vec![], bus);
+        let fam = Families::new().temperature;
+        let mut slot = None;
+        let mut scores = Vec::new();
+        for (i, v) in [NORMAL_MAX_C, NORMAL_MAX_C, SPIKE_MIN_C, NORMAL_MAX_C]
+            .into_iter()
+            .enumerate()
+        {
+            let s = Sample {
+                family: fam.clone(),
+                labels: Labels::from_pairs(&[("line", "L1"), ("device", "press-01")]),
+                value: v,
+                timestamp_ms: 1_764_633_600_000 + i as i64 * 1000,
+            };
+            scores.push(d.observe("plant", &s, &mut slot).expect("scored"));
+        }
+        assert!(scores[..2].iter().all(|s| *s < 0.5), "{scores:?}");
+        assert_eq!(scores[2], 1.0, "{scores:?}");
+        let e = rx.try_recv().expect("the spike's event");
+        assert_eq!(
+            (e.kind, e.reason.as_str(), e.metric.as_str()),
+            ("anomaly", "demo_injected_spike", "demo_temperature_celsius")
+        );
+        assert!(rx.try_recv().is_err(), "one event");
+    }
 
     #[test]
     fn noise_is_centred_and_deterministic() {
