@@ -19,7 +19,8 @@
 //! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
-//! - [`exposition`]: the `/metrics` formats (text 0.0.4, OpenMetrics 1.0), each family once.
+//! - [`exposition`]: the one writer of `/metrics` (text 0.0.4, OpenMetrics 1.0), each family
+//!   once, from the typed state of the store, the detectors and telemetry.
 //! - [`web`]: serving with the web config file (TLS, basic auth, headers),
 //!   connection cap and slow-client timeouts.
 //! - [`dashboard`]: the live page at `/` and its WebSocket stream.

@@ -233,3 +233,94 @@ fn write_anomalies(store: &Store, w: &mut Writer) {
 /// Per-family buffers of [`write_anomalies`], kept between scrapes.
 static BUFS: parking_lot::Mutex<[String; 7]> =
     parking_lot::Mutex::new([const { String::new() }; 7]);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::exposition::{Format, Writer};
+    use crate::model::{FamilyMeta, Labels, MetricKind, Sample};
+    use crate::store::{Store, family};
+
+    fn sample(f: &Arc<FamilyMeta>, dev: &str, v: f64, ts: i64) -> Sample {
+        Sample {
+            family: f.clone(),
+            labels: Labels::from_pairs(&[("device", dev)]),
+            value: v,
+            timestamp_ms: ts,
+        }
+    }
+
+    #[test]
+    fn render_writes_help_type_and_samples() {
+        let mut store = Store::new();
+        let src: Arc<str> = "s".into();
+        let g = store.begin_batch();
+        let f = family("b_total", MetricKind::Counter, "A \\ help\nline");
+        store.upsert(&src, &sample(&f, "x", 3.0, 0), g).unwrap();
+        let mut out = String::new();
+        crate::exposition::store_text(&store, &mut out);
+        assert_eq!(
+            out,
+            "# HELP b_total A \\\\ help\\nline\n# TYPE b_total counter\nb_total{device=\"x\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_names_counters_without_total_and_adds_units() {
+        let mut store = Store::new();
+        let src: Arc<str> = "s".into();
+        let g = store.begin_batch();
+        let c = family("io_bytes_total", MetricKind::Counter, "IO.");
+        let t = family("t_celsius", MetricKind::Gauge, "T.");
+        store.upsert(&src, &sample(&c, "x", 3.0, 0), g).unwrap();
+        store.upsert(&src, &sample(&t, "x", 20.5, 0), g).unwrap();
+        let mut out = String::new();
+        let mut w = Writer::new(&mut out, Format::OpenMetrics);
+        crate::exposition::write_store(&store, &mut w);
+        w.finish();
+        assert_eq!(
+            out,
+            "# HELP io_bytes IO.\n# TYPE io_bytes counter\n# UNIT io_bytes bytes\n\
+             io_bytes_total{device=\"x\"} 3\n\
+             # HELP t_celsius T.\n# TYPE t_celsius gauge\n# UNIT t_celsius celsius\n\
+             t_celsius{device=\"x\"} 20.5\n# EOF\n"
+        );
+    }
+
+    #[test]
+    fn histogram_parts_render_under_one_header_in_bucket_order() {
+        let mut store = Store::new();
+        let src: Arc<str> = "s".into();
+        let g = store.begin_batch();
+        let b = family("d_seconds_bucket", MetricKind::Histogram, "D.");
+        let s = family("d_seconds_sum", MetricKind::Histogram, "D.");
+        let c = family("d_seconds_count", MetricKind::Histogram, "D.");
+        for (le, v) in [("+Inf", 3.0), ("0.5", 1.0), ("10", 2.0)] {
+            let sample = Sample {
+                family: b.clone(),
+                labels: Labels::from_pairs(&[("le", le)]),
+                value: v,
+                timestamp_ms: 0,
+            };
+            store.upsert(&src, &sample, g).unwrap();
+        }
+        for (f, v) in [(&s, 12.5), (&c, 3.0)] {
+            let sample = Sample {
+                family: f.clone(),
+                labels: Labels::empty(),
+                value: v,
+                timestamp_ms: 0,
+            };
+            store.upsert(&src, &sample, g).unwrap();
+        }
+        let mut out = String::new();
+        crate::exposition::store_text(&store, &mut out);
+        assert_eq!(
+            out,
+            "# HELP d_seconds D.\n# TYPE d_seconds histogram\n\
+             d_seconds_bucket{le=\"0.5\"} 1\nd_seconds_bucket{le=\"10\"} 2\n\
+             d_seconds_bucket{le=\"+Inf\"} 3\nd_seconds_sum 12.5\nd_seconds_count 3\n"
+        );
+    }
+}

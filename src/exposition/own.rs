@@ -106,3 +106,35 @@ pub fn write(families: &[MetricFamily], started: f64, w: &mut Writer) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::exposition::Writer;
+    use crate::telemetry::Telemetry;
+
+    #[test]
+    fn render_includes_build_info_and_process_metrics() {
+        let t = Telemetry::new();
+        t.scrape_duration.observe(0.002);
+        t.source_error("s", "timeout", &"boom");
+        let families = t.gather();
+        let mut text = String::new();
+        let mut w = Writer::new(&mut text, crate::exposition::Format::Text);
+        crate::exposition::own::write(&families, t.started(), &mut w);
+        w.finish();
+        assert!(text.contains("vitals_build_info{"));
+        assert!(text.contains("process_resident_memory_bytes"));
+        assert!(text.contains("vitals_scrape_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("vitals_scrape_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("# TYPE vitals_source_errors_total counter\n"));
+        assert!(!text.contains("_created"));
+        let mut om = String::new();
+        let mut w = Writer::new(&mut om, crate::exposition::Format::OpenMetrics);
+        crate::exposition::own::write(&families, t.started(), &mut w);
+        w.finish();
+        assert!(om.contains("# TYPE vitals_source_errors counter\n"));
+        assert!(om.contains("vitals_source_errors_created{reason=\"timeout\",source=\"s\"} "));
+        assert!(om.contains("# UNIT vitals_scrape_duration_seconds seconds\n"));
+        assert!(om.ends_with("# EOF\n"));
+    }
+}
