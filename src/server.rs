@@ -137,7 +137,7 @@ fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
 /// Write one scrape (the store, the anomaly families and the self-metrics,
 /// by [`crate::exposition::write_scrape`]) into `out` in `format`; log the
 /// families left out because their name was taken, and time the scrape.
-pub fn scrape(state: &AppState, format: Format, out: &mut String) {
+fn scrape(state: &AppState, format: Format, out: &mut String) {
     let started = Instant::now();
     let mut own = state.telemetry.gather();
     if !state.options.exporter_metrics {

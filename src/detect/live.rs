@@ -213,9 +213,7 @@ impl Detect {
         }
         Some(out.score)
     }
-}
 
-impl Detect {
     /// The `reason` of an event a static threshold fired: the first
     /// matching rule's own, else `threshold`.
     fn threshold_reason(&self, sample: &Sample) -> &str {
