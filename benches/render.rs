@@ -53,7 +53,7 @@ fn store() -> Store {
 fn render(c: &mut Criterion) {
     let store = store();
     let mut probe = String::new();
-    store.render(&mut probe);
+    vitals::exposition::store_text(&store, &mut probe);
     eprintln!(
         "render: {} series, {} lines, {} bytes",
         store.len(),
@@ -70,7 +70,7 @@ fn render(c: &mut Criterion) {
     g.bench_function("10k_devices_3_metrics_with_detectors", |b| {
         b.iter(|| {
             let mut out = String::with_capacity(64 * 1024);
-            store.render(&mut out);
+            vitals::exposition::store_text(&store, &mut out);
             black_box(out.len())
         })
     });
@@ -78,7 +78,7 @@ fn render(c: &mut Criterion) {
     g.bench_function("same_with_a_reused_buffer", |b| {
         b.iter(|| {
             reused.clear();
-            store.render(&mut reused);
+            vitals::exposition::store_text(&store, &mut reused);
             black_box(reused.len())
         })
     });

@@ -255,7 +255,7 @@ pub struct WebConfig {
     /// Allow `POST`/`PUT /-/reload` (Prometheus' `--web.enable-lifecycle`);
     /// off, they answer 403. SIGHUP reloads either way.
     pub enable_lifecycle: bool,
-    /// Connection limits and timeouts: see [`crate::expose::Limits`], whose
+    /// Connection limits and timeouts: see [`crate::web::Limits`], whose
     /// fields these are (kept flat so they read `web.max_connections`).
     pub max_connections: usize,
     #[serde(with = "humantime_serde")]
@@ -275,7 +275,7 @@ pub struct WebConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        let l = crate::expose::Limits::default();
+        let l = crate::web::Limits::default();
         WebConfig {
             listen_address: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             max_requests: 40,
@@ -301,8 +301,8 @@ impl Default for WebConfig {
 
 impl WebConfig {
     /// The connection limits and timeouts of the HTTP server.
-    pub fn limits(&self) -> crate::expose::Limits {
-        crate::expose::Limits {
+    pub fn limits(&self) -> crate::web::Limits {
+        crate::web::Limits {
             max_connections: self.max_connections,
             header_read_timeout: self.header_read_timeout,
             body_read_timeout: self.body_read_timeout,

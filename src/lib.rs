@@ -19,8 +19,9 @@
 //! - [`store`]: per-series state, budgets, expiry; rendered at scrape time.
 //! - [`supervisor`]: starts sources and applies a reloaded configuration.
 //! - [`telemetry`]: vitals' own metrics and rate-limited error logging.
-//! - [`exposition`]: the `/metrics` formats (text 0.0.4, OpenMetrics 1.0), each family once.
-//! - [`expose`]: serving with the web config file (TLS, basic auth, headers),
+//! - [`exposition`]: the one writer of `/metrics` (text 0.0.4, OpenMetrics 1.0), each family
+//!   once, from the typed state of the store, the detectors and telemetry.
+//! - [`web`]: serving with the web config file (TLS, basic auth, headers),
 //!   connection cap and slow-client timeouts.
 //! - [`dashboard`]: the live page at `/` and its WebSocket stream.
 //! - [`select`]: metric selectors (family regex + label matchers) and [`select::Pattern`], a leaf.
@@ -37,7 +38,6 @@ pub mod config;
 pub mod dashboard;
 pub mod detect;
 pub mod events;
-pub mod expose;
 pub mod exposition;
 pub mod history;
 pub mod model;
@@ -54,6 +54,7 @@ pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod web;
 
 /// The mapping keeps its old path.
 pub use payload::mapping;

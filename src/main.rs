@@ -475,7 +475,7 @@ fn check(paths: &[PathBuf], skip_secrets: bool) -> ExitCode {
             vitals::config::load(Some(path))
                 .map_err(|e| e.to_string())
                 .and_then(|cfg| match &cfg.web.config_file {
-                    Some(web) => vitals::expose::webconfig::WebConfig::load(web)
+                    Some(web) => vitals::web::webconfig::WebConfig::load(web)
                         .map(|w| {
                             for warning in &w.warnings {
                                 eprintln!("vitals: warning: {}: {warning}", web.display());
@@ -557,7 +557,7 @@ fn load(args: &RunArgs) -> Result<vitals::config::Config, String> {
     let mut cfg = vitals::config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     apply_overrides(&mut cfg, args)?;
     if let Some(path) = &cfg.web.config_file {
-        vitals::expose::webconfig::WebConfig::load(path).map_err(|e| e.to_string())?;
+        vitals::web::webconfig::WebConfig::load(path).map_err(|e| e.to_string())?;
     }
     Ok(cfg)
 }
@@ -691,7 +691,7 @@ fn relay(args: RelayArgs) -> ExitCode {
         }
     };
     let web = match &args.web_config_file {
-        Some(path) => match vitals::expose::webconfig::WebConfigWatcher::new(path) {
+        Some(path) => match vitals::web::webconfig::WebConfigWatcher::new(path) {
             Ok(w) => Some(std::sync::Arc::new(w)),
             Err(e) => {
                 eprintln!("vitals: {e}");

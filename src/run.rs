@@ -35,7 +35,7 @@ pub enum RunError {
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
-    WebConfig(crate::expose::webconfig::WebConfigError),
+    WebConfig(crate::web::webconfig::WebConfigError),
     #[error("{0}")]
     RemoteWrite(crate::remote_write::RemoteWriteError),
     #[error("{0}")]
@@ -137,7 +137,7 @@ pub async fn run_until(
     let local = listeners[0].local_addr().unwrap_or(cfg.web.listen_address);
 
     let telemetry = Arc::new(Telemetry::new());
-    let conns = crate::expose::Connections::new(cfg.web.limits(), telemetry.registry());
+    let conns = crate::web::Connections::new(cfg.web.limits(), telemetry.registry());
     let store = Arc::new(RwLock::new(Store::new()));
     if cfg.dashboard.enabled {
         store
@@ -255,7 +255,7 @@ pub async fn run_until(
     let drain = cfg.web.shutdown_timeout;
     let web = match &cfg.web.config_file {
         Some(path) => Some(Arc::new(
-            crate::expose::webconfig::WebConfigWatcher::new(path).map_err(RunError::WebConfig)?,
+            crate::web::webconfig::WebConfigWatcher::new(path).map_err(RunError::WebConfig)?,
         )),
         None => None,
     };
@@ -283,7 +283,7 @@ pub async fn run_until(
     }
     // Every listener serves the same router; the first error stops all.
     let serve = futures_util::future::try_join_all(listeners.into_iter().map(|listener| {
-        crate::expose::serve(
+        crate::web::serve(
             listener,
             app.clone(),
             web.clone(),

@@ -16,7 +16,7 @@ use axum::routing::get;
 use parking_lot::RwLock;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
-use crate::exposition::{Format, Writer};
+use crate::exposition::Format;
 use crate::store::Store;
 use crate::telemetry::{COMMIT, Telemetry, VERSION};
 
@@ -134,26 +134,17 @@ fn base(state: AppState, max_requests: usize, page: Option<Router>) -> Router {
         .merge(root)
 }
 
-/// Render the store and the self-metrics into `out` (appended) in the
-/// text format.
-pub fn render_into(state: &AppState, out: &mut String) {
-    render_format(state, Format::Text, out);
-}
-
-/// Render the store, the anomaly families and the self-metrics into `out`
-/// (appended) in `format`, each family once: a store family named like a
-/// self-metric is left out (and logged), the self-metric is written.
-pub fn render_format(state: &AppState, format: Format, out: &mut String) {
+/// Write one scrape (the store, the anomaly families and the self-metrics,
+/// by [`crate::exposition::write_scrape`]) into `out` in `format`; log the
+/// families left out because their name was taken, and time the scrape.
+fn scrape(state: &AppState, format: Format, out: &mut String) {
     let started = Instant::now();
     let mut own = state.telemetry.gather();
     if !state.options.exporter_metrics {
         own.retain(|family| !is_exporter_metric(family.name()));
     }
-    let mut w = Writer::new(out, format);
-    Telemetry::reserve(&own, &mut w);
-    state.store.read().render_to(&mut w);
-    state.telemetry.write(&own, &mut w);
-    let skipped = w.finish();
+    let skipped =
+        crate::exposition::write_scrape(&state.store, &own, state.telemetry.started(), format, out);
     if let Some(first) = skipped.first()
         && let Some(suppressed) = state.telemetry.should_log("exposition", "duplicate_family")
     {
@@ -184,7 +175,7 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
     // read lock only while the store part is written.
     let hint = LAST_LEN.load(Ordering::Relaxed);
     let mut out = String::with_capacity(hint + hint / 8);
-    render_format(&state, format, &mut out);
+    scrape(&state, format, &mut out);
     LAST_LEN.store(out.len(), Ordering::Relaxed);
     ([(header::CONTENT_TYPE, format.content_type())], out).into_response()
 }

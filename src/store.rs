@@ -1,5 +1,6 @@
 //! The in-memory store: per series, the latest value, when it was seen and
-//! which source owns it. `/metrics` renders it at scrape time.
+//! which source owns it. [`crate::exposition`] writes it as `/metrics` at
+//! scrape time.
 //!
 //! Later stages hang their per-series state here (detector state, history
 //! ring for the live dashboard); the store also enforces per-source
@@ -9,10 +10,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::exposition::{Format, Writer};
-use crate::model::{
-    FamilyMeta, LabelLimits, Labels, LimitExceeded, MetricKind, Sample, write_value,
-};
+use crate::model::{FamilyMeta, LabelLimits, Labels, LimitExceeded, MetricKind, Sample};
 
 /// One series: the latest value of one label set of one family.
 #[derive(Debug, Clone)]
@@ -39,9 +37,9 @@ pub struct Series {
 
 impl Series {
     /// Attach an anomaly score (0..1) to the history point of `timestamp_ms`.
-    /// Call it in the same store write as the [`Store::upsert`] of that
-    /// sample (the dashboard then sends value and score together); later,
-    /// use [`Store::record_score`].
+    /// The ingest task calls it in the same store write as the
+    /// [`Store::upsert`] of that sample (the dashboard then sends value and
+    /// score together).
     pub fn record_score(&mut self, timestamp_ms: i64, score: f64) -> bool {
         self.history.set_score(timestamp_ms, score)
     }
@@ -230,7 +228,7 @@ pub struct Store {
     label_bytes: usize,
     /// Size bounds of new series for sources without their own.
     default_limits: LabelLimits,
-    /// Render per-detector scores (`vitals_anomaly_detector_score`).
+    /// Export per-detector scores (`vitals_anomaly_detector_score`).
     detector_scores: bool,
     /// Shape of the per-series history ring (the live dashboard's).
     history: HistoryShape,
@@ -248,9 +246,14 @@ impl Store {
         Self::default()
     }
 
-    /// Render per-detector anomaly scores as well as the ensemble's.
+    /// Export per-detector anomaly scores as well as the ensemble's.
     pub fn set_detector_scores(&mut self, on: bool) {
         self.detector_scores = on;
+    }
+
+    /// Whether per-detector anomaly scores are exported.
+    pub fn detector_scores(&self) -> bool {
+        self.detector_scores
     }
 
     /// Keep up to `capacity` points per series at `resolution` (whole
@@ -267,7 +270,7 @@ impl Store {
         self.history
     }
 
-    /// The change counter: bumped on every upsert, removal and score.
+    /// The change counter: bumped on every upsert (with its score) and removal.
     pub fn changes(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.changes.clone()
     }
@@ -281,37 +284,6 @@ impl Store {
     /// Current value of the change counter.
     pub fn seq(&self) -> u64 {
         self.changes.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Attach an anomaly score to the history point of one series at
-    /// `timestamp_ms` (see [`Series::record_score`]). Returns whether the
-    /// series and point were found.
-    pub fn record_score(
-        &mut self,
-        family: &str,
-        labels: &str,
-        timestamp_ms: i64,
-        score: f64,
-    ) -> bool {
-        let seq = self.seq() + 1;
-        let Some(f) = self.families.get_mut(family) else {
-            return false;
-        };
-        let Some(series) = f
-            .series
-            .iter_mut()
-            .find(|(l, _)| l.as_str() == labels)
-            .map(|(_, s)| s)
-        else {
-            return false;
-        };
-        if series.record_score(timestamp_ms, score) {
-            series.seq = seq;
-            self.bump();
-            true
-        } else {
-            false
-        }
     }
 
     /// Record the series that leave the store (see [`Store::take_ended`]).
@@ -559,60 +531,6 @@ impl Store {
     pub fn families(&self) -> impl Iterator<Item = &Family> {
         self.families.values()
     }
-
-    /// Render every family in the Prometheus text format (0.0.4), families
-    /// sorted by name, with HELP and TYPE lines.
-    pub fn render(&self, out: &mut String) {
-        let mut w = Writer::new(out, Format::Text);
-        self.render_to(&mut w);
-    }
-
-    /// Render every family through `w` (either format), families sorted by
-    /// name; a family whose name `w` already wrote or reserved is left out.
-    ///
-    /// Histogram parts (`x_bucket`, `x_sum`, `x_count`, each a family of kind
-    /// [`MetricKind::Histogram`]) are written together under one header for
-    /// `x`, buckets in `le` order.
-    pub fn render_to(&self, w: &mut Writer) {
-        // (name written in HELP/TYPE, part order, family)
-        let mut order: Vec<(&str, u8, &Family)> = self
-            .families
-            .iter()
-            .map(|(name, family)| match family.meta.kind {
-                MetricKind::Histogram => {
-                    let (base, part) = histogram_part(name);
-                    (base, part, family)
-                }
-                _ => (name.as_ref(), 0, family),
-            })
-            .collect();
-        order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let mut header: Option<&str> = None;
-        let mut keep = false;
-        for (base, _, family) in order {
-            if header != Some(base) {
-                header = Some(base);
-                keep = w.family(base, family.meta.kind.into(), &family.meta.help);
-            }
-            if !keep {
-                continue;
-            }
-            let name = &family.meta.name;
-            let out = w.out();
-            if family.meta.kind == MetricKind::Histogram {
-                let mut series: Vec<(&Labels, &Series)> = family.series.iter().collect();
-                series.sort_unstable_by(|a, b| bucket_order(a.0, b.0));
-                for (labels, series) in series {
-                    write_series(name, labels, series.value, out);
-                }
-            } else {
-                for (labels, series) in &family.series {
-                    write_series(name, labels, series.value, out);
-                }
-            }
-        }
-        crate::detect::live::render(self.families.values(), self.detector_scores, w);
-    }
 }
 
 /// The limits of `source` (or of the source a `<source>/<part>` sub-key
@@ -631,53 +549,6 @@ fn limits_of(
 /// What one series adds to [`Store::label_bytes`].
 fn series_bytes(name: &str, labels: &Labels) -> usize {
     name.len() + labels.as_str().len()
-}
-
-fn write_series(name: &str, labels: &Labels, value: f64, out: &mut String) {
-    out.push_str(name);
-    out.push_str(labels.as_str());
-    out.push(' ');
-    write_value(value, out);
-    out.push('\n');
-}
-
-/// The base name of a histogram part and the part's position
-/// (buckets, then sum, then count).
-fn histogram_part(name: &str) -> (&str, u8) {
-    if let Some(base) = name.strip_suffix("_bucket") {
-        (base, 1)
-    } else if let Some(base) = name.strip_suffix("_sum") {
-        (base, 2)
-    } else if let Some(base) = name.strip_suffix("_count") {
-        (base, 3)
-    } else {
-        (name, 4)
-    }
-}
-
-/// Order histogram series by their labels without `le`, then by the
-/// numeric `le` bound (`+Inf` last).
-fn bucket_order(a: &Labels, b: &Labels) -> std::cmp::Ordering {
-    fn split(l: &Labels) -> (Vec<(String, String)>, f64) {
-        let mut pairs = l.pairs();
-        let mut le = f64::NEG_INFINITY;
-        pairs.retain(|(k, v)| {
-            if k == "le" {
-                le = if v == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    v.parse().unwrap_or(f64::NEG_INFINITY)
-                };
-                false
-            } else {
-                true
-            }
-        });
-        (pairs, le)
-    }
-    let (pa, la) = split(a);
-    let (pb, lb) = split(b);
-    pa.cmp(&pb).then(la.total_cmp(&lb))
 }
 
 /// Convenience for sources: a gauge or counter family.
@@ -855,78 +726,5 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err, Refused::TypeConflict);
-    }
-
-    #[test]
-    fn render_writes_help_type_and_samples() {
-        let mut store = Store::new();
-        let src: Arc<str> = "s".into();
-        let g = store.begin_batch();
-        let f = family("b_total", MetricKind::Counter, "A \\ help\nline");
-        store.upsert(&src, &sample(&f, "x", 3.0, 0), g).unwrap();
-        let mut out = String::new();
-        store.render(&mut out);
-        assert_eq!(
-            out,
-            "# HELP b_total A \\\\ help\\nline\n# TYPE b_total counter\nb_total{device=\"x\"} 3\n"
-        );
-    }
-
-    #[test]
-    fn openmetrics_names_counters_without_total_and_adds_units() {
-        let mut store = Store::new();
-        let src: Arc<str> = "s".into();
-        let g = store.begin_batch();
-        let c = family("io_bytes_total", MetricKind::Counter, "IO.");
-        let t = family("t_celsius", MetricKind::Gauge, "T.");
-        store.upsert(&src, &sample(&c, "x", 3.0, 0), g).unwrap();
-        store.upsert(&src, &sample(&t, "x", 20.5, 0), g).unwrap();
-        let mut out = String::new();
-        let mut w = Writer::new(&mut out, Format::OpenMetrics);
-        store.render_to(&mut w);
-        w.finish();
-        assert_eq!(
-            out,
-            "# HELP io_bytes IO.\n# TYPE io_bytes counter\n# UNIT io_bytes bytes\n\
-             io_bytes_total{device=\"x\"} 3\n\
-             # HELP t_celsius T.\n# TYPE t_celsius gauge\n# UNIT t_celsius celsius\n\
-             t_celsius{device=\"x\"} 20.5\n# EOF\n"
-        );
-    }
-
-    #[test]
-    fn histogram_parts_render_under_one_header_in_bucket_order() {
-        let mut store = Store::new();
-        let src: Arc<str> = "s".into();
-        let g = store.begin_batch();
-        let b = family("d_seconds_bucket", MetricKind::Histogram, "D.");
-        let s = family("d_seconds_sum", MetricKind::Histogram, "D.");
-        let c = family("d_seconds_count", MetricKind::Histogram, "D.");
-        for (le, v) in [("+Inf", 3.0), ("0.5", 1.0), ("10", 2.0)] {
-            let sample = Sample {
-                family: b.clone(),
-                labels: Labels::from_pairs(&[("le", le)]),
-                value: v,
-                timestamp_ms: 0,
-            };
-            store.upsert(&src, &sample, g).unwrap();
-        }
-        for (f, v) in [(&s, 12.5), (&c, 3.0)] {
-            let sample = Sample {
-                family: f.clone(),
-                labels: Labels::empty(),
-                value: v,
-                timestamp_ms: 0,
-            };
-            store.upsert(&src, &sample, g).unwrap();
-        }
-        let mut out = String::new();
-        store.render(&mut out);
-        assert_eq!(
-            out,
-            "# HELP d_seconds D.\n# TYPE d_seconds histogram\n\
-             d_seconds_bucket{le=\"0.5\"} 1\nd_seconds_bucket{le=\"10\"} 2\n\
-             d_seconds_bucket{le=\"+Inf\"} 3\nd_seconds_sum 12.5\nd_seconds_count 3\n"
-        );
     }
 }

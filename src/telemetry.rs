@@ -11,13 +11,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-
-use crate::exposition::{Kind, Writer};
-use crate::model::Labels;
 
 /// Version and commit baked in at build time.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -194,114 +191,22 @@ impl Telemetry {
         &self.registry
     }
 
-    /// The current value of every self-metric (for [`Telemetry::reserve`]
-    /// and [`Telemetry::write`]).
+    /// The current value of every self-metric (what
+    /// [`crate::exposition`] writes).
     pub fn gather(&self) -> Vec<MetricFamily> {
         self.registry.gather()
     }
 
-    /// Every self-metric in the text format (for checks and tests; the
-    /// `/metrics` handler writes them with the store in one writer).
-    pub fn render_text(&self) -> String {
-        let families = self.gather();
-        let mut text = String::new();
-        let mut w = Writer::new(&mut text, crate::exposition::Format::Text);
-        self.write(&families, &mut w);
-        w.finish();
-        text
+    /// Unix time (s) the registry was made: when every count in it started.
+    pub fn started(&self) -> f64 {
+        self.started
     }
 
-    /// Reserve the names of `families` in `w`, so parts written before
-    /// them (the store) cannot take a self-metric's name.
-    pub fn reserve(families: &[MetricFamily], w: &mut Writer) {
-        for mf in families {
-            w.reserve(mf.name(), kind(mf.get_field_type()));
-        }
-    }
-
-    /// Write `families` (from [`Telemetry::gather`]) through `w`.
-    pub fn write(&self, families: &[MetricFamily], w: &mut Writer) {
-        for mf in families {
-            let name = mf.name();
-            let kind = kind(mf.get_field_type());
-            if !w.reserved_family(name, kind, mf.help()) {
-                continue;
-            }
-            for m in mf.get_metric() {
-                let pairs: Vec<(&str, &str)> = m
-                    .get_label()
-                    .iter()
-                    .map(|l| (l.name(), l.value()))
-                    .collect();
-                let labels = Labels::from_pairs(&pairs);
-                match mf.get_field_type() {
-                    MetricType::COUNTER => {
-                        w.sample(name, labels.as_str(), m.get_counter().get_value());
-                        w.created(name, labels.as_str(), self.started);
-                    }
-                    MetricType::GAUGE => w.sample(name, labels.as_str(), m.get_gauge().get_value()),
-                    MetricType::UNTYPED => {
-                        // Nothing registers one; kept for completeness.
-                        #[allow(deprecated)]
-                        let v = m.get_untyped().get_value();
-                        w.sample(name, labels.as_str(), v);
-                    }
-                    MetricType::HISTOGRAM => {
-                        let h = m.get_histogram();
-                        let bucket = format!("{name}_bucket");
-                        let mut bound = String::new();
-                        let mut inf = false;
-                        for b in h.get_bucket() {
-                            bound.clear();
-                            crate::model::write_value(b.upper_bound(), &mut bound);
-                            inf |= b.upper_bound() == f64::INFINITY;
-                            let mut with_le = pairs.clone();
-                            with_le.push(("le", &bound));
-                            let l = Labels::from_pairs(&with_le);
-                            w.sample(&bucket, l.as_str(), b.cumulative_count() as f64);
-                        }
-                        if !inf {
-                            let mut with_le = pairs.clone();
-                            with_le.push(("le", "+Inf"));
-                            let l = Labels::from_pairs(&with_le);
-                            w.sample(&bucket, l.as_str(), h.get_sample_count() as f64);
-                        }
-                        w.sample(&format!("{name}_sum"), labels.as_str(), h.get_sample_sum());
-                        w.sample(
-                            &format!("{name}_count"),
-                            labels.as_str(),
-                            h.get_sample_count() as f64,
-                        );
-                        w.created(name, labels.as_str(), self.started);
-                    }
-                    MetricType::SUMMARY => {
-                        let sm = m.get_summary();
-                        let mut q = String::new();
-                        for quantile in sm.get_quantile() {
-                            q.clear();
-                            crate::model::write_value(quantile.quantile(), &mut q);
-                            let mut with_q = pairs.clone();
-                            with_q.push(("quantile", &q));
-                            let l = Labels::from_pairs(&with_q);
-                            w.sample(name, l.as_str(), quantile.value());
-                        }
-                        w.sample(&format!("{name}_sum"), labels.as_str(), sm.sample_sum());
-                        w.sample(
-                            &format!("{name}_count"),
-                            labels.as_str(),
-                            sm.sample_count() as f64,
-                        );
-                        w.created(name, labels.as_str(), self.started);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Publish the size of the store after a change.
-    pub fn store_size(&self, store: &crate::store::Store) {
-        self.store_series.set(store.len() as i64);
-        self.store_label_bytes.set(store.label_bytes() as i64);
+    /// Publish the size of the store after a change: the series it holds
+    /// and the bytes of their names and label sets.
+    pub fn store_size(&self, series: usize, label_bytes: usize) {
+        self.store_series.set(series as i64);
+        self.store_label_bytes.set(label_bytes as i64);
     }
 
     /// Record a successful configuration load or reload.
@@ -431,16 +336,6 @@ fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, owned: impl Fn(&str) -> bool)
     }
 }
 
-fn kind(t: MetricType) -> Kind {
-    match t {
-        MetricType::COUNTER => Kind::Counter,
-        MetricType::GAUGE => Kind::Gauge,
-        MetricType::HISTOGRAM => Kind::Histogram,
-        MetricType::SUMMARY => Kind::Summary,
-        MetricType::UNTYPED => Kind::Untyped,
-    }
-}
-
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
@@ -476,7 +371,7 @@ mod tests {
         }
         t.forget_source_health("db");
         t.forget_source_samples("db");
-        let text = t.render_text();
+        let text = crate::exposition::own_text(&t);
         for gone in ["source=\"db\"", "source=\"db/q1\""] {
             assert!(!text.contains(gone), "{gone} left in:\n{text}");
         }
@@ -498,31 +393,5 @@ mod tests {
         }
         // The log window of the forgotten source starts afresh.
         assert_eq!(t.should_log("db", "timeout"), Some(0));
-    }
-
-    #[test]
-    fn render_includes_build_info_and_process_metrics() {
-        let t = Telemetry::new();
-        t.scrape_duration.observe(0.002);
-        t.source_error("s", "timeout", &"boom");
-        let families = t.gather();
-        let mut text = String::new();
-        let mut w = Writer::new(&mut text, crate::exposition::Format::Text);
-        t.write(&families, &mut w);
-        w.finish();
-        assert!(text.contains("vitals_build_info{"));
-        assert!(text.contains("process_resident_memory_bytes"));
-        assert!(text.contains("vitals_scrape_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
-        assert!(text.contains("vitals_scrape_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
-        assert!(text.contains("# TYPE vitals_source_errors_total counter\n"));
-        assert!(!text.contains("_created"));
-        let mut om = String::new();
-        let mut w = Writer::new(&mut om, crate::exposition::Format::OpenMetrics);
-        t.write(&families, &mut w);
-        w.finish();
-        assert!(om.contains("# TYPE vitals_source_errors counter\n"));
-        assert!(om.contains("vitals_source_errors_created{reason=\"timeout\",source=\"s\"} "));
-        assert!(om.contains("# UNIT vitals_scrape_duration_seconds seconds\n"));
-        assert!(om.ends_with("# EOF\n"));
     }
 }

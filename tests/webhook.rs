@@ -420,7 +420,7 @@ async fn fraud_rule_publishes_a_rule_event_on_the_bus() {
     shutdown.cancel();
     ingest.await.unwrap();
     let mut out = String::new();
-    store.read().render(&mut out);
+    vitals::exposition::store_text(&store.read(), &mut out);
     assert_eq!(
         sample_value(
             &out,

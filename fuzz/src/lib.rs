@@ -277,7 +277,7 @@ pub fn webconfig(data: &[u8]) {
         return;
     }
     let base = std::path::Path::new("/nonexistent/vitals-fuzz");
-    let _ = vitals::expose::webconfig::WebConfig::load_str(text, "web.yml", base);
+    let _ = vitals::web::webconfig::WebConfig::load_str(text, "web.yml", base);
 }
 
 /// MQTT topic patterns and topics: the first line is the pattern (as in a

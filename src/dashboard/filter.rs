@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::model::escape_label_value;
+use crate::exposition::text::escape_label_value;
 
 /// At most this many filters per subscription (the mask is a `u8`).
 pub const MAX_FILTERS: usize = 8;

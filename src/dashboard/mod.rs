@@ -9,10 +9,10 @@
 //! from each tick what its filters match. History lives in the store
 //! (a ring per series, see [`crate::store::History`]).
 //!
-//! Anomaly scores: a detector records a point's score with
-//! [`crate::store::Series::record_score`] (in the same store write as the
-//! upsert) or [`crate::store::Store::record_score`]; the hub also records
-//! the score of every `anomaly` event on the bus on its series' point.
+//! Anomaly scores: the ingest task records a point's score with
+//! [`crate::store::Series::record_score`] in the same store write as the
+//! upsert; the hub only reads them (events on the bus are forwarded, not
+//! recorded).
 
 pub mod filter;
 pub mod stream;
@@ -511,12 +511,6 @@ impl Hub {
     }
 
     fn event(&mut self, e: Arc<Event>) {
-        if e.kind == "anomaly" {
-            self.inner
-                .store
-                .write()
-                .record_score(&e.metric, &e.labels, e.timestamp_ms, e.score);
-        }
         {
             let mut recent = self.inner.recent_events.lock();
             if recent.len() >= RECENT_EVENTS {

@@ -1,14 +1,13 @@
 //! Detection on live series: the per-series state kept in the store, the
-//! anomaly events published on the [`EventBus`], and the `vitals_anomaly_*`
-//! families rendered from that state at scrape time.
+//! anomaly events published on the [`EventBus`], and the view of that state
+//! ([`Anomaly`]) that [`crate::exposition`] writes as the
+//! `vitals_anomaly_*` families at scrape time.
 
 use super::threshold::ThresholdSpec;
 use super::{DetectConfig, DetectorKind, Ensemble};
 use crate::events::{Event, EventBus, Severity};
-use crate::exposition::Kind;
-use crate::model::{Labels, MetricKind, Sample, write_value_f32};
+use crate::model::{Labels, MetricKind, Sample};
 use crate::pipeline::filters::PipelineRule;
-use crate::store::Family;
 
 /// Per-series detector state, kept in the store next to the series.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -37,6 +36,21 @@ impl SeriesDetector {
         self
     }
 
+    /// What a scrape exports of the state: `None` before anything was
+    /// scored or when detection is off for the series.
+    pub fn anomaly(&self) -> Option<Anomaly<'_>> {
+        let ensemble = self.ensemble.as_ref().filter(|_| self.scored)?;
+        let last = ensemble.last();
+        Some(Anomaly {
+            labels: &self.labels,
+            score: last.score,
+            active: last.active,
+            events: self.events,
+            band: last.band,
+            last,
+        })
+    }
+
     /// Bytes of state: the struct and what it owns.
     pub fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -45,6 +59,34 @@ impl SeriesDetector {
                 .ensemble
                 .as_ref()
                 .map_or(0, |e| e.state_bytes() - std::mem::size_of::<Ensemble>())
+    }
+}
+
+/// The exported state of one scored series (see [`SeriesDetector::anomaly`]).
+pub struct Anomaly<'a> {
+    /// Labels of the anomaly families (see [`anomaly_labels`]).
+    pub labels: &'a Labels,
+    /// Ensemble score of the last sample (0..1).
+    pub score: f64,
+    /// In an anomaly: from an event until the suppression period ends.
+    pub active: bool,
+    /// Anomaly events of the series so far.
+    pub events: u64,
+    /// Band of normal values, once the detectors have one.
+    pub band: Option<super::Band>,
+    last: &'a super::ensemble::Output,
+}
+
+impl Anomaly<'_> {
+    /// Each detector's score of the last sample by detector name: the
+    /// ensemble's members, then the static threshold if one applies.
+    pub fn detector_scores(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        DetectorKind::ALL
+            .iter()
+            .zip(self.last.members)
+            .filter(|(_, v)| *v >= 0.0)
+            .map(|(k, v)| (k.as_str(), v as f64))
+            .chain(self.last.threshold.map(|t| ("threshold", t as f64)))
     }
 }
 
@@ -140,7 +182,10 @@ impl Detect {
         state.scored = true;
         if out.event {
             state.events += 1;
-            let reason = strongest(&out.members, &self.cfg.detectors, out.threshold);
+            let reason = match strongest(&out.members, &self.cfg.detectors, out.threshold) {
+                "threshold" => self.threshold_reason(sample),
+                reason => reason,
+            };
             tracing::info!(
                 source,
                 metric = %sample.family.name,
@@ -168,6 +213,17 @@ impl Detect {
         }
         Some(out.score)
     }
+
+    /// The `reason` of an event a static threshold fired: the first
+    /// matching rule's own, else `threshold`.
+    fn threshold_reason(&self, sample: &Sample) -> &str {
+        self.cfg
+            .thresholds
+            .iter()
+            .filter(|t| t.matches(&sample.family.name, &sample.labels))
+            .find_map(|t| t.reason.as_deref())
+            .unwrap_or("threshold")
+    }
 }
 
 /// The member with the highest score (the event's `reason`).
@@ -182,156 +238,6 @@ fn strongest(members: &[f32], kinds: &[DetectorKind], threshold: Option<f32>) ->
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or("ensemble", |(k, _)| k.as_str())
 }
-
-struct Fam {
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
-}
-
-const FAMILIES: [Fam; 7] = [
-    Fam {
-        name: "vitals_anomaly_detector_score",
-        kind: Kind::Gauge,
-        help: "Anomaly likelihood of one detector of the ensemble (0..1).",
-    },
-    Fam {
-        name: "vitals_anomaly_events_total",
-        kind: Kind::Counter,
-        help: "Anomaly events (rising edges of vitals_anomaly_flag) of the series.",
-    },
-    Fam {
-        name: "vitals_anomaly_expected",
-        kind: Kind::Gauge,
-        help: "Value the detectors expected for the series.",
-    },
-    Fam {
-        name: "vitals_anomaly_flag",
-        kind: Kind::Gauge,
-        help: "1 while the series is in an anomaly (from an event until the suppression period ends).",
-    },
-    Fam {
-        name: "vitals_anomaly_lower",
-        kind: Kind::Gauge,
-        help: "Lower edge of the band of normal values of the series.",
-    },
-    Fam {
-        name: "vitals_anomaly_score",
-        kind: Kind::Gauge,
-        help: "Ensemble anomaly score of the series (0..1); at or above the threshold on events.",
-    },
-    Fam {
-        name: "vitals_anomaly_upper",
-        kind: Kind::Gauge,
-        help: "Upper edge of the band of normal values of the series.",
-    },
-];
-
-/// Render the `vitals_anomaly_*` families for every series with detector
-/// state, families in name order, each with HELP and TYPE.
-///
-/// One pass over the (large, scattered) detector states writes each
-/// family's lines into its own buffer; the buffers are then appended in
-/// family order. Visiting every state once per family instead costs a
-/// cache miss per state and family, which dominated large scrapes.
-pub fn render<'a>(
-    families: impl Iterator<Item = &'a Family>,
-    detector_scores: bool,
-    w: &mut crate::exposition::Writer,
-) {
-    const DETECTOR: usize = 0;
-    const EVENTS: usize = 1;
-    const EXPECTED: usize = 2;
-    const FLAG: usize = 3;
-    const LOWER: usize = 4;
-    const SCORE: usize = 5;
-    const UPPER: usize = 6;
-    const NAMES: [&str; super::ensemble::MEMBERS] = {
-        let mut n = [""; super::ensemble::MEMBERS];
-        let mut i = 0;
-        while i < n.len() {
-            n[i] = DetectorKind::ALL[i].as_str();
-            i += 1;
-        }
-        n
-    };
-    let families: Vec<&Family> = families.collect();
-    // Reserve for one line per series (untouched capacity costs nothing),
-    // so the buffers do not grow by copying.
-    let series: usize = families.iter().map(|f| f.series.len()).sum();
-    let label_bytes = families
-        .iter()
-        .filter_map(|f| f.series.keys().next())
-        .map(|l| l.as_str().len())
-        .max()
-        .unwrap_or(0);
-    // The buffers of the previous render are reused (fresh memory costs a
-    // page fault per 4 KiB written); a concurrent render takes new ones.
-    let mut pooled = BUFS.try_lock();
-    let mut fresh: [String; 7] = Default::default();
-    let bufs = match pooled.as_deref_mut() {
-        Some(b) => b,
-        None => &mut fresh,
-    };
-    for (i, buf) in bufs.iter_mut().enumerate().skip(1) {
-        buf.clear();
-        buf.reserve(series * (FAMILIES[i].name.len() + label_bytes + 48));
-    }
-    bufs[DETECTOR].clear();
-    let line = |buf: &mut String, fam: usize, labels: &str, v: f64| {
-        buf.push_str(FAMILIES[fam].name);
-        buf.push_str(labels);
-        buf.push(' ');
-        write_value_f32(v, buf);
-        buf.push('\n');
-    };
-    for d in families
-        .iter()
-        .flat_map(|f| f.series.values())
-        .filter_map(|s| s.detect.as_deref())
-        .filter(|d| d.scored)
-    {
-        let Some(e) = &d.ensemble else { continue };
-        let o = e.last();
-        let l = d.labels.as_str();
-        line(&mut bufs[SCORE], SCORE, l, o.score);
-        line(&mut bufs[FLAG], FLAG, l, if o.active { 1.0 } else { 0.0 });
-        line(&mut bufs[EVENTS], EVENTS, l, d.events as f64);
-        if let Some(b) = o.band {
-            line(&mut bufs[EXPECTED], EXPECTED, l, b.expected);
-            line(&mut bufs[LOWER], LOWER, l, b.lower);
-            line(&mut bufs[UPPER], UPPER, l, b.upper);
-        }
-        if detector_scores {
-            for (name, v) in NAMES.iter().zip(o.members) {
-                if v >= 0.0 {
-                    let labels = d.labels.with("detector", name);
-                    line(&mut bufs[DETECTOR], DETECTOR, labels.as_str(), v as f64);
-                }
-            }
-            if let Some(t) = o.threshold {
-                let labels = d.labels.with("detector", "threshold");
-                line(&mut bufs[DETECTOR], DETECTOR, labels.as_str(), t as f64);
-            }
-        }
-    }
-    for (fam, buf) in FAMILIES.iter().zip(bufs.iter()) {
-        if buf.is_empty() || !w.family(fam.name, fam.kind, fam.help) {
-            continue;
-        }
-        w.out().push_str(buf);
-    }
-    // Let go of buffers far larger than this render needed (the store shrank).
-    for buf in bufs.iter_mut() {
-        if buf.capacity() > 64 * 1024 && buf.capacity() > 4 * buf.len() {
-            *buf = String::new();
-        }
-    }
-}
-
-/// Per-family buffers of [`render`], kept between scrapes.
-static BUFS: parking_lot::Mutex<[String; 7]> =
-    parking_lot::Mutex::new([const { String::new() }; 7]);
 
 #[cfg(test)]
 mod tests {

@@ -236,6 +236,9 @@ pub struct ThresholdRule {
     /// How long the limit must be breached before it fires.
     #[serde(default, rename = "for", with = "humantime_serde")]
     pub for_: Option<std::time::Duration>,
+    /// The `reason` of the anomaly events it fires (`threshold` when unset).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl ThresholdRule {

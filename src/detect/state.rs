@@ -737,7 +737,7 @@ mod tests {
         assert_same(&got, &expected, "gauge and counter");
         // The anomaly families carry the rebuilt labels.
         let mut out = String::new();
-        store.read().render(&mut out);
+        crate::exposition::store_text(&store.read(), &mut out);
         assert!(
             out.contains(r#"vitals_anomaly_score{host="a",metric="load"}"#),
             "{out}"

@@ -402,7 +402,7 @@ impl MetricState {
                 .iter()
                 .map(|le| {
                     let mut s = String::new();
-                    crate::model::write_value(*le, &mut s);
+                    crate::exposition::text::write_value(*le, &mut s);
                     labels.with("le", &s)
                 })
                 .collect();

@@ -52,15 +52,24 @@ impl Pipeline {
     }
 
     /// Validation, the `[[pipeline]]` filters and, when `[detect]` is
-    /// enabled, the anomaly detectors publishing on `events`.
+    /// enabled, the anomaly detectors publishing on `events` (with the demo
+    /// source's threshold when one is configured).
     pub fn from_config(cfg: &crate::config::Config, events: crate::events::EventBus) -> Self {
         let mut p = Pipeline::new(vec![
             Box::new(validate::Validate),
             Box::new(filters::Filters::new(cfg.pipeline.clone())),
         ]);
         if cfg.detect.enabled {
+            let mut detect = cfg.detect.clone();
+            if cfg
+                .sources
+                .iter()
+                .any(|s| matches!(s, crate::config::SourceConfig::Demo(_)))
+            {
+                detect.thresholds.extend(crate::sources::demo::thresholds());
+            }
             p.detect = Some(crate::detect::live::Detect::new(
-                cfg.detect.clone(),
+                detect,
                 cfg.pipeline.clone(),
                 events,
             ));
@@ -106,7 +115,7 @@ impl Pipeline {
         if batch.mode == BatchMode::Remove {
             store.remove_source(&batch.source);
             telemetry.forget_source_samples(&batch.source);
-            telemetry.store_size(store);
+            telemetry.store_size(store.len(), store.label_bytes());
             if let Some(tap) = tap {
                 tap.send(crate::remote_write::TapBatch {
                     samples: Vec::new(),
@@ -179,7 +188,7 @@ impl Pipeline {
                 .with_label_values(&[&batch.source])
                 .inc_by(ingested);
         }
-        telemetry.store_size(store);
+        telemetry.store_size(store.len(), store.label_bytes());
     }
 }
 
@@ -301,7 +310,7 @@ pub async fn run_ingest_with_control(
             _ = expiry.tick() => {
                 let mut store = store.write();
                 store.expire(crate::model::now_ms());
-                telemetry.store_size(&store);
+                telemetry.store_size(store.len(), store.label_bytes());
                     if let Some(tap) = tap {
                     let ended = store.take_ended();
                     tap.send(crate::remote_write::TapBatch { samples: Vec::new(), ended });

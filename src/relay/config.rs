@@ -47,7 +47,7 @@ pub struct RelayConfig {
     pub retry: RetryConfig,
     /// Connection limits and timeouts of the relay's HTTP server.
     #[serde(default)]
-    pub web: crate::expose::Limits,
+    pub web: crate::web::Limits,
     pub receivers: Vec<ReceiverConfig>,
     pub channels: Vec<ChannelConfig>,
     #[serde(default)]

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! With `--web.config.file` the listener takes the exporter's web
-//! configuration ([`crate::expose`]): TLS, basic auth, response headers.
+//! configuration ([`crate::web`]): TLS, basic auth, response headers.
 //!
 //! Module map:
 //! - [`config`]: the `[relay]` file format.
@@ -50,7 +50,7 @@ use self::outbox::Outbox;
 use self::runtime::Runtime;
 use self::server::RelayState;
 use crate::config::ConfigError;
-use crate::expose::webconfig::WebConfigWatcher;
+use crate::web::webconfig::WebConfigWatcher;
 
 /// Validate a relay configuration file for `vitals check`: everything
 /// `vitals relay` reads at start, secrets and CA files included, with the
@@ -109,7 +109,7 @@ pub async fn run_with_web(
     let (outbox, pending) = Outbox::open(&data_dir.join("outbox.redb"))?;
     let metrics = Arc::new(RelayMetrics::new());
     touch_metrics(&metrics, &runtime);
-    let conns = crate::expose::Connections::new(runtime.cfg.web.clone(), metrics.registry());
+    let conns = crate::web::Connections::new(runtime.cfg.web.clone(), metrics.registry());
     let shared = Arc::new(RwLock::new(Arc::new(runtime)));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -149,7 +149,7 @@ pub async fn run_with_web(
 
     tracker.spawn(signals(state.clone(), shutdown.clone()));
     let app = server::app(state);
-    let serve = crate::expose::serve(listener, app, web, conns, shutdown.clone());
+    let serve = crate::web::serve(listener, app, web, conns, shutdown.clone());
     let server = tokio::spawn(async move {
         if let Err(error) = serve.await {
             error!(%error, "The relay's listener failed; stopping.");

@@ -674,7 +674,7 @@ mod tests {
                 ended: Vec::new(),
             });
         }
-        let text = telemetry.render_text();
+        let text = crate::exposition::own_text(&telemetry);
         assert!(
             text.contains(r#"vitals_remote_storage_samples_dropped_total{reason="writer_behind",remote="r",url="http://x/"} 1"#),
             "{text}"

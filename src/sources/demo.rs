@@ -1,6 +1,6 @@
 //! `type = "demo"`: a generator of plant-like sensor series and business
-//! series, with occasional injected anomalies and fraud-rule hits published
-//! on the event bus.
+//! series, with occasional injected anomalies, which the detectors score
+//! like any other series, and fraud-rule hits published on the event bus.
 //!
 //! It exists so a new user sees a lively dashboard without wiring a broker,
 //! and so the browser test and the dashboard benchmark have data that does
@@ -13,9 +13,14 @@
 //! highlighting). Business series: orders and revenue per channel, payment
 //! latency per provider, active sessions.
 //!
-//! Every `anomaly_every`, one device's temperature jumps for a few seconds
-//! and an `anomaly` event is published with the expected value and band;
-//! now and then a `rule` event flags an order as potential fraud.
+//! Every `anomaly_every`, one device's temperature (the next device in
+//! turn) jumps above [`OVERHEAT_C`] for a few seconds. The demo brings its
+//! own detector for that: a static threshold ([`thresholds`], added to the
+//! `[detect]` thresholds when a demo source is configured), so the one
+//! ingest task scores the spike, records the score with the point and
+//! publishes the `anomaly` event (reason `demo_injected_spike`) as it does
+//! for every series; the usual suppression period applies per series. Now
+//! and then a `rule` event flags an order as potential fraud.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,8 +48,7 @@ pub struct DemoConfig {
     /// Also generate business series and fraud-rule events.
     #[serde(default = "default_true")]
     pub business: bool,
-    /// Inject a temperature anomaly (and publish its event) this often;
-    /// `0s` never.
+    /// Inject a temperature anomaly this often; `0s` never.
     #[serde(default = "default_anomaly_every", with = "humantime_serde")]
     pub anomaly_every: Duration,
     /// Let the last device of the first line stop reporting for one minute
@@ -86,6 +90,31 @@ impl DemoConfig {
         }
         Ok(())
     }
+}
+
+/// The bearing temperature the demo's threshold flags: above every normal
+/// value and below every spike (see [`NORMAL_MAX_C`], [`SPIKE_MIN_C`]).
+pub const OVERHEAT_C: f64 = 75.0;
+/// Highest normal temperature: base at most 65, wave 4, noise 0.4 × 3.464.
+const NORMAL_MAX_C: f64 = 65.0 + 4.0 + 0.4 * 3.464;
+/// Lowest spike: base at least 55, wave −4, noise −0.4 × 3.464, spike 26.
+const SPIKE_MIN_C: f64 = 55.0 - 4.0 - 0.4 * 3.464 + SPIKE_MIN_HEIGHT;
+/// Spikes are 26 to 36 °C high.
+const SPIKE_MIN_HEIGHT: f64 = 26.0;
+
+/// The demo's own detector: a static threshold on its temperature series,
+/// firing events with the reason `demo_injected_spike`.
+pub fn thresholds() -> Vec<crate::detect::ThresholdRule> {
+    vec![crate::detect::ThresholdRule {
+        metric: crate::select::Pattern::new("demo_temperature_celsius")
+            .expect("a literal family name is a valid pattern"),
+        labels: Default::default(),
+        above: Some(OVERHEAT_C),
+        below: None,
+        hysteresis: 2.0,
+        for_: None,
+        reason: Some("demo_injected_spike".into()),
+    }]
 }
 
 /// Small deterministic PRNG (xorshift64*), so runs are reproducible.
@@ -206,6 +235,9 @@ pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
     let silent = cfg.silent_device.then_some(cfg.devices_per_line - 1);
     let started = Instant::now();
     let mut spike: Option<Spike> = None;
+    // Spikes move from device to device, so each one lands on a series
+    // that is not in a suppression period of an earlier one.
+    let mut next_spike = (rng.next() % devices.len() as u64) as usize;
     let mut last_anomaly = Instant::now();
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -225,10 +257,11 @@ pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
         {
             last_anomaly = Instant::now();
             spike = Some(Spike {
-                device: (rng.next() % devices.len() as u64) as usize,
+                device: next_spike,
                 ticks_left: 5,
-                height: 18.0 + 10.0 * rng.unit(),
+                height: SPIKE_MIN_HEIGHT + 10.0 * rng.unit(),
             });
+            next_spike = (next_spike + 1) % devices.len();
         }
         let in_silence = (t % 300.0) >= 120.0 && (t % 300.0) < 180.0;
         for (i, dev) in devices.iter().enumerate() {
@@ -240,27 +273,6 @@ pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
             let mut temperature = expected + 0.4 * rng.noise();
             if let Some(s) = spike.as_ref().filter(|s| s.device == i) {
                 temperature += s.height;
-                if s.ticks_left == 5 {
-                    let event = Event {
-                        kind: "anomaly",
-                        severity: if s.height > 22.0 {
-                            Severity::Critical
-                        } else {
-                            Severity::Warning
-                        },
-                        timestamp_ms: ts,
-                        source: cfg.name.clone(),
-                        metric: fam.temperature.name.to_string(),
-                        labels: dev.labels.as_str().to_string(),
-                        value: temperature,
-                        expected: Some(expected),
-                        lower: Some(expected - 2.0),
-                        upper: Some(expected + 2.0),
-                        score: 0.97,
-                        reason: "demo_injected_spike".into(),
-                    };
-                    ctx.events.publish(event);
-                }
             }
             let sample = |family: &Arc<FamilyMeta>, value: f64| Sample {
                 family: family.clone(),
@@ -362,6 +374,44 @@ pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::DetectConfig;
+    use crate::detect::live::Detect;
+    use crate::events::EventBus;
+
+    #[test]
+    fn its_threshold_fires_on_every_spike_with_its_reason_and_never_on_normal_values() {
+        const { assert!(NORMAL_MAX_C + 2.0 < OVERHEAT_C && SPIKE_MIN_C > OVERHEAT_C) };
+        let bus = EventBus::new(16);
+        let mut rx = bus.subscribe();
+        let cfg = DetectConfig {
+            thresholds: thresholds(),
+            ..DetectConfig::default()
+        };
+        let d = Detect::new(cfg, vec![], bus);
+        let fam = Families::new().temperature;
+        let mut slot = None;
+        let mut scores = Vec::new();
+        for (i, v) in [NORMAL_MAX_C, NORMAL_MAX_C, SPIKE_MIN_C, NORMAL_MAX_C]
+            .into_iter()
+            .enumerate()
+        {
+            let s = Sample {
+                family: fam.clone(),
+                labels: Labels::from_pairs(&[("line", "L1"), ("device", "press-01")]),
+                value: v,
+                timestamp_ms: 1_764_633_600_000 + i as i64 * 1000,
+            };
+            scores.push(d.observe("plant", &s, &mut slot).expect("scored"));
+        }
+        assert!(scores[..2].iter().all(|s| *s < 0.5), "{scores:?}");
+        assert_eq!(scores[2], 1.0, "{scores:?}");
+        let e = rx.try_recv().expect("the spike's event");
+        assert_eq!(
+            (e.kind, e.reason.as_str(), e.metric.as_str()),
+            ("anomaly", "demo_injected_spike", "demo_temperature_celsius")
+        );
+        assert!(rx.try_recv().is_err(), "one event");
+    }
 
     #[test]
     fn noise_is_centred_and_deterministic() {

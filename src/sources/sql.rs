@@ -714,7 +714,7 @@ impl Prepared {
                     Cell::Null => String::new(),
                     Cell::Num(n) => {
                         let mut s = String::new();
-                        crate::model::write_value(*n, &mut s);
+                        crate::exposition::text::write_value(*n, &mut s);
                         s
                     }
                     Cell::Text(t) => t.clone(),

@@ -1,10 +1,17 @@
-//! The two formats `/metrics` is written in, chosen per scrape from the
-//! `Accept` header: the Prometheus text format 0.0.4 and OpenMetrics 1.0.
+//! The one writer of `/metrics`, in the two formats chosen per scrape from
+//! the `Accept` header: the Prometheus text format 0.0.4 and OpenMetrics 1.0.
 //!
-//! Every part of the exposition (the store's families, the anomaly
-//! families, the self-metrics) writes through one [`Writer`], which owns
-//! the differences between the formats and makes sure no family is
-//! written twice:
+//! The other parts hand it typed state and write no text themselves: the
+//! store its families and series ([`crate::store::Store::families`]), the
+//! detector state kept beside each series
+//! ([`crate::detect::live::SeriesDetector::anomaly`]), the self-telemetry
+//! its registry's values ([`crate::telemetry::Telemetry::gather`]).
+//! [`write_scrape`] writes one scrape from them: the store's families
+//! ([`families`]), the anomaly families, then the self-metrics ([`own`]);
+//! [`text`] holds the value and label escapes every line is made of.
+//!
+//! Every part writes through one [`Writer`], which owns the differences
+//! between the formats and makes sure no family is written twice:
 //!
 //! | | text 0.0.4 | OpenMetrics 1.0 |
 //! |---|---|---|
@@ -17,7 +24,17 @@
 //! A counter whose name does not end in `_total` is written as `unknown`
 //! in OpenMetrics, so its series keep their name in both formats.
 
+pub mod families;
+pub mod own;
+pub mod text;
+
+use parking_lot::RwLock;
+use prometheus::proto::MetricFamily;
 use rustc_hash::FxHashMap;
+
+use crate::store::Store;
+
+pub use families::write_store;
 
 /// Content type of the Prometheus text exposition format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -264,7 +281,7 @@ impl<'a> Writer<'a> {
         out.push_str(name);
         out.push_str(labels);
         out.push(' ');
-        crate::model::write_value(value, out);
+        text::write_value(value, out);
         out.push('\n');
     }
 
@@ -281,7 +298,7 @@ impl<'a> Writer<'a> {
         out.push_str("_created");
         out.push_str(labels);
         out.push(' ');
-        crate::model::write_value(unix_seconds, out);
+        text::write_value(unix_seconds, out);
         out.push('\n');
     }
 
@@ -297,6 +314,45 @@ impl<'a> Writer<'a> {
         }
         self.skipped
     }
+}
+
+/// Write one scrape of `store` and vitals' own metrics `own` (from
+/// [`crate::telemetry::Telemetry::gather`], counting since `started`, Unix
+/// seconds) into `out` (appended) in `format`, each family once: a store
+/// family named like a self-metric is left out, the self-metric is
+/// written. The store's read lock is held only while its part is written.
+/// Returns the names of the families left out, in order.
+pub fn write_scrape(
+    store: &RwLock<Store>,
+    own: &[MetricFamily],
+    started: f64,
+    format: Format,
+    out: &mut String,
+) -> Vec<String> {
+    let mut w = Writer::new(out, format);
+    own::reserve(own, &mut w);
+    write_store(&store.read(), &mut w);
+    own::write(own, started, &mut w);
+    w.finish()
+}
+
+/// The store's families and its anomaly families in the text format
+/// (for checks, tests and benchmarks).
+pub fn store_text(store: &Store, out: &mut String) {
+    let mut w = Writer::new(out, Format::Text);
+    write_store(store, &mut w);
+    w.finish();
+}
+
+/// Every self-metric of `telemetry` in the text format (for checks and
+/// tests).
+pub fn own_text(telemetry: &crate::telemetry::Telemetry) -> String {
+    let families = telemetry.gather();
+    let mut text = String::new();
+    let mut w = Writer::new(&mut text, Format::Text);
+    own::write(&families, telemetry.started(), &mut w);
+    w.finish();
+    text
 }
 
 #[cfg(test)]
