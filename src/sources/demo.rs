@@ -181,8 +181,25 @@ struct Spike {
     height: f64,
 }
 
+impl super::Source for DemoConfig {
+    const KIND: &'static str = "demo";
+    type Built = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<(), crate::key_error::KeyError> {
+        Ok(self.validate()?)
+    }
+
+    fn start(&self, _: &(), ctx: SourceContext, health: super::Health) -> super::Started {
+        super::Started::task(run(self.clone(), ctx, health))
+    }
+}
+
 /// Run until shutdown.
-pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
+pub async fn run(cfg: DemoConfig, ctx: SourceContext, health: super::Health) {
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let fam = Families::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ cfg.name.len() as u64);
@@ -354,8 +371,7 @@ pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
             r = ctx.tx.send(batch) => if r.is_err() { break },
             _ = ctx.shutdown.cancelled() => break,
         }
-        ctx.telemetry
-            .source_ok(&cfg.name, "demo", tick_started.elapsed());
+        health.collected(tick_started.elapsed());
     }
 }
 

@@ -375,6 +375,7 @@ struct Inner {
 pub struct Webhook {
     cfg: WebhookConfig,
     name: Arc<str>,
+    health: super::Health,
     /// `None` with auth configured means the secret could not be read:
     /// every request is refused (fail closed).
     secret: Option<Vec<u8>>,
@@ -402,17 +403,13 @@ fn read_secret(auth: &AuthConfig) -> Result<Vec<u8>, String> {
 }
 
 impl Webhook {
-    pub fn new(cfg: WebhookConfig, ctx: SourceContext) -> Arc<Self> {
+    pub fn new(cfg: WebhookConfig, ctx: SourceContext, health: super::Health) -> Arc<Self> {
         let name: Arc<str> = cfg.name.as_str().into();
         let mut secret = None;
         if let Some(auth) = &cfg.auth {
             match read_secret(auth) {
                 Ok(s) => secret = Some(s),
-                Err(error) => {
-                    ctx.telemetry
-                        .source_error(&name, "secret_unavailable", &error);
-                    ctx.telemetry.source_down(&name, "webhook");
-                }
+                Err(error) => health.down(Some(super::Failure::new("secret_unavailable", error))),
             }
         }
         let signature_header = cfg
@@ -451,6 +448,7 @@ impl Webhook {
                     .collect()
             }),
             name,
+            health,
             secret,
             signature_header,
             inner: Mutex::new(inner),
@@ -605,9 +603,7 @@ impl Webhook {
             )
                 .into_response(),
             Err(reject) => {
-                self.ctx
-                    .telemetry
-                    .source_error(&self.name, reject.reason, &reject.message);
+                self.health.error(reject.reason, &reject.message);
                 (
                     reject.status,
                     axum::Json(serde_json::json!({
@@ -857,10 +853,51 @@ pub fn parse_body(
     }
 }
 
-/// The route of one webhook source, ready to merge into the server.
+impl super::Source for WebhookConfig {
+    const KIND: &'static str = "webhook";
+    type Built = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<(), crate::key_error::KeyError> {
+        Ok(self.validate()?)
+    }
+
+    /// The route, and a task that queues the initial counters.
+    fn start(&self, _: &(), ctx: SourceContext, health: super::Health) -> super::Started {
+        let (router, source) = router_with(self.clone(), ctx, health);
+        super::Started {
+            task: super::Task::Async(Box::pin(announce(source))),
+            routes: Some(router),
+        }
+    }
+
+    fn secret_inputs(&self) -> Vec<(&'static str, super::SecretInput<'_>)> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.auth {
+            super::secret_input(
+                &mut out,
+                "auth.secret",
+                a.secret_env.as_deref(),
+                a.secret_file.as_deref(),
+            );
+        }
+        out
+    }
+}
+
+/// The route of one webhook source, ready to merge into the server, with a
+/// health record of its own (the supervisor uses [`super::Source::start`]).
 pub fn router(cfg: WebhookConfig, ctx: SourceContext) -> (Router, Arc<Webhook>) {
+    let health = super::Health::new(&ctx.telemetry, &cfg.name, <WebhookConfig as super::Source>::KIND);
+    router_with(cfg, ctx, health)
+}
+
+fn router_with(cfg: WebhookConfig, ctx: SourceContext, health: super::Health) -> (Router, Arc<Webhook>) {
     let route = cfg.route();
-    let source = Webhook::new(cfg, ctx);
+    let source = Webhook::new(cfg, ctx, health);
     let router = Router::new()
         .route(
             &route,
@@ -881,10 +918,7 @@ pub async fn announce(source: Arc<Webhook>) {
     if source.ctx.tx.send(batch).await.is_ok()
         && source.secret.is_some() == source.cfg.auth.is_some()
     {
-        source
-            .ctx
-            .telemetry
-            .source_ok(&source.name, "webhook", Duration::ZERO);
+        source.health.up();
     }
 }
 

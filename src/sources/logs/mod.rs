@@ -106,6 +106,34 @@ pub struct LogsConfig {
     pub rules: Vec<RuleConfig>,
 }
 
+impl super::Source for LogsConfig {
+    const KIND: &'static str = "logs";
+    type Built = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<(), crate::key_error::KeyError> {
+        Ok(self.validate()?)
+    }
+
+    /// Finds and opens the files present now (so `start_at = "end"` is the
+    /// end as of start-up), then follows them on a blocking thread.
+    fn start(
+        &self,
+        _: &(),
+        ctx: super::SourceContext,
+        health: super::Health,
+    ) -> super::Started {
+        let tailer = start(self.clone(), &ctx);
+        super::Started {
+            task: super::Task::Blocking(Box::new(move || run(tailer, ctx, health))),
+            routes: None,
+        }
+    }
+}
+
 impl LogsConfig {
     /// Checks between keys; the key is relative to the source.
     pub fn validate(&self) -> Result<(), (String, String)> {
