@@ -575,9 +575,8 @@ impl Config {
             return Err(invalid(&key, &reason));
         }
         for (i, rule) in self.pipeline.iter().enumerate() {
-            if let Err((key, reason)) = rule.validate() {
-                return Err(invalid(&format!("pipeline[{i}].{key}"), &reason));
-            }
+            rule.validate()
+                .map_err(|e| keyed(e.under(&format!("pipeline[{i}]"))))?;
         }
         if let Err((key, reason)) = crate::remote_write::config::validate_all(&self.remote_write) {
             return Err(invalid(&key, &reason));

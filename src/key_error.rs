@@ -19,6 +19,11 @@ impl KeyError {
         }
     }
 
+    /// [`KeyError::new`] for owned strings (`"key".into()` infers).
+    pub fn at(key: String, reason: String) -> Self {
+        KeyError { key, reason }
+    }
+
     /// The same error with `prefix` in front of its key (`sources[2]` +
     /// `dsn` → `sources[2].dsn`); an empty key becomes `prefix` itself.
     pub fn under(mut self, prefix: &str) -> Self {

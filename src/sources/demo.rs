@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::events::{Event, Severity};
+use crate::key_error::KeyError;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
 use crate::sources::SourceContext;
 
@@ -70,19 +71,19 @@ fn default_anomaly_every() -> Duration {
 }
 
 impl DemoConfig {
-    /// Range checks; `Err((key, reason))`.
-    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+    /// Range checks; the error's key is relative to the source.
+    pub fn validate(&self) -> Result<(), KeyError> {
         if self.name.is_empty() {
-            return Err(("name", "must not be empty"));
+            return Err(KeyError::new("name", "must not be empty"));
         }
         if self.interval < Duration::from_millis(100) {
-            return Err(("interval", "must be at least 100ms"));
+            return Err(KeyError::new("interval", "must be at least 100ms"));
         }
         if self.lines == 0 || self.lines > 100 {
-            return Err(("lines", "must be between 1 and 100"));
+            return Err(KeyError::new("lines", "must be between 1 and 100"));
         }
         if self.devices_per_line == 0 || self.devices_per_line > 1000 {
-            return Err(("devices_per_line", "must be between 1 and 1000"));
+            return Err(KeyError::new("devices_per_line", "must be between 1 and 1000"));
         }
         Ok(())
     }
@@ -189,7 +190,7 @@ impl super::Source for DemoConfig {
         &self.name
     }
 
-    fn build(&self) -> Result<(), crate::key_error::KeyError> {
+    fn build(&self) -> Result<(), KeyError> {
         Ok(self.validate()?)
     }
 

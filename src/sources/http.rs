@@ -119,9 +119,9 @@ fn default_max_response_bytes() -> usize {
 }
 
 impl HttpConfig {
-    /// Checks beyond the types. The error is `(key relative to the source, reason)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+    /// Checks beyond the types; the error's key is relative to the source.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        let bad = |k: &str, r: &str| Err(KeyError::at(k.to_string(), r.to_string()));
         if self.name.is_empty() {
             return bad("name", "must not be empty");
         }
@@ -184,11 +184,11 @@ impl HttpConfig {
     }
 
     /// Compile the mappings (the keys are checked by `validate`).
-    fn compile(&self) -> Result<Vec<Compiled>, (String, String)> {
+    fn compile(&self) -> Result<Vec<Compiled>, KeyError> {
         self.mappings
             .iter()
             .enumerate()
-            .map(|(i, m)| Compiled::new(m).map_err(|r| (format!("mappings[{i}]"), r)))
+            .map(|(i, m)| Compiled::new(m).map_err(|r| KeyError::new(format!("mappings[{i}]"), r)))
             .collect()
     }
 }
@@ -204,7 +204,7 @@ impl super::Source for HttpConfig {
 
     fn build(&self) -> Result<Self::Built, KeyError> {
         // `validate` ends by compiling the mappings; this keeps them.
-        self.validate().map_err(KeyError::from)?;
+        self.validate()?;
         Ok(Arc::new(self.compile().map_err(KeyError::from)?))
     }
 
@@ -567,20 +567,20 @@ mod tests {
     #[test]
     fn bad_url_body_and_auth_combinations_are_named() {
         let c = cfg(&BASE.replace("https://", "ftp://"));
-        assert_eq!(c.validate().unwrap_err().0, "url");
+        assert_eq!(c.validate().unwrap_err().key, "url");
         let c = cfg(&BASE.replace("name = \"api\"", "name = \"api\"\nbody = \"{}\""));
-        assert_eq!(c.validate().unwrap_err().0, "body");
+        assert_eq!(c.validate().unwrap_err().key, "body");
         let c = cfg(&BASE.replace(
             "name = \"api\"",
             "name = \"api\"\nbasic_auth = { username = \"u\", password = \"p\" }",
         ));
-        assert_eq!(c.validate().unwrap_err().0, "basic_auth");
+        assert_eq!(c.validate().unwrap_err().key, "basic_auth");
     }
 
     #[test]
     fn mapping_errors_name_the_mapping() {
         let c = cfg(&BASE.replace("path = \"load\"", "path = \"load\"\nkind = \"counter\""));
-        let (key, reason) = c.validate().unwrap_err();
+        let KeyError { key, reason } = c.validate().unwrap_err();
         assert_eq!(key, "mappings[0]");
         assert!(reason.contains("_total"), "{reason}");
     }

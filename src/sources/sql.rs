@@ -140,9 +140,9 @@ impl Driver {
 }
 
 impl SqlConfig {
-    /// Checks beyond the types. The error is `(key relative to the source, reason)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+    /// Checks beyond the types; the error's key is relative to the source.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        let bad = |k: &str, r: &str| Err(KeyError::at(k.to_string(), r.to_string()));
         if self.name.is_empty() {
             return bad("name", "must not be empty");
         }
@@ -759,7 +759,7 @@ impl super::Source for SqlConfig {
     }
 
     fn build(&self) -> Result<Self::Built, KeyError> {
-        self.validate().map_err(KeyError::from)?;
+        self.validate()?;
         Ok(self
             .queries
             .iter()
@@ -966,20 +966,20 @@ mod tests {
     #[test]
     fn bad_scheme_and_missing_dsn_are_named() {
         let c = cfg(&BASE.replace("postgres://", "oracle://"));
-        let (key, reason) = c.validate().unwrap_err();
+        let KeyError { key, reason } = c.validate().unwrap_err();
         assert_eq!(key, "dsn");
         assert!(reason.contains("oracle"), "{reason}");
         assert!(!reason.contains("hunter2"));
         let c = cfg(&BASE.replace(r#"dsn = "postgres://u:hunter2@localhost/shop""#, ""));
-        assert_eq!(c.validate().unwrap_err().0, "dsn");
+        assert_eq!(c.validate().unwrap_err().key, "dsn");
     }
 
     #[test]
     fn counters_need_total_and_labels_must_be_valid() {
         let c = cfg(&BASE.replace("column = \"n\"", "column = \"n\"\nkind = \"counter\""));
-        assert_eq!(c.validate().unwrap_err().0, "queries[0].metrics[0].name");
+        assert_eq!(c.validate().unwrap_err().key, "queries[0].metrics[0].name");
         let c = cfg(&BASE.replace("[\"status\"]", "[\"st-atus\"]"));
-        assert_eq!(c.validate().unwrap_err().0, "queries[0].labels[0]");
+        assert_eq!(c.validate().unwrap_err().key, "queries[0].labels[0]");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::events::Event;
+use crate::key_error::KeyError;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
 use crate::payload::rules::{self, RuleConfig, RuleSet};
 use crate::sources::SourceContext;
@@ -147,13 +148,13 @@ impl WebhookConfig {
     }
 
     /// Checks between keys; the key is relative to the source.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), KeyError> {
         let route = self.route();
         if !route.starts_with('/')
             || route.contains(['{', '}', '*', '?', '#', ' '])
             || matches!(route.as_str(), "/" | "/metrics" | "/healthz" | "/readyz")
         {
-            return Err((
+            return Err(KeyError::at(
                 "path".into(),
                 format!(
                     "{route:?} must start with `/`, hold no `{{}}*?# ` and not be a built-in route"
@@ -161,14 +162,14 @@ impl WebhookConfig {
             ));
         }
         if self.max_body_bytes == 0 {
-            return Err(("max_body_bytes".into(), "must be at least 1".into()));
+            return Err(KeyError::at("max_body_bytes".into(), "must be at least 1".into()));
         }
         if self.idempotency_capacity == 0 {
-            return Err(("idempotency_capacity".into(), "must be at least 1".into()));
+            return Err(KeyError::at("idempotency_capacity".into(), "must be at least 1".into()));
         }
         if let Some(auth) = &self.auth {
             if auth.secret_env.is_some() == auth.secret_file.is_some() {
-                return Err((
+                return Err(KeyError::at(
                     "auth".into(),
                     "set exactly one of `secret_env` and `secret_file`".into(),
                 ));
@@ -176,30 +177,30 @@ impl WebhookConfig {
             if auth.scheme == AuthScheme::Hmac
                 && axum::http::HeaderName::try_from(auth.signature_header.as_str()).is_err()
             {
-                return Err((
+                return Err(KeyError::at(
                     "auth.signature_header".into(),
                     "is not a valid header name".into(),
                 ));
             }
         }
         if self.format != EventFormat::Csv && !self.csv_columns.is_empty() {
-            return Err((
+            return Err(KeyError::at(
                 "csv_columns".into(),
                 "only `format = \"csv\"` uses `csv_columns`".into(),
             ));
         }
         if self.metrics.is_empty() && self.rules.is_empty() {
-            return Err(("metrics".into(), "needs at least one metric or rule".into()));
+            return Err(KeyError::at("metrics".into(), "needs at least one metric or rule".into()));
         }
         for (i, m) in self.metrics.iter().enumerate() {
             if m.pattern.is_some() {
-                return Err((
+                return Err(KeyError::at(
                     format!("metrics[{i}].match"),
                     "webhook events have fields; `match` is for regex logs".into(),
                 ));
             }
         }
-        super::aggregate::validate_all(&self.metrics, &self.rules)
+        Ok(super::aggregate::validate_all(&self.metrics, &self.rules)?)
     }
 }
 
@@ -861,7 +862,7 @@ impl super::Source for WebhookConfig {
         &self.name
     }
 
-    fn build(&self) -> Result<(), crate::key_error::KeyError> {
+    fn build(&self) -> Result<(), KeyError> {
         Ok(self.validate()?)
     }
 
