@@ -464,3 +464,123 @@ pub fn forget_series(ctx: &SourceContext, key: Arc<str>) {
         samples: Vec::new(),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> (Arc<Telemetry>, Health) {
+        let t = Arc::new(Telemetry::new());
+        let h = Health::new(&t, "s", "sql");
+        (t, h)
+    }
+
+    #[tokio::test]
+    async fn each_outcome_of_a_collection_is_recorded_in_the_families_and_the_table() {
+        let (t, h) = health();
+        let up = || t.source_up.with_label_values(&["s", "sql"]).get();
+        let errors = |reason| t.source_errors.with_label_values(&["s", reason]).get();
+
+        assert_eq!(h.collect(async { (7, Outcome::Ok) }).await, 7);
+        let row = t.health().get("s").expect("a row after the first record");
+        assert_eq!((row.kind, row.up, row.errors), ("sql", Some(true), 0));
+        assert!(row.last_success.is_some() && row.duration.is_some());
+        assert_eq!(up(), 1);
+
+        // One part failed: counted, still up.
+        h.collect(async { ((), Outcome::Partial(Failure::new("query", "boom"))) })
+            .await;
+        assert_eq!((up(), errors("query")), (1, 1));
+        assert_eq!(t.health().get("s").unwrap().up, Some(true));
+
+        // The whole collection failed: down, every failure counted.
+        let failures = vec![Failure::new("connect", "a"), Failure::new("timeout", "b")];
+        h.collect_blocking(|| ((), Outcome::Down(failures)));
+        assert_eq!((up(), errors("connect"), errors("timeout")), (0, 1, 1));
+        let row = t.health().get("s").unwrap();
+        assert_eq!((row.up, row.errors), (Some(false), 3));
+
+        // Stopped before it finished: nothing changes.
+        h.collect(async { ((), Outcome::Stopped) }).await;
+        assert_eq!(t.health().get("s").unwrap(), row);
+
+        // Errors counted without a log line land in the same row.
+        h.count("subscribe_refused", 2);
+        assert_eq!(t.health().get("s").unwrap().errors, 5);
+        t.forget_source_health("s");
+        assert!(t.health().snapshot().is_empty());
+    }
+
+    struct Panics;
+
+    impl Ready for Panics {
+        fn name(&self) -> &str {
+            "bad"
+        }
+        fn kind(&self) -> &'static str {
+            "demo"
+        }
+        fn start(&self, _: SourceContext, _: Health) -> Started {
+            Started::task(async { panic!("broken source") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_task_that_panics_is_recorded_down() {
+        let (tx, _rx) = mpsc::channel(1);
+        let telemetry = Arc::new(Telemetry::new());
+        let ctx = SourceContext {
+            tx,
+            telemetry: telemetry.clone(),
+            events: EventBus::default(),
+            shutdown: CancellationToken::new(),
+            store: Arc::new(parking_lot::RwLock::new(Store::new())),
+        };
+        let (handle, routes) = spawn(&Panics, &ctx, &TaskTracker::new());
+        assert!(routes.is_none());
+        handle.await.expect("the wrapper catches the panic");
+        let row = telemetry.health().get("bad").expect("recorded");
+        assert_eq!((row.kind, row.up, row.errors), ("demo", Some(false), 1));
+        assert_eq!(
+            telemetry
+                .source_errors
+                .with_label_values(&["bad", "panic"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_unknown_type_names_every_kind_in_order() {
+        let text = "[[sources]]\ntype = \"nope\"\nname = \"x\"\n";
+        let err = crate::config::load_str(text, crate::config::ConfigFormat::Toml, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "t.toml: key `sources[0].type`: unknown variant `nope`, expected one of `logs`, `webhook`, `mqtt`, `sql`, `http`, `demo`"
+        );
+    }
+
+    #[test]
+    fn the_system_source_is_a_variant_built_from_its_sections() {
+        let mut cfg = crate::config::Config::default();
+        let system = cfg.system_source();
+        assert_eq!((system.name(), system.kind()), ("system", "system"));
+        assert!(system.validate().is_ok());
+        let names = |cfg: &crate::config::Config| -> Vec<String> {
+            cfg.ready_sources()
+                .iter()
+                .map(|(s, r)| format!("{}:{}", s.name(), r.kind()))
+                .collect()
+        };
+        assert_eq!(names(&cfg), ["system:system"]);
+        cfg.system.enabled = false;
+        assert!(names(&cfg).is_empty());
+        cfg.process_groups[0].name.clear();
+        assert_eq!(
+            cfg.system_source().validate().unwrap_err(),
+            KeyError::new("process_groups[0].name", "must not be empty")
+        );
+    }
+}
