@@ -8,9 +8,15 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+pub use crate::key_error::KeyError;
+/// The closed enum of source kinds lives with the sources; kept at its old path.
+pub use crate::sources::SourceConfig;
+use crate::sources::{Ready, SUBKEY};
 
 /// Patterns moved to the [`select`](crate::select) leaf; kept at their old path.
 pub use crate::select::Pattern;
@@ -63,96 +69,19 @@ pub struct Config {
     pub remote_write: Vec<crate::remote_write::RemoteWriteConfig>,
     /// `[history]`: the on-disk history store (on by default).
     pub history: crate::history::HistoryConfig,
+    /// What each of `sources` was built into when the file was checked
+    /// (same order), so the supervisor starts them without compiling again.
+    #[serde(skip)]
+    built: BuiltSources,
 }
 
-/// One configured source; `type` selects the variant.
-///
-/// Deserialized by hand (see the `Deserialize` impl below) rather than as a
-/// serde internally tagged enum, which buffers the table and loses the key
-/// path of errors inside it.
-#[derive(Debug, Clone)]
-pub enum SourceConfig {
-    /// Tail log (or CSV) files: see `crate::sources::logs`.
-    Logs(crate::sources::logs::LogsConfig),
-    /// Events pushed over HTTP: see `crate::sources::webhook`.
-    Webhook(crate::sources::webhook::WebhookConfig),
-    /// An MQTT broker connection with its subscriptions.
-    Mqtt(crate::sources::mqtt::MqttConfig),
-    /// Queries against PostgreSQL, MySQL/MariaDB or SQLite.
-    Sql(crate::sources::sql::SqlConfig),
-    /// A JSON API polled over HTTP(S).
-    Http(crate::sources::http::HttpConfig),
-    /// Generated plant and business series with occasional anomalies (a
-    /// demo of the dashboard and the test/benchmark data generator).
-    Demo(crate::sources::demo::DemoConfig),
-}
+/// The built forms of a configuration's `[[sources]]`.
+#[derive(Clone, Default)]
+struct BuiltSources(Vec<Arc<dyn Ready>>);
 
-/// Separates the key path inside a source from the message in errors
-/// raised while deserializing a source; [`load`] joins it to the outer key.
-const SUBKEY: char = '\u{1f}';
-
-impl<'de> Deserialize<'de> for SourceConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        fn variant<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
-            serde_path_to_error::deserialize(v).map_err(|e| {
-                let path = e.path().to_string();
-                format!("{path}{SUBKEY}{}", e.into_inner())
-            })
-        }
-        let mut value = serde_json::Value::deserialize(d)?;
-        let table = value
-            .as_object_mut()
-            .ok_or_else(|| D::Error::custom("a source must be a table with `type` and `name`"))?;
-        let kind = match table.remove("type") {
-            Some(serde_json::Value::String(s)) => s,
-            Some(_) => return Err(D::Error::custom(format!("type{SUBKEY}must be a string"))),
-            None => {
-                return Err(D::Error::custom(format!(
-                    "type{SUBKEY}missing: every source needs a `type`"
-                )));
-            }
-        };
-        let parsed = match kind.as_str() {
-            "logs" => variant(value).map(SourceConfig::Logs),
-            "webhook" => variant(value).map(SourceConfig::Webhook),
-            "mqtt" => variant(value).map(SourceConfig::Mqtt),
-            "sql" => variant(value).map(SourceConfig::Sql),
-            "http" => variant(value).map(SourceConfig::Http),
-            "demo" => variant(value).map(SourceConfig::Demo),
-            other => Err(format!(
-                "type{SUBKEY}unknown variant `{other}`, expected one of `logs`, `webhook`, `mqtt`, `sql`, `http`, `demo`"
-            )),
-        };
-        parsed.map_err(D::Error::custom)
-    }
-}
-
-impl SourceConfig {
-    /// The unique instance name (the `source` label of self-metrics).
-    pub fn name(&self) -> &str {
-        match self {
-            SourceConfig::Logs(c) => &c.name,
-            SourceConfig::Webhook(c) => &c.name,
-            SourceConfig::Mqtt(c) => &c.name,
-            SourceConfig::Sql(c) => &c.name,
-            SourceConfig::Http(c) => &c.name,
-            SourceConfig::Demo(c) => &c.name,
-        }
-    }
-
-    /// Checks between the keys of one source: (key relative to the source, reason).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        match self {
-            SourceConfig::Logs(c) => c.validate(),
-            SourceConfig::Webhook(c) => c.validate(),
-            SourceConfig::Mqtt(c) => c.validate(),
-            SourceConfig::Sql(c) => c.validate(),
-            SourceConfig::Http(c) => c.validate(),
-            SourceConfig::Demo(c) => c
-                .validate()
-                .map_err(|(k, r)| (k.to_string(), r.to_string())),
-        }
+impl std::fmt::Debug for BuiltSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} built sources", self.0.len())
     }
 }
 
@@ -222,6 +151,7 @@ impl Default for Config {
             dashboard: DashboardConfig::default(),
             remote_write: Vec::new(),
             history: crate::history::HistoryConfig::default(),
+            built: BuiltSources::default(),
         }
     }
 }
@@ -448,7 +378,7 @@ fn load_text(text: Option<(&str, ConfigFormat)>, file: String) -> Result<Config,
         file: file.clone(),
         reason: one_line(&e.to_string()),
     })?;
-    let cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+    let mut cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
         let mut key = e.path().to_string();
         let mut message = e.into_inner().to_string();
         // An error inside a `[[sources]]` table carries its inner key.
@@ -523,16 +453,54 @@ impl Config {
         Ok(())
     }
 
-    /// Checks that need more than one key or a range.
-    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+    /// The system source: `[system]` with `[[process_groups]]`, as the
+    /// variant of [`SourceConfig`] it runs as.
+    pub fn system_source(&self) -> SourceConfig {
+        SourceConfig::System(crate::sources::system::SystemSource {
+            system: self.system.clone(),
+            process_groups: self.process_groups.clone(),
+        })
+    }
+
+    /// Every source to run, built: the system source first (when
+    /// enabled), then `[[sources]]` in order. The `[[sources]]` were built
+    /// when the file was checked; the system source is built here, as the
+    /// command line may change `[system]` after the file was read. A
+    /// configuration that was not checked (made in code) is built here
+    /// too; a source that fails to build is left out, with an error logged.
+    pub fn ready_sources(&self) -> Vec<(SourceConfig, Arc<dyn Ready>)> {
+        let mut out = Vec::new();
+        let system = self.system.enabled.then(|| self.system_source());
+        let built = self.built.0.len() == self.sources.len();
+        for (i, source) in system
+            .into_iter()
+            .chain(self.sources.iter().cloned())
+            .enumerate()
+        {
+            let ready = match &source {
+                SourceConfig::System(_) => source.prepare(),
+                _ if built => Ok(self.built.0[i - usize::from(self.system.enabled)].clone()),
+                _ => source.prepare(),
+            };
+            match ready {
+                Ok(ready) => out.push((source, ready)),
+                Err(error) => {
+                    tracing::error!(source = %source.name(), %error, "Source not started: its configuration is invalid.");
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks that need more than one key or a range; builds the sources.
+    fn validate(&mut self, file: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
             file: file.to_string(),
             key: key.to_string(),
             reason: reason.to_string(),
         };
-        if self.system.interval < Duration::from_millis(100) {
-            return Err(invalid("system.interval", "must be at least 100ms"));
-        }
+        let keyed = |e: KeyError| invalid(&e.key, &e.reason);
+        self.system_source().validate().map_err(keyed)?;
         if self.web.max_requests == 0 {
             return Err(invalid("web.max_requests", "must be at least 1"));
         }
@@ -603,32 +571,12 @@ impl Config {
         if !(d.score_threshold > 0.0 && d.score_threshold <= 1.0) {
             return Err(invalid("dashboard.score_threshold", "must be in (0, 1]"));
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, g) in self.process_groups.iter().enumerate() {
-            let key = format!("process_groups[{i}]");
-            if g.name.is_empty() {
-                return Err(invalid(&format!("{key}.name"), "must not be empty"));
-            }
-            if !names.insert(g.name.as_str()) {
-                return Err(invalid(
-                    &format!("{key}.name"),
-                    &format!("group {:?} is defined twice", g.name),
-                ));
-            }
-            if g.comm.is_empty() && g.exe.is_empty() && g.cmdline.is_empty() && g.pids.is_empty() {
-                return Err(invalid(
-                    &key,
-                    "needs at least one matcher: comm, exe, cmdline or pids",
-                ));
-            }
-        }
         if let Err((key, reason)) = self.detect.validate() {
             return Err(invalid(&key, &reason));
         }
         for (i, rule) in self.pipeline.iter().enumerate() {
-            if let Err((key, reason)) = rule.validate() {
-                return Err(invalid(&format!("pipeline[{i}].{key}"), &reason));
-            }
+            rule.validate()
+                .map_err(|e| keyed(e.under(&format!("pipeline[{i}]"))))?;
         }
         if let Err((key, reason)) = crate::remote_write::config::validate_all(&self.remote_write) {
             return Err(invalid(&key, &reason));
@@ -638,9 +586,12 @@ impl Config {
         }
         let mut source_names = std::collections::HashSet::from(["system"]);
         let mut routes = std::collections::HashSet::new();
+        let mut built = Vec::with_capacity(self.sources.len());
         for (i, s) in self.sources.iter().enumerate() {
-            s.validate()
-                .map_err(|(key, reason)| invalid(&format!("sources[{i}].{key}"), &reason))?;
+            built.push(
+                s.prepare()
+                    .map_err(|e| keyed(e.under(&format!("sources[{i}]"))))?,
+            );
             if let SourceConfig::Webhook(w) = s
                 && !routes.insert(w.route())
             {
@@ -659,6 +610,7 @@ impl Config {
                 ));
             }
         }
+        self.built = BuiltSources(built);
         Ok(())
     }
 }

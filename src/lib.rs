@@ -8,6 +8,7 @@
 //!
 //! Module map:
 //! - [`config`]: the configuration file, environment overrides, validation.
+//! - [`key_error`]: a rejected configuration key with its path, a leaf.
 //! - [`events`]: the in-process stream of anomaly and rule events.
 //! - [`payload`]: payload helpers of the sources: [`mapping`] (JSON/CSV/plain/string →
 //!   samples, shared by MQTT, HTTP, webhooks), records, aggregation, CSV and timestamps.
@@ -40,6 +41,7 @@ pub mod detect;
 pub mod events;
 pub mod exposition;
 pub mod history;
+pub mod key_error;
 pub mod model;
 pub mod payload;
 pub mod pipeline;

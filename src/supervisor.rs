@@ -31,7 +31,7 @@ use tower::ServiceExt;
 use crate::config::{Config, SourceConfig};
 use crate::model::{Batch, BatchMode};
 use crate::pipeline::{Pipeline, Reconfigure};
-use crate::sources::{self, SourceContext};
+use crate::sources::{self, Ready, SecretInput, SourceContext};
 
 /// Routes contributed by push sources, swapped as a whole on reload.
 #[derive(Clone, Default)]
@@ -67,7 +67,7 @@ impl Fingerprint {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         crate::sources::secret::compare_by_value(|| h.update(format!("{source:?}")));
-        for (key, input) in secret_inputs(source) {
+        for (key, input) in source.secret_inputs() {
             h.update(key.as_bytes());
             match input {
                 SecretInput::Env(var) => match std::env::var_os(var) {
@@ -89,74 +89,6 @@ impl Fingerprint {
         }
         Fingerprint(h.finalize().into())
     }
-
-    fn of_system(config: &Config) -> Self {
-        use sha2::{Digest, Sha256};
-        Fingerprint(
-            Sha256::digest(format!("{:?}{:?}", config.system, config.process_groups)).into(),
-        )
-    }
-}
-
-/// Where a source reads a secret from at start-up.
-enum SecretInput<'a> {
-    Env(&'a str),
-    File(&'a std::path::Path),
-}
-
-/// Every secret a source reads from the environment or a file, by key.
-fn secret_inputs(source: &SourceConfig) -> Vec<(&'static str, SecretInput<'_>)> {
-    fn add<'a>(
-        out: &mut Vec<(&'static str, SecretInput<'a>)>,
-        key: &'static str,
-        env: Option<&'a str>,
-        file: Option<&'a std::path::Path>,
-    ) {
-        if let Some(var) = env {
-            out.push((key, SecretInput::Env(var)));
-        }
-        if let Some(path) = file {
-            out.push((key, SecretInput::File(path)));
-        }
-    }
-    let mut out = Vec::new();
-    match source {
-        SourceConfig::Http(c) => {
-            add(
-                &mut out,
-                "bearer_token",
-                c.bearer_token_env.as_deref(),
-                c.bearer_token_file.as_deref(),
-            );
-            if let Some(b) = &c.basic_auth {
-                add(
-                    &mut out,
-                    "basic_auth.password",
-                    b.password_env.as_deref(),
-                    b.password_file.as_deref(),
-                );
-            }
-        }
-        SourceConfig::Sql(c) => add(&mut out, "dsn", c.dsn_env.as_deref(), c.dsn_file.as_deref()),
-        SourceConfig::Mqtt(c) => add(
-            &mut out,
-            "password",
-            c.password_env.as_deref(),
-            c.password_file.as_deref(),
-        ),
-        SourceConfig::Webhook(c) => {
-            if let Some(a) = &c.auth {
-                add(
-                    &mut out,
-                    "auth.secret",
-                    a.secret_env.as_deref(),
-                    a.secret_file.as_deref(),
-                );
-            }
-        }
-        SourceConfig::Logs(_) | SourceConfig::Demo(_) => {}
-    }
-    out
 }
 
 /// One running source.
@@ -214,7 +146,7 @@ impl std::fmt::Display for ReloadSummary {
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The name under which the system source is supervised.
-const SYSTEM: &str = "system";
+const SYSTEM: &str = <crate::sources::system::SystemSource as crate::sources::Source>::KIND;
 
 pub struct Supervisor {
     /// Template context; each source gets a copy with a child token.
@@ -244,11 +176,8 @@ impl Supervisor {
             pipeline: None,
         };
         s.set_label_limits(&config);
-        if config.system.enabled {
-            s.spawn_system(&config);
-        }
-        for source in &config.sources {
-            s.spawn_source(source);
+        for (source, ready) in config.ready_sources() {
+            s.spawn(&source, &*ready);
         }
         s.publish_routes();
         s
@@ -278,37 +207,19 @@ impl Supervisor {
         &self.config
     }
 
-    fn spawn_system(&mut self, config: &Config) {
-        let token = self.ctx.shutdown.child_token();
-        let handle = self.tracker.spawn(sources::system::run(
-            config.system.clone(),
-            config.process_groups.clone(),
-            self.ctx.tx.clone(),
-            self.ctx.telemetry.clone(),
-            token.clone(),
-        ));
-        self.running.insert(
-            SYSTEM.to_string(),
-            Running {
-                fingerprint: Fingerprint::of_system(config),
-                token,
-                handle: Some(handle),
-                router: None,
-            },
-        );
-    }
-
-    fn spawn_source(&mut self, source: &SourceConfig) {
+    /// Start one built source with its own cancellation token and health
+    /// record (see [`sources::spawn`]).
+    fn spawn(&mut self, source: &SourceConfig, ready: &dyn Ready) {
         let token = self.ctx.shutdown.child_token();
         let mut ctx = self.ctx.clone();
         ctx.shutdown = token.clone();
-        let (handle, router) = sources::spawn_one(source, &ctx, &self.tracker);
+        let (handle, router) = sources::spawn(ready, &ctx, &self.tracker);
         self.running.insert(
             source.name().to_string(),
             Running {
                 fingerprint: Fingerprint::of_source(source),
                 token,
-                handle,
+                handle: Some(handle),
                 router,
             },
         );
@@ -437,56 +348,37 @@ impl Supervisor {
         // sources started below).
         self.set_label_limits(&new);
 
-        // The system source.
-        let system_now = self.running.get(SYSTEM).map(|r| r.fingerprint);
-        match (system_now, new.system.enabled) {
-            (Some(fp), true) if fp == Fingerprint::of_system(&new) => {
-                summary.kept.push(SYSTEM.into())
-            }
-            (Some(_), true) => {
-                self.stop(SYSTEM).await;
-                self.spawn_system(&new);
-                summary.restarted.push(SYSTEM.into());
-            }
-            (Some(_), false) => {
-                self.stop(SYSTEM).await;
-                summary.stopped.push(SYSTEM.into());
-            }
-            (None, true) => {
-                self.spawn_system(&new);
-                summary.started.push(SYSTEM.into());
-            }
-            (None, false) => {}
-        }
-
-        // Configured sources, by name.
-        let wanted: BTreeMap<&str, &SourceConfig> =
-            new.sources.iter().map(|s| (s.name(), s)).collect();
-        let current: Vec<String> = self
+        // Every source, by name: the system source first, then the
+        // `[[sources]]` in name order (the order of the summary).
+        let mut wanted: Vec<(SourceConfig, Arc<dyn Ready>)> = new.ready_sources();
+        wanted.sort_by(|(a, _), (b, _)| {
+            (a.name() != SYSTEM, a.name()).cmp(&(b.name() != SYSTEM, b.name()))
+        });
+        let mut removed: Vec<String> = self
             .running
             .keys()
-            .filter(|k| *k != SYSTEM)
+            .filter(|k| !wanted.iter().any(|(s, _)| s.name() == k.as_str()))
             .cloned()
             .collect();
-        for name in current {
-            if !wanted.contains_key(name.as_str()) {
-                self.stop(&name).await;
-                summary.stopped.push(name);
-            }
+        removed.sort_by_key(|name| name != SYSTEM);
+        for name in removed {
+            self.stop(&name).await;
+            summary.stopped.push(name);
         }
-        for (name, source) in wanted {
-            match self.running.get(name) {
-                Some(r) if r.fingerprint == Fingerprint::of_source(source) => {
-                    summary.kept.push(name.to_string())
+        for (source, ready) in wanted {
+            let name = source.name().to_string();
+            match self.running.get(&name) {
+                Some(r) if r.fingerprint == Fingerprint::of_source(&source) => {
+                    summary.kept.push(name)
                 }
                 Some(_) => {
-                    self.stop(name).await;
-                    self.spawn_source(source);
-                    summary.restarted.push(name.to_string());
+                    self.stop(&name).await;
+                    self.spawn(&source, &*ready);
+                    summary.restarted.push(name);
                 }
                 None => {
-                    self.spawn_source(source);
-                    summary.started.push(name.to_string());
+                    self.spawn(&source, &*ready);
+                    summary.started.push(name);
                 }
             }
         }

@@ -45,6 +45,57 @@ pub struct Telemetry {
     /// it (the OpenMetrics `_created` of its counters and histograms).
     started: f64,
     limiter: Mutex<HashMap<(String, &'static str), LogWindow>>,
+    /// Per-source health, written with the `vitals_source_*` families above.
+    health: HealthTable,
+}
+
+/// The health of one source, as its last collections left it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceHealth {
+    /// The source's `type`; empty until the first up/down record.
+    pub kind: &'static str,
+    /// Whether the last collection succeeded; `None` before the first.
+    pub up: Option<bool>,
+    /// Unix time (s) of the last successful collection.
+    pub last_success: Option<f64>,
+    /// Wall time of the last successful collection.
+    pub duration: Option<Duration>,
+    /// Errors counted, over every reason.
+    pub errors: u64,
+}
+
+/// Per-source health keyed by source name (or a `<source>/<part>` key):
+/// the typed twin of `vitals_source_up`, last success, duration and errors,
+/// written in the same calls, for readers such as the dashboard.
+#[derive(Default)]
+pub struct HealthTable(Mutex<std::collections::BTreeMap<String, SourceHealth>>);
+
+impl HealthTable {
+    /// Every source with a record, by name.
+    pub fn snapshot(&self) -> Vec<(String, SourceHealth)> {
+        self.0
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The record of one source.
+    pub fn get(&self, source: &str) -> Option<SourceHealth> {
+        self.0.lock().get(source).cloned()
+    }
+
+    fn update(&self, source: &str, f: impl FnOnce(&mut SourceHealth)) {
+        let mut rows = self.0.lock();
+        match rows.get_mut(source) {
+            Some(row) => f(row),
+            None => f(rows.entry(source.to_string()).or_default()),
+        }
+    }
+
+    fn forget(&self, source: &str) {
+        self.0.lock().retain(|s, _| !owned_by(s, source));
+    }
 }
 
 struct LogWindow {
@@ -182,7 +233,13 @@ impl Telemetry {
             reload_time,
             started,
             limiter: Mutex::new(HashMap::new()),
+            health: HealthTable::default(),
         }
+    }
+
+    /// The per-source health table.
+    pub fn health(&self) -> &HealthTable {
+        &self.health
     }
 
     /// The registry, so other components (relay, sources) can add their own
@@ -221,30 +278,47 @@ impl Telemetry {
     }
 
     /// Record a successful collection of `source`.
-    pub fn source_ok(&self, source: &str, kind: &str, took: Duration) {
+    pub fn source_ok(&self, source: &str, kind: &'static str, took: Duration) {
+        let now = crate::model::now_ms() as f64 / 1000.0;
         self.source_up.with_label_values(&[source, kind]).set(1);
         self.source_last_success
             .with_label_values(&[source])
-            .set(crate::model::now_ms() as f64 / 1000.0);
+            .set(now);
         self.source_duration
             .with_label_values(&[source])
             .set(took.as_secs_f64());
+        self.health.update(source, |h| {
+            h.kind = kind;
+            h.up = Some(true);
+            h.last_success = Some(now);
+            h.duration = Some(took);
+        });
     }
 
     /// Count an error of `source` by its bounded `reason` and log it, at most
     /// once per reason every ten seconds (with the number suppressed since).
     pub fn source_error(&self, source: &str, reason: &'static str, error: &dyn Display) {
-        self.source_errors
-            .with_label_values(&[source, reason])
-            .inc();
+        self.count_source_errors(source, reason, 1);
         if let Some(suppressed) = self.should_log(source, reason) {
             tracing::warn!(source, reason, %error, suppressed, "Source error.");
         }
     }
 
+    /// Count `n` errors of `source` without a log line (the caller logs).
+    pub fn count_source_errors(&self, source: &str, reason: &'static str, n: u64) {
+        self.source_errors
+            .with_label_values(&[source, reason])
+            .inc_by(n);
+        self.health.update(source, |h| h.errors += n);
+    }
+
     /// Mark a source down (its collection failed as a whole).
-    pub fn source_down(&self, source: &str, kind: &str) {
+    pub fn source_down(&self, source: &str, kind: &'static str) {
         self.source_up.with_label_values(&[source, kind]).set(0);
+        self.health.update(source, |h| {
+            h.kind = kind;
+            h.up = Some(false);
+        });
     }
 
     /// Count a dropped sample by reason, logging rate-limited.
@@ -267,6 +341,7 @@ impl Telemetry {
         forget(&self.source_last_success, owned);
         forget(&self.source_duration, owned);
         forget(&self.source_errors, owned);
+        self.health.forget(source);
         self.limiter.lock().retain(|(s, _), _| !owned_by(s, source));
     }
 

@@ -393,63 +393,20 @@ impl Inner {
         Arc::new(render_meta(family, labels, series))
     }
 
-    /// Health of every source, from the self-metrics: up, last success,
-    /// errors, series held.
+    /// Health of every source, from the telemetry's health table: up,
+    /// last success, errors, series held.
     fn sources_json(&self) -> String {
-        #[derive(Default)]
-        struct Health {
-            kind: String,
-            up: Option<f64>,
-            last_success: Option<f64>,
-            errors: f64,
-        }
-        let mut by: std::collections::BTreeMap<String, Health> = Default::default();
-        for mf in self.telemetry.registry().gather() {
-            let name = mf.name();
-            if !matches!(
-                name,
-                "vitals_source_up"
-                    | "vitals_source_last_success_timestamp_seconds"
-                    | "vitals_source_errors_total"
-            ) {
-                continue;
-            }
-            for m in mf.get_metric() {
-                let mut source = None;
-                let mut kind = None;
-                for l in m.get_label() {
-                    match l.name() {
-                        "source" => source = Some(l.value().to_string()),
-                        "type" => kind = Some(l.value().to_string()),
-                        _ => {}
-                    }
-                }
-                let Some(source) = source else { continue };
-                let h = by.entry(source).or_default();
-                match name {
-                    "vitals_source_up" => {
-                        h.up = Some(m.get_gauge().get_value());
-                        if let Some(k) = kind {
-                            h.kind = k;
-                        }
-                    }
-                    "vitals_source_last_success_timestamp_seconds" => {
-                        h.last_success = Some(m.get_gauge().get_value())
-                    }
-                    _ => h.errors += m.get_counter().get_value(),
-                }
-            }
-        }
+        let rows = self.telemetry.health().snapshot();
         let store = self.store.read();
-        let list: Vec<serde_json::Value> = by
+        let list: Vec<serde_json::Value> = rows
             .into_iter()
             .map(|(source, h)| {
                 serde_json::json!({
                     "source": source,
                     "type": h.kind,
-                    "up": h.up,
+                    "up": h.up.map(|up| if up { 1.0 } else { 0.0 }),
                     "last_success": h.last_success,
-                    "errors": h.errors,
+                    "errors": h.errors as f64,
                     "series": store.source_len(&source),
                 })
             })

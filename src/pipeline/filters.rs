@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::{Stage, Verdict};
+use crate::key_error::KeyError;
 use crate::model::{Labels, Sample};
 use crate::select::Pattern;
 use crate::stats::Window;
@@ -74,27 +75,27 @@ fn yes() -> bool {
 }
 
 impl PipelineRule {
-    /// Problems as (key suffix, reason), for the config validator.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Problems with the key relative to the rule, for the config validator.
+    pub fn validate(&self) -> Result<(), KeyError> {
         if !self.scale.is_finite() || self.scale == 0.0 {
-            return Err(("scale", "must be a finite, non-zero number".into()));
+            return Err(KeyError::new("scale", "must be a finite, non-zero number"));
         }
         if !self.offset.is_finite() {
-            return Err(("offset", "must be finite".into()));
+            return Err(KeyError::new("offset", "must be finite"));
         }
         if let (Some(a), Some(b)) = (self.min, self.max)
             && a > b
         {
-            return Err(("min", format!("{a} is above max {b}")));
+            return Err(KeyError::new("min", format!("{a} is above max {b}")));
         }
         if self.deadband.is_some_and(|d| d.is_nan() || d < 0.0) {
-            return Err(("deadband", "must be zero or more".into()));
+            return Err(KeyError::new("deadband", "must be zero or more"));
         }
         match self.smoothing {
             Some(Smoothing::Ewma(a)) if !(a > 0.0 && a <= 1.0) => {
-                Err(("smoothing", "ewma weight must be in (0, 1]".into()))
+                Err(KeyError::new("smoothing", "ewma weight must be in (0, 1]"))
             }
-            Some(Smoothing::Median(n)) if !(1..=MAX_MEDIAN).contains(&n) => Err((
+            Some(Smoothing::Median(n)) if !(1..=MAX_MEDIAN).contains(&n) => Err(KeyError::new(
                 "smoothing",
                 format!("median window must be 1..={MAX_MEDIAN}"),
             )),

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::events::{Event, Severity};
+use crate::key_error::KeyError;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
 use crate::sources::SourceContext;
 
@@ -74,19 +75,19 @@ fn default_anomaly_every() -> Duration {
 }
 
 impl DemoConfig {
-    /// Range checks; `Err((key, reason))`.
-    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+    /// Range checks; the error's key is relative to the source.
+    pub fn validate(&self) -> Result<(), KeyError> {
         if self.name.is_empty() {
-            return Err(("name", "must not be empty"));
+            return Err(KeyError::new("name", "must not be empty"));
         }
         if self.interval < Duration::from_millis(100) {
-            return Err(("interval", "must be at least 100ms"));
+            return Err(KeyError::new("interval", "must be at least 100ms"));
         }
         if self.lines == 0 || self.lines > 100 {
-            return Err(("lines", "must be between 1 and 100"));
+            return Err(KeyError::new("lines", "must be between 1 and 100"));
         }
         if self.devices_per_line == 0 || self.devices_per_line > 1000 {
-            return Err(("devices_per_line", "must be between 1 and 1000"));
+            return Err(KeyError::new("devices_per_line", "must be between 1 and 1000"));
         }
         Ok(())
     }
@@ -210,8 +211,25 @@ struct Spike {
     height: f64,
 }
 
+impl super::Source for DemoConfig {
+    const KIND: &'static str = "demo";
+    type Built = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<(), KeyError> {
+        Ok(self.validate()?)
+    }
+
+    fn start(&self, _: &(), ctx: SourceContext, health: super::Health) -> super::Started {
+        super::Started::task(run(self.clone(), ctx, health))
+    }
+}
+
 /// Run until shutdown.
-pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
+pub async fn run(cfg: DemoConfig, ctx: SourceContext, health: super::Health) {
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let fam = Families::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ cfg.name.len() as u64);
@@ -366,8 +384,7 @@ pub async fn run(cfg: DemoConfig, ctx: SourceContext) {
             r = ctx.tx.send(batch) => if r.is_err() { break },
             _ = ctx.shutdown.cancelled() => break,
         }
-        ctx.telemetry
-            .source_ok(&cfg.name, "demo", tick_started.elapsed());
+        health.collected(tick_started.elapsed());
     }
 }
 

@@ -14,12 +14,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::SourceContext;
+use super::{
+    Failure, Health, Outcome, SecretInput, SourceContext, Started, secret_input,
+};
 use super::secret::{Secret, resolve_secret};
+use crate::key_error::KeyError;
 use crate::model::{Batch, BatchMode, Sample, now_ms};
 use crate::payload::mapping::{JsonPath, MapError, Mapping, MappingConfig, valid_label_name};
 
@@ -116,9 +119,9 @@ fn default_max_response_bytes() -> usize {
 }
 
 impl HttpConfig {
-    /// Checks beyond the types. The error is `(key relative to the source, reason)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+    /// Checks beyond the types; the error's key is relative to the source.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        let bad = |k: &str, r: &str| Err(KeyError::at(k.to_string(), r.to_string()));
         if self.name.is_empty() {
             return bad("name", "must not be empty");
         }
@@ -177,10 +180,59 @@ impl HttpConfig {
         if self.mappings.is_empty() {
             return bad("mappings", "must list at least one mapping");
         }
-        for (i, m) in self.mappings.iter().enumerate() {
-            Mapping::new(m).map_err(|r| (format!("mappings[{i}]"), r))?;
+        self.compile().map(|_| ())
+    }
+
+    /// Compile the mappings (the keys are checked by `validate`).
+    fn compile(&self) -> Result<Vec<Compiled>, KeyError> {
+        self.mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Compiled::new(m).map_err(|r| KeyError::new(format!("mappings[{i}]"), r)))
+            .collect()
+    }
+}
+
+impl super::Source for HttpConfig {
+    const KIND: &'static str = "http";
+    /// The compiled mappings.
+    type Built = Arc<Vec<Compiled>>;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<Self::Built, KeyError> {
+        // `validate` ends by compiling the mappings; this keeps them.
+        self.validate()?;
+        Ok(Arc::new(self.compile().map_err(KeyError::from)?))
+    }
+
+    fn start(&self, built: &Self::Built, ctx: SourceContext, health: Health) -> Started {
+        let (cfg, mappings) = (self.clone(), built.clone());
+        Started::task(async move {
+            poll_loop(&cfg, &mappings, &ctx, &health).await;
+            super::forget_series(&ctx, Arc::from(cfg.name.as_str()));
+        })
+    }
+
+    fn secret_inputs(&self) -> Vec<(&'static str, SecretInput<'_>)> {
+        let mut out = Vec::new();
+        secret_input(
+            &mut out,
+            "bearer_token",
+            self.bearer_token_env.as_deref(),
+            self.bearer_token_file.as_deref(),
+        );
+        if let Some(b) = &self.basic_auth {
+            secret_input(
+                &mut out,
+                "basic_auth.password",
+                b.password_env.as_deref(),
+                b.password_file.as_deref(),
+            );
         }
-        Ok(())
+        out
     }
 }
 
@@ -283,28 +335,12 @@ fn client(cfg: &HttpConfig) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
-/// Run the source until shutdown.
-pub async fn run(cfg: HttpConfig, ctx: SourceContext) {
-    poll_loop(&cfg, &ctx).await;
-    super::forget_series(&ctx, Arc::from(cfg.name.as_str()));
-}
-
-async fn poll_loop(cfg: &HttpConfig, ctx: &SourceContext) {
-    let name: Arc<str> = Arc::from(cfg.name.as_str());
-    let mappings: Vec<Compiled> = match cfg.mappings.iter().map(Compiled::new).collect() {
-        Ok(m) => m,
-        Err(error) => {
-            // Validated at load; only reachable if validation was skipped.
-            ctx.telemetry.source_down(&name, "http");
-            ctx.telemetry.source_error(&name, "config", &error);
-            return;
-        }
-    };
+async fn poll_loop(cfg: &HttpConfig, mappings: &[Compiled], ctx: &SourceContext, health: &Health) {
+    let name = health.source().clone();
     let client = match client(cfg) {
         Ok(c) => c,
         Err(error) => {
-            ctx.telemetry.source_down(&name, "http");
-            ctx.telemetry.source_error(&name, "tls_config", &error);
+            health.down(Some(Failure::new("tls_config", error)));
             ctx.shutdown.cancelled().await;
             return;
         }
@@ -321,31 +357,36 @@ async fn poll_loop(cfg: &HttpConfig, ctx: &SourceContext) {
             _ = tick.tick() => {}
             _ = ctx.shutdown.cancelled() => return,
         }
-        let started = Instant::now();
-        let fetched = tokio::select! {
-            r = fetch(&client, cfg) => r,
-            _ = ctx.shutdown.cancelled() => return,
-        };
-        let mut samples = Vec::new();
-        let mut ok = false;
-        match fetched {
-            Ok(body) => {
-                ok = true;
-                let now = now_ms();
-                for m in &mappings {
-                    if let Err(error) = map_response(m, &body, &base, now, &mut samples) {
-                        ok = false;
-                        ctx.telemetry.source_error(&name, error.reason(), &error);
+        // One poll: a failed request or a failing mapping marks the source
+        // down (the mappings that worked still export).
+        let samples = health
+            .collect(async {
+                let fetched = tokio::select! {
+                    r = fetch(&client, cfg) => r,
+                    _ = ctx.shutdown.cancelled() => return (None, Outcome::Stopped),
+                };
+                let mut samples = Vec::new();
+                let mut failures = Vec::new();
+                match fetched {
+                    Ok(body) => {
+                        let now = now_ms();
+                        for m in mappings {
+                            if let Err(error) = map_response(m, &body, &base, now, &mut samples) {
+                                failures.push(Failure::new(error.reason(), error));
+                            }
+                        }
                     }
+                    Err(error) => failures.push(Failure::new(error.reason(), error)),
                 }
-            }
-            Err(error) => ctx.telemetry.source_error(&name, error.reason(), &error),
-        }
-        if ok {
-            ctx.telemetry.source_ok(&name, "http", started.elapsed());
-        } else {
-            ctx.telemetry.source_down(&name, "http");
-        }
+                let outcome = if failures.is_empty() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Down(failures)
+                };
+                (Some(samples), outcome)
+            })
+            .await;
+        let Some(samples) = samples else { return };
         let batch = Batch {
             source: name.clone(),
             mode: BatchMode::Snapshot,
@@ -360,7 +401,7 @@ async fn poll_loop(cfg: &HttpConfig, ctx: &SourceContext) {
 
 /// A compiled mapping and its `each` path (to tell an empty list from a
 /// missing one).
-struct Compiled {
+pub struct Compiled {
     mapping: Mapping,
     each: Option<JsonPath>,
 }
@@ -526,20 +567,20 @@ mod tests {
     #[test]
     fn bad_url_body_and_auth_combinations_are_named() {
         let c = cfg(&BASE.replace("https://", "ftp://"));
-        assert_eq!(c.validate().unwrap_err().0, "url");
+        assert_eq!(c.validate().unwrap_err().key, "url");
         let c = cfg(&BASE.replace("name = \"api\"", "name = \"api\"\nbody = \"{}\""));
-        assert_eq!(c.validate().unwrap_err().0, "body");
+        assert_eq!(c.validate().unwrap_err().key, "body");
         let c = cfg(&BASE.replace(
             "name = \"api\"",
             "name = \"api\"\nbasic_auth = { username = \"u\", password = \"p\" }",
         ));
-        assert_eq!(c.validate().unwrap_err().0, "basic_auth");
+        assert_eq!(c.validate().unwrap_err().key, "basic_auth");
     }
 
     #[test]
     fn mapping_errors_name_the_mapping() {
         let c = cfg(&BASE.replace("path = \"load\"", "path = \"load\"\nkind = \"counter\""));
-        let (key, reason) = c.validate().unwrap_err();
+        let KeyError { key, reason } = c.validate().unwrap_err();
         assert_eq!(key, "mappings[0]");
         assert!(reason.contains("_total"), "{reason}");
     }

@@ -27,8 +27,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Column, ConnectOptions, Row, TypeInfo, ValueRef};
 use tokio::task::JoinSet;
 
-use super::SourceContext;
+use super::{
+    Failure, Health, Outcome, SecretInput, SourceContext, Started, secret_input,
+};
 use super::secret::{Secret, resolve_secret};
+use crate::key_error::KeyError;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
 use crate::payload::mapping::{valid_label_name, valid_metric_name};
 
@@ -137,9 +140,9 @@ impl Driver {
 }
 
 impl SqlConfig {
-    /// Checks beyond the types. The error is `(key relative to the source, reason)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+    /// Checks beyond the types; the error's key is relative to the source.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        let bad = |k: &str, r: &str| Err(KeyError::at(k.to_string(), r.to_string()));
         if self.name.is_empty() {
             return bad("name", "must not be empty");
         }
@@ -655,7 +658,7 @@ fn pg_numeric(b: &[u8]) -> Option<f64> {
 }
 
 /// A query compiled for running: families and the column list.
-struct Prepared {
+pub struct Prepared {
     name: String,
     key: Arc<str>,
     sql: Arc<str>,
@@ -746,25 +749,54 @@ impl Prepared {
     }
 }
 
+impl super::Source for SqlConfig {
+    const KIND: &'static str = "sql";
+    /// The queries, compiled for running.
+    type Built = Vec<Arc<Prepared>>;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<Self::Built, KeyError> {
+        self.validate()?;
+        Ok(self
+            .queries
+            .iter()
+            .map(|q| Arc::new(Prepared::new(&self.name, self, q)))
+            .collect())
+    }
+
+    fn start(&self, built: &Self::Built, ctx: SourceContext, health: Health) -> Started {
+        Started::task(run(self.clone(), built.clone(), ctx, health))
+    }
+
+    fn secret_inputs(&self) -> Vec<(&'static str, SecretInput<'_>)> {
+        let mut out = Vec::new();
+        secret_input(
+            &mut out,
+            "dsn",
+            self.dsn_env.as_deref(),
+            self.dsn_file.as_deref(),
+        );
+        out
+    }
+}
+
 /// Run the source until shutdown.
-pub async fn run(cfg: SqlConfig, ctx: SourceContext) {
-    let name: Arc<str> = Arc::from(cfg.name.as_str());
-    let metrics = SqlMetrics::register(&name, ctx.telemetry.registry());
-    run_queries(&name, &cfg, &ctx, &metrics).await;
+async fn run(cfg: SqlConfig, queries: Vec<Arc<Prepared>>, ctx: SourceContext, health: Health) {
+    let metrics = SqlMetrics::register(&cfg.name, ctx.telemetry.registry());
+    run_queries(&cfg, queries, &ctx, &health, &metrics).await;
     metrics.unregister();
 }
 
 async fn run_queries(
-    name: &Arc<str>,
     cfg: &SqlConfig,
+    queries: Vec<Arc<Prepared>>,
     ctx: &SourceContext,
+    health: &Health,
     metrics: &Arc<SqlMetrics>,
 ) {
-    let queries: Vec<Arc<Prepared>> = cfg
-        .queries
-        .iter()
-        .map(|q| Arc::new(Prepared::new(&cfg.name, cfg, q)))
-        .collect();
     for q in &queries {
         metrics.up.with_label_values(&[q.name.as_str()]).set(0);
     }
@@ -780,30 +812,29 @@ async fn run_queries(
         Ok(db) => db,
         Err(error) => {
             // Nothing can run without a DSN: report it and wait for shutdown.
-            ctx.telemetry.source_down(name, "sql");
-            ctx.telemetry.source_error(name, error.reason(), &error);
             for q in &queries {
                 metrics
                     .errors
                     .with_label_values(&[q.name.as_str(), error.reason()])
                     .inc();
             }
+            health.down(Some(Failure::new(error.reason(), &error)));
             ctx.shutdown.cancelled().await;
             return;
         }
     };
     let mut tasks = JoinSet::new();
     for q in queries {
-        let (name, db, ctx, metrics) = (name.clone(), db.clone(), ctx.clone(), metrics.clone());
+        let (health, db, ctx, metrics) = (health.clone(), db.clone(), ctx.clone(), metrics.clone());
         tasks.spawn(async move {
             let key = q.key.clone();
-            query_loop(name, q, db, ctx.clone(), metrics).await;
+            query_loop(health, q, db, ctx.clone(), metrics).await;
             super::forget_series(&ctx, key);
         });
     }
     while let Some(done) = tasks.join_next().await {
         if let Err(error) = done {
-            tracing::error!(source = %name, %error, "SQL query task ended abnormally.");
+            tracing::error!(source = %cfg.name, %error, "SQL query task ended abnormally.");
         }
     }
     db.close().await;
@@ -814,12 +845,13 @@ async fn run_queries(
 const CANCEL_GRACE: Duration = Duration::from_millis(250);
 
 async fn query_loop(
-    source: Arc<str>,
+    health: Health,
     q: Arc<Prepared>,
     db: Db,
     ctx: SourceContext,
     metrics: Arc<SqlMetrics>,
 ) {
+    let source = health.source().clone();
     let columns: Vec<&str> = q.columns.iter().map(String::as_str).collect();
     let mut tick = tokio::time::interval(q.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -829,63 +861,69 @@ async fn query_loop(
             _ = tick.tick() => {}
             _ = ctx.shutdown.cancelled() => return,
         }
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = tokio::time::timeout(q.timeout + CANCEL_GRACE, db.fetch(&q.sql, &columns, q.timeout)) => {
-                r.unwrap_or(Err(QueryError::Timeout(q.timeout)))
-            }
-            _ = ctx.shutdown.cancelled() => return,
-        };
-        let took = started.elapsed();
-        metrics
-            .duration
-            .with_label_values(&labels)
-            .set(took.as_secs_f64());
-        let samples = match result {
-            Ok(rows) => {
-                let mut dropped = Vec::new();
-                let samples = q.samples(&rows, now_ms(), &mut dropped);
-                for column in &dropped {
-                    ctx.telemetry.sample_dropped(
-                        &source,
-                        "not_a_number",
-                        &format_args!("query {}: column {column}", q.name),
-                    );
-                }
-                metrics.up.with_label_values(&labels).set(1);
-                metrics
-                    .rows
-                    .with_label_values(&labels)
-                    .set(rows.len() as i64);
-                metrics
-                    .last_success
-                    .with_label_values(&labels)
-                    .set(now_ms() as f64 / 1000.0);
-                ctx.telemetry.source_ok(&source, "sql", took);
-                samples
-            }
-            Err(error) => {
-                let error = match error {
-                    QueryError::Timeout(_) => QueryError::Timeout(q.timeout),
-                    other => other,
+        // One run of the query; a failure other than the connection marks
+        // only the query down, not the source.
+        let samples = health
+            .collect(async {
+                let started = Instant::now();
+                let result = tokio::select! {
+                    r = tokio::time::timeout(q.timeout + CANCEL_GRACE, db.fetch(&q.sql, &columns, q.timeout)) => {
+                        r.unwrap_or(Err(QueryError::Timeout(q.timeout)))
+                    }
+                    _ = ctx.shutdown.cancelled() => return (None, Outcome::Stopped),
                 };
-                metrics.up.with_label_values(&labels).set(0);
                 metrics
-                    .errors
-                    .with_label_values(&[q.name.as_str(), error.reason()])
-                    .inc();
-                if error.is_connection() {
-                    ctx.telemetry.source_down(&source, "sql");
+                    .duration
+                    .with_label_values(&labels)
+                    .set(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(rows) => {
+                        let mut dropped = Vec::new();
+                        let samples = q.samples(&rows, now_ms(), &mut dropped);
+                        for column in &dropped {
+                            ctx.telemetry.sample_dropped(
+                                &source,
+                                "not_a_number",
+                                &format_args!("query {}: column {column}", q.name),
+                            );
+                        }
+                        metrics.up.with_label_values(&labels).set(1);
+                        metrics
+                            .rows
+                            .with_label_values(&labels)
+                            .set(rows.len() as i64);
+                        metrics
+                            .last_success
+                            .with_label_values(&labels)
+                            .set(now_ms() as f64 / 1000.0);
+                        (Some(samples), Outcome::Ok)
+                    }
+                    Err(error) => {
+                        let error = match error {
+                            QueryError::Timeout(_) => QueryError::Timeout(q.timeout),
+                            other => other,
+                        };
+                        metrics.up.with_label_values(&labels).set(0);
+                        metrics
+                            .errors
+                            .with_label_values(&[q.name.as_str(), error.reason()])
+                            .inc();
+                        let failure = Failure::new(
+                            error.reason(),
+                            format_args!("query {}: {error}", q.name),
+                        );
+                        // No stale values: a failed query's series go away.
+                        let outcome = if error.is_connection() {
+                            Outcome::Down(vec![failure])
+                        } else {
+                            Outcome::Partial(failure)
+                        };
+                        (Some(Vec::new()), outcome)
+                    }
                 }
-                ctx.telemetry.source_error(
-                    &source,
-                    error.reason(),
-                    &format_args!("query {}: {error}", q.name),
-                );
-                // No stale values: a failed query's series go away.
-                Vec::new()
-            }
-        };
+            })
+            .await;
+        let Some(samples) = samples else { return };
         let batch = Batch {
             source: q.key.clone(),
             mode: BatchMode::Snapshot,
@@ -928,20 +966,20 @@ mod tests {
     #[test]
     fn bad_scheme_and_missing_dsn_are_named() {
         let c = cfg(&BASE.replace("postgres://", "oracle://"));
-        let (key, reason) = c.validate().unwrap_err();
+        let KeyError { key, reason } = c.validate().unwrap_err();
         assert_eq!(key, "dsn");
         assert!(reason.contains("oracle"), "{reason}");
         assert!(!reason.contains("hunter2"));
         let c = cfg(&BASE.replace(r#"dsn = "postgres://u:hunter2@localhost/shop""#, ""));
-        assert_eq!(c.validate().unwrap_err().0, "dsn");
+        assert_eq!(c.validate().unwrap_err().key, "dsn");
     }
 
     #[test]
     fn counters_need_total_and_labels_must_be_valid() {
         let c = cfg(&BASE.replace("column = \"n\"", "column = \"n\"\nkind = \"counter\""));
-        assert_eq!(c.validate().unwrap_err().0, "queries[0].metrics[0].name");
+        assert_eq!(c.validate().unwrap_err().key, "queries[0].metrics[0].name");
         let c = cfg(&BASE.replace("[\"status\"]", "[\"st-atus\"]"));
-        assert_eq!(c.validate().unwrap_err().0, "queries[0].labels[0]");
+        assert_eq!(c.validate().unwrap_err().key, "queries[0].labels[0]");
     }
 
     #[test]

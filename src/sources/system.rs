@@ -6,7 +6,7 @@
 //! batch, so a mount, interface or sensor that disappears loses its series.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sysinfo::{
     Components, CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks,
@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use serde::Deserialize;
 
 use super::process::{GroupStats, ProcessGroupConfig, ProcessGroups};
+use super::{Failure, Health, Outcome};
+use crate::key_error::KeyError;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
 use crate::select::Pattern;
-use crate::telemetry::Telemetry;
 
 /// `[system]`: the host collectors.
 #[derive(Debug, Clone, Deserialize)]
@@ -838,31 +839,83 @@ procs_blocked 0
     }
 }
 
+/// The system source as it runs: `[system]` and the `[[process_groups]]`
+/// it exports (the [`super::SourceConfig::System`] variant).
+#[derive(Debug, Clone)]
+pub struct SystemSource {
+    pub system: SystemConfig,
+    pub process_groups: Vec<ProcessGroupConfig>,
+}
+
+impl super::Source for SystemSource {
+    const KIND: &'static str = "system";
+    type Built = ();
+
+    fn name(&self) -> &str {
+        Self::KIND
+    }
+
+    /// Keys are from the top of the file (`system.interval`,
+    /// `process_groups[0].name`): the system source is not a `[[sources]]` table.
+    fn build(&self) -> Result<(), KeyError> {
+        if self.system.interval < Duration::from_millis(100) {
+            return Err(KeyError::new("system.interval", "must be at least 100ms"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, g) in self.process_groups.iter().enumerate() {
+            let key = format!("process_groups[{i}]");
+            if g.name.is_empty() {
+                return Err(KeyError::new(format!("{key}.name"), "must not be empty"));
+            }
+            if !names.insert(g.name.as_str()) {
+                return Err(KeyError::new(
+                    format!("{key}.name"),
+                    format!("group {:?} is defined twice", g.name),
+                ));
+            }
+            if g.comm.is_empty() && g.exe.is_empty() && g.cmdline.is_empty() && g.pids.is_empty() {
+                return Err(KeyError::new(
+                    key,
+                    "needs at least one matcher: comm, exe, cmdline or pids",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&self, _: &(), ctx: super::SourceContext, health: Health) -> super::Started {
+        super::Started::task(run(
+            self.system.clone(),
+            self.process_groups.clone(),
+            ctx.tx,
+            health,
+            ctx.shutdown,
+        ))
+    }
+}
+
 /// Run the system source until `shutdown` fires.
 pub async fn run(
     cfg: SystemConfig,
     groups: Vec<ProcessGroupConfig>,
     tx: mpsc::Sender<Batch>,
-    telemetry: Arc<Telemetry>,
+    health: Health,
     shutdown: CancellationToken,
 ) {
-    const NAME: &str = "system";
-    let source: Arc<str> = Arc::from(NAME);
+    let source = health.source().clone();
     let interval = cfg.interval;
     let collector = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || SystemCollector::new(cfg, &groups)).await
     };
     let mut collector = match collector {
-        Ok(Ok(c)) => c,
+        Ok(Ok(c)) => Some(c),
         Ok(Err(error)) => {
-            telemetry.source_down(NAME, NAME);
-            telemetry.source_error(NAME, "unsupported", &error);
+            health.down(Some(Failure::new("unsupported", error)));
             return;
         }
         Err(error) => {
-            telemetry.source_down(NAME, NAME);
-            telemetry.source_error(NAME, "panic", &error);
+            health.down(Some(Failure::new("panic", error)));
             return;
         }
     };
@@ -879,32 +932,43 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let samples = collector.collect();
-            (collector, samples)
-        })
-        .await;
-        let samples;
-        (collector, samples) = match result {
-            Ok(r) => r,
-            Err(error) => {
-                // A panic inside sysinfo: report it and stop this source only.
-                telemetry.source_down(NAME, NAME);
-                telemetry.source_error(NAME, "panic", &error);
-                return;
-            }
-        };
-        let batch = Batch {
-            source: source.clone(),
-            mode: BatchMode::Snapshot,
-            samples,
-        };
-        tokio::select! {
-            sent = tx.send(batch) => if sent.is_err() { return },
-            _ = shutdown.cancelled() => return,
+        // One collection: read the host on a blocking thread, hand the
+        // snapshot to the pipeline.
+        let go_on = health
+            .collect(async {
+                let Some(mut c) = collector.take() else {
+                    return (false, Outcome::Stopped);
+                };
+                let result = tokio::task::spawn_blocking(move || {
+                    let samples = c.collect();
+                    (c, samples)
+                })
+                .await;
+                let samples = match result {
+                    Ok((c, samples)) => {
+                        collector = Some(c);
+                        samples
+                    }
+                    // A panic inside sysinfo: report it and stop this source only.
+                    Err(error) => {
+                        return (false, Outcome::Down(vec![Failure::new("panic", error)]));
+                    }
+                };
+                let batch = Batch {
+                    source: source.clone(),
+                    mode: BatchMode::Snapshot,
+                    samples,
+                };
+                tokio::select! {
+                    sent = tx.send(batch) => if sent.is_err() { return (false, Outcome::Stopped) },
+                    _ = shutdown.cancelled() => return (false, Outcome::Stopped),
+                }
+                (true, Outcome::Ok)
+            })
+            .await;
+        if !go_on {
+            return;
         }
-        telemetry.source_ok(NAME, NAME, started.elapsed());
     }
 }
 

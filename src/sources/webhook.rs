@@ -31,6 +31,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::events::Event;
+use crate::key_error::KeyError;
 use crate::model::{Batch, BatchMode, FamilyMeta, Labels, MetricKind, Sample, now_ms};
 use crate::payload::rules::{self, RuleConfig, RuleSet};
 use crate::sources::SourceContext;
@@ -147,13 +148,13 @@ impl WebhookConfig {
     }
 
     /// Checks between keys; the key is relative to the source.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), KeyError> {
         let route = self.route();
         if !route.starts_with('/')
             || route.contains(['{', '}', '*', '?', '#', ' '])
             || matches!(route.as_str(), "/" | "/metrics" | "/healthz" | "/readyz")
         {
-            return Err((
+            return Err(KeyError::at(
                 "path".into(),
                 format!(
                     "{route:?} must start with `/`, hold no `{{}}*?# ` and not be a built-in route"
@@ -161,14 +162,14 @@ impl WebhookConfig {
             ));
         }
         if self.max_body_bytes == 0 {
-            return Err(("max_body_bytes".into(), "must be at least 1".into()));
+            return Err(KeyError::at("max_body_bytes".into(), "must be at least 1".into()));
         }
         if self.idempotency_capacity == 0 {
-            return Err(("idempotency_capacity".into(), "must be at least 1".into()));
+            return Err(KeyError::at("idempotency_capacity".into(), "must be at least 1".into()));
         }
         if let Some(auth) = &self.auth {
             if auth.secret_env.is_some() == auth.secret_file.is_some() {
-                return Err((
+                return Err(KeyError::at(
                     "auth".into(),
                     "set exactly one of `secret_env` and `secret_file`".into(),
                 ));
@@ -176,30 +177,30 @@ impl WebhookConfig {
             if auth.scheme == AuthScheme::Hmac
                 && axum::http::HeaderName::try_from(auth.signature_header.as_str()).is_err()
             {
-                return Err((
+                return Err(KeyError::at(
                     "auth.signature_header".into(),
                     "is not a valid header name".into(),
                 ));
             }
         }
         if self.format != EventFormat::Csv && !self.csv_columns.is_empty() {
-            return Err((
+            return Err(KeyError::at(
                 "csv_columns".into(),
                 "only `format = \"csv\"` uses `csv_columns`".into(),
             ));
         }
         if self.metrics.is_empty() && self.rules.is_empty() {
-            return Err(("metrics".into(), "needs at least one metric or rule".into()));
+            return Err(KeyError::at("metrics".into(), "needs at least one metric or rule".into()));
         }
         for (i, m) in self.metrics.iter().enumerate() {
             if m.pattern.is_some() {
-                return Err((
+                return Err(KeyError::at(
                     format!("metrics[{i}].match"),
                     "webhook events have fields; `match` is for regex logs".into(),
                 ));
             }
         }
-        super::aggregate::validate_all(&self.metrics, &self.rules)
+        Ok(super::aggregate::validate_all(&self.metrics, &self.rules)?)
     }
 }
 
@@ -375,6 +376,7 @@ struct Inner {
 pub struct Webhook {
     cfg: WebhookConfig,
     name: Arc<str>,
+    health: super::Health,
     /// `None` with auth configured means the secret could not be read:
     /// every request is refused (fail closed).
     secret: Option<Vec<u8>>,
@@ -402,17 +404,13 @@ fn read_secret(auth: &AuthConfig) -> Result<Vec<u8>, String> {
 }
 
 impl Webhook {
-    pub fn new(cfg: WebhookConfig, ctx: SourceContext) -> Arc<Self> {
+    pub fn new(cfg: WebhookConfig, ctx: SourceContext, health: super::Health) -> Arc<Self> {
         let name: Arc<str> = cfg.name.as_str().into();
         let mut secret = None;
         if let Some(auth) = &cfg.auth {
             match read_secret(auth) {
                 Ok(s) => secret = Some(s),
-                Err(error) => {
-                    ctx.telemetry
-                        .source_error(&name, "secret_unavailable", &error);
-                    ctx.telemetry.source_down(&name, "webhook");
-                }
+                Err(error) => health.down(Some(super::Failure::new("secret_unavailable", error))),
             }
         }
         let signature_header = cfg
@@ -451,6 +449,7 @@ impl Webhook {
                     .collect()
             }),
             name,
+            health,
             secret,
             signature_header,
             inner: Mutex::new(inner),
@@ -605,9 +604,7 @@ impl Webhook {
             )
                 .into_response(),
             Err(reject) => {
-                self.ctx
-                    .telemetry
-                    .source_error(&self.name, reject.reason, &reject.message);
+                self.health.error(reject.reason, &reject.message);
                 (
                     reject.status,
                     axum::Json(serde_json::json!({
@@ -857,10 +854,51 @@ pub fn parse_body(
     }
 }
 
-/// The route of one webhook source, ready to merge into the server.
+impl super::Source for WebhookConfig {
+    const KIND: &'static str = "webhook";
+    type Built = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<(), KeyError> {
+        Ok(self.validate()?)
+    }
+
+    /// The route, and a task that queues the initial counters.
+    fn start(&self, _: &(), ctx: SourceContext, health: super::Health) -> super::Started {
+        let (router, source) = router_with(self.clone(), ctx, health);
+        super::Started {
+            task: super::Task::Async(Box::pin(announce(source))),
+            routes: Some(router),
+        }
+    }
+
+    fn secret_inputs(&self) -> Vec<(&'static str, super::SecretInput<'_>)> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.auth {
+            super::secret_input(
+                &mut out,
+                "auth.secret",
+                a.secret_env.as_deref(),
+                a.secret_file.as_deref(),
+            );
+        }
+        out
+    }
+}
+
+/// The route of one webhook source, ready to merge into the server, with a
+/// health record of its own (the supervisor uses [`super::Source::start`]).
 pub fn router(cfg: WebhookConfig, ctx: SourceContext) -> (Router, Arc<Webhook>) {
+    let health = super::Health::new(&ctx.telemetry, &cfg.name, <WebhookConfig as super::Source>::KIND);
+    router_with(cfg, ctx, health)
+}
+
+fn router_with(cfg: WebhookConfig, ctx: SourceContext, health: super::Health) -> (Router, Arc<Webhook>) {
     let route = cfg.route();
-    let source = Webhook::new(cfg, ctx);
+    let source = Webhook::new(cfg, ctx, health);
     let router = Router::new()
         .route(
             &route,
@@ -881,10 +919,7 @@ pub async fn announce(source: Arc<Webhook>) {
     if source.ctx.tx.send(batch).await.is_ok()
         && source.secret.is_some() == source.cfg.auth.is_some()
     {
-        source
-            .ctx
-            .telemetry
-            .source_ok(&source.name, "webhook", Duration::ZERO);
+        source.health.up();
     }
 }
 

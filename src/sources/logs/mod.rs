@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::key_error::KeyError;
 use crate::payload::aggregate::{LineRegex, MetricConfig};
 use crate::payload::rules::RuleConfig;
 use tail::Glob;
@@ -106,35 +107,63 @@ pub struct LogsConfig {
     pub rules: Vec<RuleConfig>,
 }
 
+impl super::Source for LogsConfig {
+    const KIND: &'static str = "logs";
+    type Built = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<(), KeyError> {
+        Ok(self.validate()?)
+    }
+
+    /// Finds and opens the files present now (so `start_at = "end"` is the
+    /// end as of start-up), then follows them on a blocking thread.
+    fn start(
+        &self,
+        _: &(),
+        ctx: super::SourceContext,
+        health: super::Health,
+    ) -> super::Started {
+        let tailer = start(self.clone(), &ctx);
+        super::Started {
+            task: super::Task::Blocking(Box::new(move || run(tailer, ctx, health))),
+            routes: None,
+        }
+    }
+}
+
 impl LogsConfig {
     /// Checks between keys; the key is relative to the source.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), KeyError> {
         if self.paths.is_empty() {
-            return Err(("paths".into(), "needs at least one path".into()));
+            return Err(KeyError::at("paths".into(), "needs at least one path".into()));
         }
         for (i, p) in self.paths.iter().enumerate() {
             Glob::new(p).map_err(|r| (format!("paths[{i}]"), r))?;
         }
         if self.poll_interval < Duration::from_millis(10) {
-            return Err(("poll_interval".into(), "must be at least 10ms".into()));
+            return Err(KeyError::at("poll_interval".into(), "must be at least 10ms".into()));
         }
         if self.max_line_bytes < 16 {
-            return Err(("max_line_bytes".into(), "must be at least 16".into()));
+            return Err(KeyError::at("max_line_bytes".into(), "must be at least 16".into()));
         }
         if self.metrics.is_empty() && self.rules.is_empty() {
-            return Err(("metrics".into(), "needs at least one metric or rule".into()));
+            return Err(KeyError::at("metrics".into(), "needs at least one metric or rule".into()));
         }
         crate::payload::aggregate::validate_all(&self.metrics, &self.rules)?;
         for (i, m) in self.metrics.iter().enumerate() {
             if self.format != LogFormat::Regex && m.pattern.is_some() {
-                return Err((
+                return Err(KeyError::at(
                     format!("metrics[{i}].match"),
                     "only `format = \"regex\"` uses `match`".into(),
                 ));
             }
             if self.format == LogFormat::Regex {
                 let Some(re) = m.pattern.as_ref().or(self.pattern.as_ref()) else {
-                    return Err((
+                    return Err(KeyError::at(
                         format!("metrics[{i}].match"),
                         "`format = \"regex\"` needs `match` here or on the source".into(),
                     ));
@@ -148,19 +177,19 @@ impl LogsConfig {
             }
         }
         if self.format == LogFormat::Regex && !self.rules.is_empty() && self.pattern.is_none() {
-            return Err((
+            return Err(KeyError::at(
                 "match".into(),
                 "event rules on regex logs need the source-level `match`".into(),
             ));
         }
         if self.format != LogFormat::Regex && self.pattern.is_some() {
-            return Err((
+            return Err(KeyError::at(
                 "match".into(),
                 "only `format = \"regex\"` uses `match`".into(),
             ));
         }
         if self.format != LogFormat::Csv && !self.csv_columns.is_empty() {
-            return Err((
+            return Err(KeyError::at(
                 "csv_columns".into(),
                 "only `format = \"csv\"` uses `csv_columns`".into(),
             ));

@@ -17,7 +17,7 @@ use crate::events::Event;
 use crate::model::{Batch, BatchMode, Sample, now_ms};
 use crate::payload::record::split_csv;
 use crate::payload::rules;
-use crate::sources::SourceContext;
+use crate::sources::{Health, Outcome, SourceContext};
 
 /// A path that may hold wildcards (`globset` syntax: `*` and `?` within
 /// one path component, `[...]`, `{a,b}`, `**` for any number of
@@ -619,34 +619,38 @@ pub fn start(cfg: LogsConfig, ctx: &SourceContext) -> Tailer {
 
 /// Run the source until shutdown. File I/O is blocking, so the loop runs on
 /// a blocking thread and hands batches to the pipeline with `blocking_send`.
-pub fn run(mut tailer: Tailer, ctx: SourceContext) {
-    let name: Arc<str> = tailer.cfg.name.as_str().into();
+pub fn run(mut tailer: Tailer, ctx: SourceContext, health: Health) {
+    let name = health.source().clone();
     let interval = tailer.cfg.poll_interval;
     let mut last_persist = Instant::now();
     let mut dirty_state = false;
     loop {
-        let started = Instant::now();
-        let (samples, more) = tailer.poll();
-        let events = tailer.take_events();
-        if !samples.is_empty() {
-            let batch = Batch {
-                source: name.clone(),
-                mode: BatchMode::Update,
-                samples,
-            };
-            if ctx.tx.blocking_send(batch).is_err() {
-                // The pipeline is gone (shutdown): these lines were not
-                // applied, so their offsets are not saved.
-                break;
+        // One poll: read what the files gained, hand it to the pipeline,
+        // publish the rule events.
+        let more = health.collect_blocking(|| {
+            let (samples, more) = tailer.poll();
+            let events = tailer.take_events();
+            if !samples.is_empty() {
+                let batch = Batch {
+                    source: name.clone(),
+                    mode: BatchMode::Update,
+                    samples,
+                };
+                if ctx.tx.blocking_send(batch).is_err() {
+                    // The pipeline is gone (shutdown): these lines were not
+                    // applied, so their offsets are not saved.
+                    return (None, Outcome::Stopped);
+                }
+                tailer.commit();
+                dirty_state = true;
             }
-            tailer.commit();
-            dirty_state = true;
-        }
-        rules::publish(events, &ctx.events, &ctx.telemetry, &name);
-        ctx.telemetry.source_ok(&name, "logs", started.elapsed());
+            rules::publish(events, &ctx.events, &ctx.telemetry, &name);
+            (Some(more), Outcome::Ok)
+        });
+        let Some(more) = more else { break };
         if dirty_state && last_persist.elapsed() >= Duration::from_secs(1) {
             if let Err(error) = tailer.persist() {
-                ctx.telemetry.source_error(&name, "state_file", &error);
+                health.error("state_file", &error);
             }
             last_persist = Instant::now();
             dirty_state = false;
@@ -666,7 +670,7 @@ pub fn run(mut tailer: Tailer, ctx: SourceContext) {
         }
     }
     if let Err(error) = tailer.persist() {
-        ctx.telemetry.source_error(&name, "state_file", &error);
+        health.error("state_file", &error);
     }
     tracing::debug!(source = %name, "Logs source stopped.");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::topic::TopicPattern;
+use crate::key_error::KeyError;
 use crate::payload::mapping::{Mapping, MappingConfig, valid_metric_name};
 
 /// `[[sources]] type = "mqtt"`: one broker connection.
@@ -193,9 +194,9 @@ fn de_protocol<'de, D: Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
 }
 
 impl MqttConfig {
-    /// Checks beyond the types; the error is (key relative to the source, reason).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, r: String| Err((k.to_string(), r));
+    /// Checks beyond the types; the error's key is relative to the source.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        let bad = |k: &str, r: String| Err(KeyError::at(k.to_string(), r));
         if self.host.trim().is_empty() {
             return bad("host", "must not be empty".into());
         }
@@ -248,28 +249,28 @@ impl MqttConfig {
                 TopicPattern::parse(f).map_err(|r| (key("filter"), r))?;
             }
             if s.qos.is_some_and(|q| q > 1) {
-                return Err((key("qos"), "only QoS 0 and 1 are supported".into()));
+                return Err(KeyError::at(key("qos"), "only QoS 0 and 1 are supported".into()));
             }
             if s.max_series == 0 {
-                return Err((key("max_series"), "must be at least 1".into()));
+                return Err(KeyError::at(key("max_series"), "must be at least 1".into()));
             }
             let mapping = Mapping::new(&s.mapping).map_err(|r| (key("mapping"), r))?;
             if mapping.metric_count() > 64 {
-                return Err((
+                return Err(KeyError::at(
                     key("mapping.metrics"),
                     "at most 64 metrics per subscription".into(),
                 ));
             }
             let name = s.name.clone().unwrap_or_else(|| s.topic.clone());
             if !names.insert(name.clone()) {
-                return Err((
+                return Err(KeyError::at(
                     key("name"),
                     format!("subscription {name:?} is defined twice"),
                 ));
             }
             for l in mapping.label_names() {
                 if topic.labels.iter().any(|t| t == l) {
-                    return Err((
+                    return Err(KeyError::at(
                         key("mapping.labels"),
                         format!("label {l:?} is also captured from the topic"),
                     ));
@@ -277,19 +278,19 @@ impl MqttConfig {
             }
             if let Some(iv) = s.expected_interval {
                 if iv < Duration::from_millis(100) {
-                    return Err((key("expected_interval"), "must be at least 100ms".into()));
+                    return Err(KeyError::at(key("expected_interval"), "must be at least 100ms".into()));
                 }
                 if s.down_after == 0 {
-                    return Err((key("down_after"), "must be at least 1".into()));
+                    return Err(KeyError::at(key("down_after"), "must be at least 1".into()));
                 }
                 if !valid_metric_name(&format!("{}_device_up", s.device_prefix)) {
-                    return Err((
+                    return Err(KeyError::at(
                         key("device_prefix"),
                         "not a valid metric name prefix".into(),
                     ));
                 }
                 if !self.series_ttl.is_zero() && self.series_ttl <= iv * s.down_after {
-                    return Err((
+                    return Err(KeyError::at(
                         "series_ttl".into(),
                         format!(
                             "must be longer than subscriptions[{i}] expected_interval × down_after"
@@ -300,7 +301,7 @@ impl MqttConfig {
             if let Some(dl) = &s.device_labels {
                 for l in dl {
                     if !topic.labels.contains(l) {
-                        return Err((
+                        return Err(KeyError::at(
                             key("device_labels"),
                             format!("{l:?} is not captured by the topic"),
                         ));

@@ -426,10 +426,7 @@ impl Ingest {
                         "MQTT message could not be mapped."
                     );
                 }
-                self.telemetry
-                    .source_errors
-                    .with_label_values(&[&self.source, reason])
-                    .inc();
+                self.telemetry.count_source_errors(&self.source, reason, 1);
                 return;
             }
         }

@@ -29,5 +29,33 @@ pub use config::{MqttConfig, Protocol, Secret, SubscriptionConfig, TlsConfig};
 pub use task::run;
 pub use topic::match_topic;
 
+impl super::Source for MqttConfig {
+    const KIND: &'static str = "mqtt";
+    type Built = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn build(&self) -> Result<(), crate::key_error::KeyError> {
+        Ok(self.validate()?)
+    }
+
+    fn start(&self, _: &(), ctx: super::SourceContext, health: super::Health) -> super::Started {
+        super::Started::task(run(self.clone(), ctx, health))
+    }
+
+    fn secret_inputs(&self) -> Vec<(&'static str, super::SecretInput<'_>)> {
+        let mut out = Vec::new();
+        super::secret_input(
+            &mut out,
+            "password",
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+        );
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests;

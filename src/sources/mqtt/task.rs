@@ -7,7 +7,7 @@ use super::config::MqttConfig;
 use super::conn::{Conn, Polled, tls_config};
 use super::ingest::Ingest;
 use crate::model::{Batch, now_ms};
-use crate::sources::SourceContext;
+use crate::sources::{Health, SourceContext};
 
 /// Most samples held before a batch is sent even in the middle of a burst.
 const MAX_BATCH: usize = 4096;
@@ -19,11 +19,11 @@ const FLUSH_AFTER: Duration = Duration::from_millis(5);
 const TICK: Duration = Duration::from_secs(1);
 
 /// Run one MQTT source until shutdown.
-pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
+pub async fn run(cfg: MqttConfig, ctx: SourceContext, health: Health) {
     let name = cfg.name.clone();
     let broker = format!("{}:{}", cfg.host, cfg.port());
     let telemetry = ctx.telemetry.clone();
-    telemetry.source_down(&name, "mqtt");
+    health.down(None);
     let mut ingest = match Ingest::new(&cfg, telemetry.clone()) {
         Ok(i) => i,
         Err(error) => {
@@ -43,10 +43,7 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
     let (password, tls) = match setup {
         Ok(v) => v,
         Err(error) => {
-            telemetry
-                .source_errors
-                .with_label_values(&[&name, "config"])
-                .inc();
+            health.count("config", 1);
             tracing::error!(source = %name, broker = %broker, %error, "MQTT source cannot connect: its credentials or TLS files are unusable.");
             ctx.shutdown.cancelled().await;
             return;
@@ -106,11 +103,7 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
                     Ok(topic) => {
                         ingest.on_message(topic, publish.payload(), Instant::now(), now_ms())
                     }
-                    Err(_) => telemetry.source_error(
-                        &name,
-                        "invalid_topic",
-                        &"Topic name is not valid UTF-8.",
-                    ),
+                    Err(_) => health.error("invalid_topic", &"Topic name is not valid UTF-8."),
                 }
                 messages_this_tick += 1;
                 let full = ingest.batch.len() >= MAX_BATCH;
@@ -141,19 +134,16 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
                 }
                 ingest.metrics.connected.set(1);
                 backoff = cfg.reconnect_min;
-                telemetry.source_ok(&name, "mqtt", Duration::ZERO);
+                health.up();
                 tracing::info!(source = %name, broker = %broker, "Connected to the MQTT broker.");
                 if let Err(error) = conn.subscribe(&ingest.subs) {
-                    telemetry.source_error(&name, "subscribe", &error);
+                    health.error("subscribe", &error);
                 }
             }
             Ok(Polled::SubscribeRefused(0)) => ingest.metrics.subscribed.set(1),
             Ok(Polled::SubscribeRefused(n)) => {
                 ingest.metrics.subscribed.set(0);
-                telemetry
-                    .source_errors
-                    .with_label_values(&[&name, "subscribe_refused"])
-                    .inc_by(n as u64);
+                health.count("subscribe_refused", n as u64);
                 tracing::error!(source = %name, broker = %broker, refused = n, "The broker refused subscriptions (check its ACL and the filters).");
             }
             Ok(_) => {}
@@ -161,11 +151,8 @@ pub async fn run(cfg: MqttConfig, ctx: SourceContext) {
                 let reason = error.reason();
                 ingest.metrics.connected.set(0);
                 ingest.metrics.subscribed.set(0);
-                telemetry.source_down(&name, "mqtt");
-                telemetry
-                    .source_errors
-                    .with_label_values(&[&name, reason])
-                    .inc();
+                health.down(None);
+                health.count(reason, 1);
                 if let Some(b) = ingest.take_batch()
                     && !send(&ctx, b).await
                 {

@@ -54,15 +54,15 @@ fn validation_names_the_key() {
         .labels
         .insert("line".into(), "x".into());
     assert_eq!(
-        c.validate().unwrap_err().0,
+        c.validate().unwrap_err().key,
         "subscriptions[0].mapping.labels"
     );
     let mut c = cfg(BASE);
     c.series_ttl = Duration::from_secs(1);
-    assert_eq!(c.validate().unwrap_err().0, "series_ttl");
+    assert_eq!(c.validate().unwrap_err().key, "series_ttl");
     let mut c = cfg(BASE);
     c.qos = 2;
-    assert_eq!(c.validate().unwrap_err().0, "qos");
+    assert_eq!(c.validate().unwrap_err().key, "qos");
     assert!(cfg(BASE).validate().is_ok());
     assert!(toml::from_str::<MqttConfig>(&format!("{BASE}\nbogus = 1")).is_err());
     let c = cfg(&format!("protocol = \"5\"\n{BASE}"));
