@@ -102,6 +102,8 @@ const NORMAL_MAX_C: f64 = 65.0 + 4.0 + 0.4 * 3.464;
 const SPIKE_MIN_C: f64 = 55.0 - 4.0 - 0.4 * 3.464 + SPIKE_MIN_HEIGHT;
 /// Spikes are 26 to 36 °C high.
 const SPIKE_MIN_HEIGHT: f64 = 26.0;
+// Every build checks the margins, not only the tests.
+const _: () = assert!(NORMAL_MAX_C + 2.0 < OVERHEAT_C && SPIKE_MIN_C > OVERHEAT_C);
 
 /// The demo's own detector: a static threshold on its temperature series,
 /// firing events with the reason `demo_injected_spike`.
