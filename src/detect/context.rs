@@ -101,7 +101,16 @@ impl ContextNovelty {
     }
 }
 
+/// A value beyond the whole range the context detector has seen, by at
+/// least this share of that range, scores 1 at once (after learning): a
+/// jump that large needs no run of novel contexts to be believed.
+pub const RANGE_JUMP: f64 = 0.25;
+
 impl Detector for ContextNovelty {
+    fn beyond_range(&self) -> bool {
+        self.excess >= RANGE_JUMP
+    }
+
     fn observe(&mut self, _ts_ms: i64, value: f64) -> f64 {
         self.seen = self.seen.saturating_add(1);
         // Grow the range; a value outside it is novel by definition.

@@ -12,7 +12,81 @@ use super::likelihood::{Likelihood, NumentaLikelihood};
 use super::robust::{Cusum, MedianMad};
 use super::seasonal::Seasonal;
 use super::threshold::{StaticThreshold, ThresholdSpec};
-use super::{Band, DetectConfig, Detector, DetectorKind, LikelihoodKind};
+use super::{Band, DetectConfig, Detector, LikelihoodKind};
+
+/// The members of the ensemble, one line each: the kind, its name (the
+/// `[detect] detectors` value and the `detector` label value) and its
+/// detector. Adding a member is its file and one line here; the kind
+/// enum, [`DetectorKind::ALL`], [`MEMBERS`], the slots of the ensemble and
+/// [`Output::members`] all follow from it, in this order.
+macro_rules! members {
+    ($($kind:ident $name:literal $det:ty,)*) => {
+        /// The members the ensemble can be built from.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+        pub enum DetectorKind {
+            $(#[serde(rename = $name)] $kind,)*
+        }
+
+        /// Number of learned members (the `detector` label values besides `threshold`).
+        pub const MEMBERS: usize = [$($name,)*].len();
+
+        impl DetectorKind {
+            /// Every kind, in the order of [`Output::members`] (the index of
+            /// a kind is `kind as usize`).
+            pub const ALL: [DetectorKind; MEMBERS] = [$(DetectorKind::$kind,)*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(DetectorKind::$kind => $name,)*
+                }
+            }
+        }
+
+        /// One member's detector. Each is boxed: a slot costs a pointer
+        /// whatever the detector's size, and only configured members
+        /// allocate.
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        enum AnyDetector {
+            $($kind(Box<$det>),)*
+        }
+
+        impl AnyDetector {
+            fn new(kind: DetectorKind) -> Self {
+                match kind {
+                    $(DetectorKind::$kind => AnyDetector::$kind(Box::default()),)*
+                }
+            }
+
+            fn heap_bytes(&self) -> usize {
+                match self {
+                    $(AnyDetector::$kind(_) => std::mem::size_of::<$det>(),)*
+                }
+            }
+
+            fn detector(&mut self) -> &mut dyn Detector {
+                match self {
+                    $(AnyDetector::$kind(d) => &mut **d,)*
+                }
+            }
+        }
+    };
+}
+
+members! {
+    MedianMad "median_mad" MedianMad,
+    Cusum "cusum" Cusum,
+    Context "context" ContextNovelty,
+    Seasonal "seasonal" Seasonal,
+    CadOse "cad_ose" CadOse,
+    Artime "artime" ArTime,
+}
+
+impl DetectorKind {
+    /// The kind named `s` (its `as_str`).
+    pub fn parse(s: &str) -> Option<DetectorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
 
 /// Samples after an event during which no new event fires.
 pub const DEFAULT_SUPPRESS: u32 = 80;
@@ -24,19 +98,13 @@ pub const DEFAULT_THRESHOLD: f64 = 0.2;
 /// of the current incident is a new, stronger anomaly: it fires an event
 /// (and starts a new suppression period) instead of being swallowed.
 pub const REFIRE_MARGIN: f64 = 0.5;
-/// A value beyond the whole range the context detector has seen, by at
-/// least this share of that range, scores 1 at once (after learning): a
-/// jump that large needs no run of novel contexts to be believed.
-pub const RANGE_JUMP: f64 = 0.25;
+pub use super::context::RANGE_JUMP;
 
 /// Threshold on the ensemble score for a sensitivity in [0, 1]: the
 /// default threshold at 0.5, 1 (never) at 0, its square at 1.
 pub fn threshold_for(sensitivity: f64) -> f64 {
     DEFAULT_THRESHOLD.powf(sensitivity.clamp(0.0, 1.0) / 0.5)
 }
-
-/// Number of learned members (the `detector` label values besides `threshold`).
-pub const MEMBERS: usize = 6;
 
 /// What the ensemble decided for one sample.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -145,34 +213,35 @@ impl Lik {
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Member<D> {
-    det: D,
+struct Member {
+    det: AnyDetector,
     lik: Lik,
 }
 
-impl<D: Detector> Member<D> {
-    fn new(det: D, cfg: &DetectConfig) -> Self {
+impl Member {
+    fn new(kind: DetectorKind, cfg: &DetectConfig) -> Self {
         Member {
-            det,
+            det: AnyDetector::new(kind),
             lik: Lik::new(cfg.likelihood, cfg.learning),
         }
     }
 
-    fn observe(&mut self, ts_ms: i64, value: f64) -> f64 {
-        let raw = self.det.observe(ts_ms, value);
-        self.lik.update(raw)
+    /// The member's likelihood for one sample, and its band.
+    fn observe(&mut self, ts_ms: i64, value: f64) -> (f64, Option<Band>) {
+        let det = self.det.detector();
+        let mut s = self.lik.update(det.observe(ts_ms, value));
+        if det.beyond_range() && self.lik.ready() {
+            s = 1.0;
+        }
+        (s, det.band())
     }
 }
 
 /// The per-series detector state behind the exported score.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Ensemble {
-    median: Option<Member<MedianMad>>,
-    cusum: Option<Member<Cusum>>,
-    context: Option<Member<ContextNovelty>>,
-    seasonal: Option<Box<Member<Seasonal>>>,
-    cad: Option<Box<Member<CadOse>>>,
-    artime: Option<Box<Member<ArTime>>>,
+    /// The configured members, indexed by kind (`kind as usize`).
+    members: [Option<Member>; MEMBERS],
     statics: Vec<StaticThreshold>,
     alarm: Alarm,
     last: Output,
@@ -180,15 +249,9 @@ pub struct Ensemble {
 
 impl Ensemble {
     pub fn new(cfg: &DetectConfig, statics: &[ThresholdSpec]) -> Self {
-        let has = |k| cfg.detectors.contains(&k);
         Ensemble {
-            median: has(DetectorKind::MedianMad).then(|| Member::new(MedianMad::new(), cfg)),
-            cusum: has(DetectorKind::Cusum).then(|| Member::new(Cusum::default(), cfg)),
-            context: has(DetectorKind::Context).then(|| Member::new(ContextNovelty::new(), cfg)),
-            seasonal: has(DetectorKind::Seasonal)
-                .then(|| Box::new(Member::new(Seasonal::new(), cfg))),
-            cad: has(DetectorKind::CadOse).then(|| Box::new(Member::new(CadOse::new(), cfg))),
-            artime: has(DetectorKind::Artime).then(|| Box::new(Member::new(ArTime::new(), cfg))),
+            members: DetectorKind::ALL
+                .map(|k| cfg.detectors.contains(&k).then(|| Member::new(k, cfg))),
             statics: statics.iter().map(|s| StaticThreshold::new(*s)).collect(),
             alarm: Alarm::new(cfg.threshold(), cfg.suppress),
             last: Output::default(),
@@ -225,41 +288,12 @@ impl Ensemble {
         let mut members = [-1.0f32; MEMBERS];
         let mut score: f64 = 0.0;
         let mut band = None;
-        if let Some(m) = &mut self.median {
-            let s = m.observe(ts_ms, value);
-            members[0] = s as f32;
+        for (slot, m) in members.iter_mut().zip(&mut self.members) {
+            let Some(m) = m else { continue };
+            let (s, b) = m.observe(ts_ms, value);
+            *slot = s as f32;
             score = score.max(s);
-            band = band.or(m.det.band());
-        }
-        if let Some(m) = &mut self.cusum {
-            let s = m.observe(ts_ms, value);
-            members[1] = s as f32;
-            score = score.max(s);
-            band = band.or(m.det.band());
-        }
-        if let Some(m) = &mut self.context {
-            let mut s = m.observe(ts_ms, value);
-            if m.det.excess() >= RANGE_JUMP && m.lik.ready() {
-                s = 1.0;
-            }
-            members[2] = s as f32;
-            score = score.max(s);
-        }
-        if let Some(m) = &mut self.seasonal {
-            let s = m.observe(ts_ms, value);
-            members[3] = s as f32;
-            score = score.max(s);
-            band = band.or(m.det.band());
-        }
-        if let Some(m) = &mut self.cad {
-            let s = m.observe(ts_ms, value);
-            members[4] = s as f32;
-            score = score.max(s);
-        }
-        if let Some(m) = &mut self.artime {
-            let s = m.observe(ts_ms, value);
-            members[5] = s as f32;
-            score = score.max(s);
+            band = band.or(b);
         }
         let mut threshold_score: Option<f32> = None;
         for t in &mut self.statics {
@@ -283,25 +317,13 @@ impl Ensemble {
 
     /// Bytes of state: the struct plus what it owns on the heap.
     pub fn state_bytes(&self) -> usize {
-        fn lik<D>(m: &Member<D>) -> usize {
-            m.lik.heap_bytes()
-        }
         std::mem::size_of::<Self>()
-            + self.median.as_ref().map_or(0, lik)
-            + self.cusum.as_ref().map_or(0, lik)
-            + self.context.as_ref().map_or(0, lik)
             + self
-                .seasonal
-                .as_ref()
-                .map_or(0, |m| std::mem::size_of::<Member<Seasonal>>() + lik(m))
-            + self
-                .cad
-                .as_ref()
-                .map_or(0, |m| std::mem::size_of::<Member<CadOse>>() + lik(m))
-            + self
-                .artime
-                .as_ref()
-                .map_or(0, |m| std::mem::size_of::<Member<ArTime>>() + lik(m))
+                .members
+                .iter()
+                .flatten()
+                .map(|m| m.det.heap_bytes() + m.lik.heap_bytes())
+                .sum::<usize>()
             + self.statics.capacity() * std::mem::size_of::<StaticThreshold>()
     }
 }

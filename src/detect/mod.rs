@@ -40,7 +40,7 @@ pub(crate) mod testdata;
 
 use serde::Deserialize;
 
-pub use ensemble::{Ensemble, Output};
+pub use ensemble::{DetectorKind, Ensemble, Output};
 
 /// One streaming detector.
 pub trait Detector {
@@ -55,6 +55,13 @@ pub trait Detector {
     fn band(&self) -> Option<Band> {
         None
     }
+
+    /// The last value lay so far beyond everything seen that it needs no
+    /// build-up of evidence: once its likelihood layer has learned, the
+    /// ensemble takes the member's score as 1.
+    fn beyond_range(&self) -> bool {
+        false
+    }
 }
 
 /// Expected value and a band of normal values.
@@ -63,46 +70,6 @@ pub struct Band {
     pub expected: f64,
     pub lower: f64,
     pub upper: f64,
-}
-
-/// The members the ensemble can be built from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DetectorKind {
-    MedianMad,
-    Cusum,
-    Context,
-    Seasonal,
-    CadOse,
-    Artime,
-}
-
-impl DetectorKind {
-    /// Every kind, in the order of [`Output::members`].
-    pub const ALL: [DetectorKind; ensemble::MEMBERS] = [
-        DetectorKind::MedianMad,
-        DetectorKind::Cusum,
-        DetectorKind::Context,
-        DetectorKind::Seasonal,
-        DetectorKind::CadOse,
-        DetectorKind::Artime,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DetectorKind::MedianMad => "median_mad",
-            DetectorKind::Cusum => "cusum",
-            DetectorKind::Context => "context",
-            DetectorKind::Seasonal => "seasonal",
-            DetectorKind::CadOse => "cad_ose",
-            DetectorKind::Artime => "artime",
-        }
-    }
-
-    /// The kind named `s` (its `as_str`).
-    pub fn parse(s: &str) -> Option<DetectorKind> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
 }
 
 /// How each member's raw score becomes a likelihood.
