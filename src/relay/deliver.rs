@@ -339,10 +339,8 @@ impl Worker {
             };
             let notifications: Vec<&super::payload::Notification> =
                 jobs.iter().map(|j| j.notification.as_ref()).collect();
-            let (subject, mut text) = templates::fold_summary(&notifications);
-            if !channel.is_email {
-                text = templates::truncate_to_fit(&text, channel.max_segments);
-            }
+            let (subject, text) = templates::fold_summary(&notifications);
+            let text = channel.notifier.fit(text);
             let first = jobs.first().map_or(0, |j| j.id);
             let last = jobs.last().map_or(0, |j| j.id);
             let message_id = format!("<summary.{first}-{last}@{}>", runtime.cfg.message_id_domain);
@@ -457,15 +455,9 @@ fn render(
     job: &Job,
 ) -> Result<Rendered, templates::TemplateError> {
     let domain = &runtime.cfg.message_id_domain;
-    let (subject, text, html) = if channel.is_email {
-        let (s, t, h) = channel.templates.email(&job.notification)?;
-        (s, t, Some(h))
-    } else {
-        let t = channel
-            .templates
-            .sms(&job.notification, channel.max_segments)?;
-        (String::new(), t, None)
-    };
+    let (subject, text, html) = channel
+        .notifier
+        .render(&channel.templates, &job.notification)?;
     Ok(Rendered {
         subject,
         text,

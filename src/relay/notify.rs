@@ -3,6 +3,7 @@
 //! (retry with backoff, maybe after `Retry-After`) or permanent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use email_encoding::headers::rfc2047;
@@ -15,6 +16,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use minijinja::Environment;
 
 use super::config::{AuthMechanism, SmsProviderConfig, SmsProviderKind, SmtpConfig, TlsMode};
+use super::payload::Notification;
+use super::templates::{self, TemplateError, Templates};
 
 /// Why a send did not succeed; `reason` is a bounded metric label.
 #[derive(Debug, Clone)]
@@ -59,17 +62,63 @@ pub struct Outgoing<'a> {
     pub job_id: u64,
 }
 
-/// A channel's way out.
+/// A channel's way out. Everything that differs between the kinds of
+/// channel (who gets a job, how a message is rendered and cut, how it is
+/// sent) is answered here, by the variant; the rest of the relay never asks
+/// which kind it has. Adding a notifier is a variant and its arms here,
+/// plus its config and the arm of `Runtime::build` that builds it.
 pub enum Notifier {
+    /// One mail per notification, to the channel's own list.
     Email(EmailNotifier),
-    Sms(SmsNotifier),
+    /// One message per number, of at most `max_segments` segments.
+    Sms {
+        /// Shared by every channel that names the provider.
+        provider: Arc<SmsNotifier>,
+        to: Vec<String>,
+        max_segments: usize,
+    },
 }
 
 impl Notifier {
+    /// The recipient of each job one notification makes (`None`: the
+    /// notifier's own list).
+    pub fn recipients(&self) -> Vec<Option<String>> {
+        match self {
+            Notifier::Email(_) => vec![None],
+            Notifier::Sms { to, .. } => to.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    /// Subject, text and HTML body of a notification (an SMS has only the
+    /// text, cut to fit).
+    pub fn render(
+        &self,
+        templates: &Templates,
+        n: &Notification,
+    ) -> Result<(String, String, Option<String>), TemplateError> {
+        match self {
+            Notifier::Email(_) => {
+                let (s, t, h) = templates.email(n)?;
+                Ok((s, t, Some(h)))
+            }
+            Notifier::Sms { max_segments, .. } => {
+                Ok((String::new(), templates.sms(n, *max_segments)?, None))
+            }
+        }
+    }
+
+    /// A summary text as the notifier can carry it.
+    pub fn fit(&self, text: String) -> String {
+        match self {
+            Notifier::Email(_) => text,
+            Notifier::Sms { max_segments, .. } => templates::truncate_to_fit(&text, *max_segments),
+        }
+    }
+
     pub async fn send(&self, msg: &Outgoing<'_>) -> Result<(), DeliveryError> {
         match self {
             Notifier::Email(e) => e.send(msg).await,
-            Notifier::Sms(s) => s.send(msg).await,
+            Notifier::Sms { provider, .. } => provider.send(msg).await,
         }
     }
 }

@@ -51,11 +51,7 @@ pub struct Channel {
     pub matchers: Vec<Matcher>,
     pub rate_limit: Option<RateLimitConfig>,
     pub templates: Templates,
-    pub notifier: Arc<Notifier>,
-    /// SMS recipients (one job each); empty for e-mail.
-    pub sms_to: Vec<String>,
-    pub max_segments: usize,
-    pub is_email: bool,
+    pub notifier: Notifier,
     pub parallelism: usize,
 }
 
@@ -96,7 +92,7 @@ impl Runtime {
             }
         };
 
-        let mut providers: HashMap<&str, Arc<Notifier>> = HashMap::new();
+        let mut providers: HashMap<&str, Arc<SmsNotifier>> = HashMap::new();
         for (i, p) in cfg.sms_providers.iter().enumerate() {
             let key = format!("relay.sms_providers[{i}]");
             if providers.contains_key(p.name.as_str()) {
@@ -106,7 +102,7 @@ impl Runtime {
                 ));
             }
             let n = build_sms(p, check_only, &key, &mut not_read).map_err(|r| invalid(key, r))?;
-            providers.insert(&p.name, Arc::new(Notifier::Sms(n)));
+            providers.insert(&p.name, Arc::new(n));
         }
 
         let mut channels = HashMap::new();
@@ -165,15 +161,12 @@ impl Runtime {
                         matchers,
                         rate_limit: c.rate_limit.clone(),
                         templates,
-                        notifier: Arc::new(Notifier::Email(notifier)),
-                        sms_to: Vec::new(),
-                        max_segments: 1,
-                        is_email: true,
+                        notifier: Notifier::Email(notifier),
                         parallelism: c.parallelism,
                     }
                 }
                 ChannelKind::Sms(s) => {
-                    let notifier =
+                    let provider =
                         providers.get(s.provider.as_str()).cloned().ok_or_else(|| {
                             invalid(
                                 format!("{key}.provider"),
@@ -208,10 +201,11 @@ impl Runtime {
                         matchers,
                         rate_limit: c.rate_limit.clone(),
                         templates,
-                        notifier,
-                        sms_to: s.to.clone(),
-                        max_segments: s.max_segments,
-                        is_email: false,
+                        notifier: Notifier::Sms {
+                            provider,
+                            to: s.to.clone(),
+                            max_segments: s.max_segments,
+                        },
                         parallelism: c.parallelism,
                     }
                 }

@@ -184,18 +184,11 @@ async fn accept(
         if !matches_all(&channel.matchers, &n) {
             continue;
         }
-        if channel.is_email {
+        for recipient in channel.notifier.recipients() {
             jobs.push(NewJob {
                 channel: c.clone(),
-                recipient: None,
+                recipient,
             });
-        } else {
-            for to in &channel.sms_to {
-                jobs.push(NewJob {
-                    channel: c.clone(),
-                    recipient: Some(to.clone()),
-                });
-            }
         }
     }
     if jobs.is_empty() {
